@@ -1,0 +1,98 @@
+"""Kernel choice: each backend answers ``can_implement(problem) -> (ok, reason)``.
+
+``select`` walks the priority list and returns the first backend that can run the problem; if
+``LOWBIT_BACKEND`` names a backend family (``reference`` or ``triton``) only that family is tried,
+and failure raises ``UnsupportedError`` listing every backend's reason. Falling back to the
+reference backend without being asked is logged once per reason, never silent.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable, List, Tuple
+
+import torch
+
+from .errors import UnsupportedError
+
+log = logging.getLogger("lowbit")
+
+KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+GEMV_MAX_M = 8
+
+
+@dataclass(frozen=True)
+class WxA16Problem:
+    m: int
+    n: int
+    k: int
+    bits: int
+    group_len: int
+    dtype: torch.dtype
+    device_type: str
+
+
+def triton_available(device_type: str) -> Tuple[bool, str]:
+    if device_type == "cuda":
+        return True, ""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True, ""
+    return False, f"triton kernels need a CUDA device (or TRITON_INTERPRET=1), got device {device_type!r}"
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    family: str
+    can_implement: Callable[[WxA16Problem], Tuple[bool, str]]
+
+
+def _triton_common(p: WxA16Problem) -> Tuple[bool, str]:
+    ok, why = triton_available(p.device_type)
+    if not ok:
+        return ok, why
+    if p.dtype not in KERNEL_DTYPES:
+        return False, f"triton kernels take fp16/bf16 activations, got {p.dtype}"
+    return True, ""
+
+
+def _gemv_ok(p: WxA16Problem) -> Tuple[bool, str]:
+    if p.m > GEMV_MAX_M:
+        return False, f"gemv handles M <= {GEMV_MAX_M}, got M={p.m}"
+    return _triton_common(p)
+
+
+WXA16_BACKENDS: List[Backend] = [
+    Backend("triton_gemv", "triton", _gemv_ok),
+    Backend("triton_gemm", "triton", _triton_common),
+    Backend("reference", "reference", lambda p: (True, "")),
+]
+
+_logged: set = set()
+
+
+def forced_family() -> str:
+    fam = os.environ.get("LOWBIT_BACKEND", "").strip().lower()
+    if fam and fam not in ("reference", "triton"):
+        raise UnsupportedError(f"LOWBIT_BACKEND must be 'reference' or 'triton', got {fam!r}")
+    return fam
+
+
+def select(problem: WxA16Problem, backends: List[Backend] = WXA16_BACKENDS) -> str:
+    """Name of the backend to run ``problem``; raises UnsupportedError with every reason."""
+    family = forced_family()
+    reasons = []
+    for b in backends:
+        if family and b.family != family:
+            continue
+        ok, why = b.can_implement(problem)
+        if ok:
+            if b.family == "reference" and not family and reasons:
+                key = tuple(reasons)
+                if key not in _logged:
+                    _logged.add(key)
+                    log.warning("lowbit: falling back to the reference backend: %s", "; ".join(reasons))
+            return b.name
+        reasons.append(f"{b.name}: {why}")
+    raise UnsupportedError(f"no lowbit backend can run {problem}: " + "; ".join(reasons))

@@ -1,0 +1,316 @@
+"""Group-wise integer weights, n = 1..8 bits (format ``intx``, layout version 1).
+
+Math (per output channel n, per group g of ``group_size`` consecutive input channels k)::
+
+    w[n, k] = (q[n, k] - z[g, n]) * s[g, n]         q in [0, 2**bits - 1]
+
+* asymmetric, integer zeros (GPTQ/AWQ style): ``zeros`` uint8 (G, N), z in [0, 2**bits - 1];
+* asymmetric, float zeros (HQQ style): ``zeros`` in the scale dtype (G, N), any real z;
+* symmetric: ``zeros`` is None and z is the constant ``2**(bits-1)`` (0.5 for bits=1).
+
+K is padded to ``Kp`` (a multiple of the group size and of 32). The padded tail of the last group
+holds q = 0 and is ignored by quantize's statistics; kernels never multiply it by real activations.
+Per-channel quantization is ``group_size=None`` (one group of ``Kp``).
+
+Packed codes ``qweight``: int32, shape (Kp * bits // 32, N), packed along K, N contiguous
+(adjacent threads read adjacent output channels: coalesced). A code is split into power-of-two
+*bit-planes* so no value straddles a word: planes(3)=[2,1], 5=[4,1], 6=[4,2], 7=[4,2,1], others
+one plane. Plane i (width p, holding bits [off_i, off_i + p) of q, lowest bits in plane 0) starts
+at word-row ``Kp * off_i // 32``; inside it, word-row ``k // (32 // p)`` holds k at bit
+``(k % (32 // p)) * p``. Bits 4 word (one plane), 8 consecutive k per word::
+
+    row r = k // 8:  bit 31 ........................................ bit 0
+                     [k=8r+7][k=8r+6][k=8r+5] ... [k=8r+1][k=8r+0]   (4 bits each)
+
+Bits 3: rows [0, Kp/16) hold the low 2 bits (16 k per word), rows [Kp/16, 3Kp/32) the high bit
+(32 k per word). Bytes per weight: exactly bits/8, plus scales/zeros per group.
+For 4 bits the layout equals GPTQ's ``qweight``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+
+from ..errors import FormatError
+from .base import register_format
+
+LAYOUT_VERSION = 1
+SCALE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+ZERO_KINDS = ("int", "float")
+
+
+def bit_planes(bits: int) -> List[int]:
+    """Power-of-two plane widths of a ``bits``-bit code, low bits first."""
+    _check_bits(bits)
+    planes, rest = [], bits
+    for p in (8, 4, 2, 1):
+        if rest >= p:
+            planes.append(p)
+            rest -= p
+    return planes
+
+
+def _check_bits(bits: int) -> None:
+    if not isinstance(bits, int) or not 1 <= bits <= 8:
+        raise FormatError(f"bits must be an integer in 1..8, got {bits!r}")
+
+
+def check_group_size(group_size: Optional[int]) -> None:
+    if group_size is None:
+        return
+    if not isinstance(group_size, int) or group_size <= 0 or group_size % 32:
+        raise FormatError(
+            f"group_size must be None (per-channel) or a positive multiple of 32, got {group_size!r}"
+        )
+
+
+def padded_k(in_features: int, group_size: Optional[int]) -> int:
+    """Kp: K rounded up to a multiple of 32 and of the group size."""
+    unit = 32 if group_size is None else group_size
+    return max(unit, -(-in_features // unit) * unit)
+
+
+def symmetric_zero(bits: int) -> float:
+    """Implicit zero point of symmetric codes."""
+    return 0.5 if bits == 1 else float(2 ** (bits - 1))
+
+
+def _to_int32(words: torch.Tensor) -> torch.Tensor:
+    """int64 holding uint32 bit patterns -> int32 with the same bits."""
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Codes (N, Kp) integer in [0, 2**bits) with Kp % 32 == 0 -> qweight (Kp*bits//32, N) int32."""
+    _check_bits(bits)
+    n, kp = codes.shape
+    if kp % 32:
+        raise FormatError(f"pack needs Kp % 32 == 0, got Kp={kp}")
+    q = codes.to(torch.int64).t()  # (Kp, N)
+    if int(q.min()) < 0 or int(q.max()) >= 2**bits:
+        raise FormatError(f"codes out of range for {bits} bits")
+    rows, off = [], 0
+    for p in bit_planes(bits):
+        per_word = 32 // p
+        plane = (q >> off) & ((1 << p) - 1)  # (Kp, N)
+        plane = plane.reshape(kp // per_word, per_word, n)
+        shifts = (torch.arange(per_word, device=q.device, dtype=torch.int64) * p).view(1, -1, 1)
+        rows.append((plane << shifts).sum(dim=1))
+        off += p
+    return _to_int32(torch.cat(rows, dim=0)).contiguous()
+
+
+def unpack(qweight: torch.Tensor, bits: int, kp: int) -> torch.Tensor:
+    """qweight (Kp*bits//32, N) int32 -> codes (N, Kp) uint8. Exact inverse of ``pack``."""
+    _check_bits(bits)
+    if qweight.dtype != torch.int32 or qweight.dim() != 2 or qweight.shape[0] * 32 != kp * bits:
+        raise FormatError(
+            f"qweight must be int32 of shape (Kp*bits//32, N) = ({kp * bits // 32}, N), "
+            f"got {tuple(qweight.shape)} {qweight.dtype}"
+        )
+    w = qweight.to(torch.int64) & 0xFFFFFFFF
+    n = w.shape[1]
+    q = torch.zeros(kp, n, dtype=torch.int64, device=w.device)
+    row, off = 0, 0
+    for p in bit_planes(bits):
+        per_word = 32 // p
+        nrows = kp // per_word
+        plane = w[row : row + nrows]
+        shifts = (torch.arange(per_word, device=w.device, dtype=torch.int64) * p).view(1, -1, 1)
+        vals = (plane.unsqueeze(1) >> shifts) & ((1 << p) - 1)  # (nrows, per_word, N)
+        q |= vals.reshape(kp, n) << off
+        row += nrows
+        off += p
+    return q.t().to(torch.uint8).contiguous()
+
+
+def _round_scale_up(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Cast fp32 scales to ``dtype`` never rounding down (so the code range still covers the group)."""
+    st = s.to(dtype)
+    low = st.float() < s
+    if bool(low.any()):
+        st = torch.where(low, (s * (1 + torch.finfo(dtype).eps)).to(dtype), st)
+    return st
+
+
+@dataclass
+class IntxWeight:
+    """A packed intx weight. See the module docstring for the layout."""
+
+    qweight: torch.Tensor  # int32 (Kp*bits//32, N)
+    scales: torch.Tensor  # (G, N) fp16/bf16/fp32
+    zeros: Optional[torch.Tensor]  # None (symmetric) | uint8 (G, N) | scale dtype (G, N)
+    bits: int
+    group_size: Optional[int]
+    in_features: int
+    format_name: str = field(default="intx", init=False)
+
+    def __post_init__(self) -> None:
+        _check_bits(self.bits)
+        check_group_size(self.group_size)
+        kp, n = self.padded_in_features, self.out_features
+        if self.qweight.dtype != torch.int32 or tuple(self.qweight.shape) != (kp * self.bits // 32, n):
+            raise FormatError(
+                f"qweight must be int32 ({kp * self.bits // 32}, {n}) for K={self.in_features}, "
+                f"bits={self.bits}, group_size={self.group_size}; got "
+                f"{self.qweight.dtype} {tuple(self.qweight.shape)}"
+            )
+        if self.scales.dtype not in SCALE_DTYPES or tuple(self.scales.shape) != (self.num_groups, n):
+            raise FormatError(
+                f"scales must be fp16/bf16/fp32 of shape ({self.num_groups}, {n}); got "
+                f"{self.scales.dtype} {tuple(self.scales.shape)}"
+            )
+        if self.zeros is not None:
+            if self.zeros.dtype not in (torch.uint8, self.scales.dtype):
+                raise FormatError(
+                    f"zeros must be uint8 (integer zero points) or {self.scales.dtype} (float zero "
+                    f"points), got {self.zeros.dtype}"
+                )
+            if tuple(self.zeros.shape) != tuple(self.scales.shape):
+                raise FormatError(f"zeros shape {tuple(self.zeros.shape)} != scales shape")
+
+    @property
+    def out_features(self) -> int:
+        return self.qweight.shape[1]
+
+    @property
+    def padded_in_features(self) -> int:
+        return self.qweight.shape[0] * 32 // self.bits
+
+    @property
+    def group_len(self) -> int:
+        """Number of k per group (Kp for per-channel)."""
+        return self.padded_in_features if self.group_size is None else self.group_size
+
+    @property
+    def num_groups(self) -> int:
+        return self.padded_in_features // self.group_len
+
+    @property
+    def symmetric(self) -> bool:
+        return self.zeros is None
+
+    @property
+    def zero_kind(self) -> Optional[str]:
+        if self.zeros is None:
+            return None
+        return "int" if self.zeros.dtype == torch.uint8 else "float"
+
+    def codes(self) -> torch.Tensor:
+        """Unpacked codes (N, Kp) uint8."""
+        return unpack(self.qweight, self.bits, self.padded_in_features)
+
+    def zero_points(self) -> torch.Tensor:
+        """Zero points (G, N) fp32 (the implicit constant for symmetric)."""
+        if self.zeros is None:
+            return torch.full_like(self.scales, symmetric_zero(self.bits), dtype=torch.float32)
+        return self.zeros.float()
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Dense (N, K) weight: (q - z) * s in fp32, then cast to ``dtype``."""
+        q = self.codes().float()  # (N, Kp)
+        gl = self.group_len
+        s = self.scales.float().t().repeat_interleave(gl, dim=1)  # (N, Kp)
+        z = self.zero_points().t().repeat_interleave(gl, dim=1)
+        return ((q - z) * s)[:, : self.in_features].to(dtype)
+
+    def tensors(self) -> Dict[str, torch.Tensor]:
+        out = {"qweight": self.qweight, "scales": self.scales}
+        if self.zeros is not None:
+            out["zeros"] = self.zeros
+        return out
+
+    def meta(self) -> Dict[str, object]:
+        return {
+            "format": "intx",
+            "layout_version": LAYOUT_VERSION,
+            "bits": self.bits,
+            "group_size": self.group_size,
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+        }
+
+    def ideal_nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
+    def to(self, device) -> "IntxWeight":
+        return IntxWeight(
+            self.qweight.to(device),
+            self.scales.to(device),
+            None if self.zeros is None else self.zeros.to(device),
+            self.bits,
+            self.group_size,
+            self.in_features,
+        )
+
+
+@register_format
+@dataclass(frozen=True)
+class IntxFormat:
+    """Group-wise n-bit integer quantization; see the module docstring."""
+
+    bits: int = 4
+    group_size: Optional[int] = 128
+    symmetric: bool = False
+    zero_kind: str = "int"
+    scale_dtype: torch.dtype = torch.bfloat16
+    name = "intx"
+
+    def __post_init__(self) -> None:
+        _check_bits(self.bits)
+        check_group_size(self.group_size)
+        if self.zero_kind not in ZERO_KINDS:
+            raise FormatError(f"zero_kind must be one of {ZERO_KINDS}, got {self.zero_kind!r}")
+        if self.scale_dtype not in SCALE_DTYPES:
+            raise FormatError(f"scale_dtype must be fp16, bf16 or fp32, got {self.scale_dtype}")
+
+    def quantize(self, weight: torch.Tensor) -> IntxWeight:
+        """Round-to-nearest quantization of a dense (N, K) weight; |w - dequant| <= s/2."""
+        if weight.dim() != 2 or not weight.is_floating_point():
+            raise FormatError(f"weight must be a 2-D float tensor (N, K), got {tuple(weight.shape)} {weight.dtype}")
+        if not torch.isfinite(weight).all():
+            raise FormatError("weight contains NaN or Inf; cannot quantize")
+        n, k = weight.shape
+        kp = padded_k(k, self.group_size)
+        gl = kp if self.group_size is None else self.group_size
+        g = kp // gl
+        w = torch.zeros(n, kp, dtype=torch.float32, device=weight.device)
+        w[:, :k] = weight.float()
+        valid = torch.zeros(n, kp, dtype=torch.bool, device=weight.device)
+        valid[:, :k] = True
+        wg, vg = w.view(n, g, gl), valid.view(n, g, gl)
+        mx = torch.where(vg, wg, -math.inf).amax(dim=2)  # (N, G)
+        mn = torch.where(vg, wg, math.inf).amin(dim=2)
+        qmax = 2**self.bits - 1
+        tiny = torch.finfo(torch.float32).tiny
+        if self.symmetric:
+            amax = torch.maximum(mx.abs(), mn.abs())
+            zero = symmetric_zero(self.bits)
+            s = amax / (qmax - zero) if self.bits > 1 else 2 * amax
+            s = _round_scale_up(s.clamp_min(tiny), self.scale_dtype)
+            z_store, z = None, torch.full_like(mx, zero)
+        elif self.zero_kind == "int":
+            mn, mx = mn.clamp(max=0), mx.clamp(min=0)  # keeps z in [0, qmax]
+            s = _round_scale_up(((mx - mn) / qmax).clamp_min(tiny), self.scale_dtype)
+            z = torch.round(-mn / s.float()).clamp(0, qmax)
+            z_store = z.to(torch.uint8)
+        else:
+            s = (mx - mn) / qmax
+            s = torch.where(s > 0, s, mx.abs().clamp_min(1.0) / qmax)
+            s = _round_scale_up(s, self.scale_dtype)
+            z_store = (-mn / s.float()).to(self.scale_dtype)
+            z = z_store.float()
+        sf = s.float()
+        q = torch.round(wg / sf.unsqueeze(2) + z.unsqueeze(2)).clamp(0, qmax)
+        q = torch.where(vg, q, torch.zeros_like(q)).view(n, kp).to(torch.uint8)
+        return IntxWeight(
+            pack(q, self.bits),
+            s.t().contiguous(),
+            None if z_store is None else z_store.t().contiguous(),
+            self.bits,
+            self.group_size,
+            k,
+        )

@@ -1,0 +1,122 @@
+"""gemm_wxa16: Y[M, N] = X[M, K] @ dequant(W)[N, K]^T (+ bias), W in intx (any bits 1..8).
+
+Tensor-core tiles: each program owns a BLOCK_M x BLOCK_N tile of Y, walks K in BLOCK_K steps,
+unpacks the codes of a [BLOCK_K, BLOCK_N] weight tile in registers (``unpack.code_tile``),
+dequantizes (q - z) * s in fp32, casts to the activation dtype and feeds ``tl.dot`` (fp32 acc).
+Optional split-K (SPLIT_K > 1) writes fp32 partials to a workspace [SPLIT_K, M, N] that the
+launcher reduces deterministically (no atomics).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .launch import alloc_output, finish_output
+from .unpack import code_tile, group_params, plane_constexprs
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    block_m: int = 64
+    block_n: int = 64
+    block_k: int = 64
+    split_k: int = 1
+    group_m: int = 8
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+@triton.jit
+def gemm_wxa16_kernel(
+    x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, y_ptr,
+    M, N, K, Kp,
+    stride_xm, stride_xk, stride_qk, stride_sg, stride_ys, stride_ym,
+    GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
+    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    # grouped ordering: GROUP_M row-tiles share the weight tiles they read (L2 reuse)
+    width = GROUP_M * num_n
+    first_m = (pid // width) * GROUP_M
+    rows_in_group = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % rows_in_group
+    pid_n = (pid % width) // rows_in_group
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
+    t0 = pid_k * tiles_per_split
+    t1 = min(t0 + tiles_per_split, k_tiles)
+    for t in range(t0, t1):
+        offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+                    mask=mask_m[:, None] & (offs_k[None, :] < K), other=0.0)
+        q = code_tile(qw_ptr, offs_k, offs_n, mask_n, stride_qk, Kp, P0, P1, P2).to(tl.float32)
+        if GROUP_LEN % BLOCK_K == 0:
+            s, z = group_params(s_ptr, z_ptr, (t * BLOCK_K) // GROUP_LEN, offs_n, mask_n, stride_sg,
+                                HAS_ZEROS, SYM_ZERO)
+            w = (q - z[None, :]) * s[None, :]
+        else:
+            s, z = group_params(s_ptr, z_ptr, (offs_k // GROUP_LEN)[:, None], offs_n, mask_n[None, :] & (offs_k < Kp)[:, None], stride_sg,
+                                HAS_ZEROS, SYM_ZERO)
+            w = (q - z) * s
+        acc += tl.dot(x, w.to(x.dtype))
+
+    mask = mask_m[:, None] & mask_n[None, :]
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        y_ptrs = y_ptr + pid_k * stride_ys + offs_m[:, None] * stride_ym + offs_n[None, :]
+        tl.store(y_ptrs, acc, mask=mask)
+
+
+def heuristic_config(m: int, n: int, k: int, group_len: int) -> GemmConfig:
+    """Reasonable tiles for any GPU when no tuned config is shipped."""
+    bk = 64 if group_len >= 64 else 32
+    if m <= 16:
+        return GemmConfig(16, 64, bk * 2 if group_len >= 128 else bk, 1, 8, 4, 4)
+    if m <= 64:
+        return GemmConfig(64, 64, bk, 1, 8, 4, 4)
+    return GemmConfig(128, 128, bk, 1, 8, 8, 3)
+
+
+def gemm_wxa16(
+    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor], bits: int, group_len: int, sym_zero: float, out_features: int,
+    config: Optional[GemmConfig] = None,
+) -> torch.Tensor:
+    """x (M, K) fp16/bf16 contiguous -> (M, N). Inputs already validated by ``lowbit.ops``."""
+    m, k = x.shape
+    n = out_features
+    kp = qweight.shape[0] * 32 // bits
+    cfg = config or heuristic_config(m, n, k, group_len)
+    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), cfg.split_k)
+    y, stride_ys = alloc_output(m, n, cfg.split_k, x)
+    gemm_wxa16_kernel[grid](
+        x, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else scales, y,
+        m, n, k, kp,
+        x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), stride_ys, y.stride(-2),
+        GROUP_LEN=group_len, **plane_constexprs(bits),
+        HAS_ZEROS=zeros is not None, SYM_ZERO=sym_zero, HAS_BIAS=bias is not None,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        SPLIT_K=cfg.split_k, GROUP_M=cfg.group_m,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return finish_output(y, cfg.split_k, bias, x.dtype)

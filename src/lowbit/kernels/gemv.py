@@ -1,0 +1,148 @@
+"""gemv_wxa16: Y[M, N] = X[M, K] @ dequant(W)[N, K]^T (+ bias) for small M (1..8), any bits 1..8.
+
+Bandwidth-bound, no tensor cores. Each program owns BLOCK_N output channels and a slice of K
+(split-K). Because dequantization is affine per group, a code q = sum_p plane_p << off_p gives
+
+    sum_k x_k w_k = s * (sum_p 2**off_p * sum_k x_k plane_p[k] - z * sum_k x_k)
+
+so each bit-plane is read once as whole int32 words ([BLOCK_K // per_word, BLOCK_N], coalesced
+along N), every word is split with constant shifts, and the scale/zero are applied once per
+BLOCK_K tile (a tile never straddles a group). Split-K partials go to an fp32 workspace
+[SPLIT_K, M, N] reduced by the launcher (deterministic, no atomics).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .launch import alloc_output, finish_output
+from .unpack import group_params, plane_constexprs
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    block_n: int = 128
+    block_k: int = 128
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+@triton.jit
+def _plane_partial(acc, x_ptr, qw_ptr, row0, k0, offs_m, mask_m, offs_n, mask_n, K, Kp,
+                   stride_xm, stride_xk, stride_qk,
+                   P: tl.constexpr, OFF: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc[BLOCK_M, BLOCK_N] += 2**OFF * sum_k x[m, k] * plane_P[k, n] over k in [k0, k0 + BLOCK_K)."""
+    PER: tl.constexpr = 32 // P
+    ROWS: tl.constexpr = BLOCK_K // PER
+    r = tl.arange(0, ROWS)
+    rmask = (k0 + r * PER) < Kp
+    words = tl.load(qw_ptr + (row0 + k0 // PER + r)[:, None] * stride_qk + offs_n[None, :],
+                    mask=rmask[:, None] & mask_n[None, :], other=0)
+    part = tl.zeros_like(acc)
+    for j in tl.static_range(PER):
+        v = ((words >> (j * P)) & ((1 << P) - 1)).to(tl.float32)
+        kk = k0 + r * PER + j
+        xj = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :] * stride_xk,
+                     mask=mask_m[:, None] & (kk < K)[None, :], other=0.0).to(tl.float32)
+        part += tl.sum(xj[:, :, None] * v[None, :, :], axis=1)
+    return acc + part * (1 << OFF)
+
+
+@triton.jit
+def gemv_wxa16_kernel(
+    x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, y_ptr,
+    M, N, K, Kp,
+    stride_xm, stride_xk, stride_qk, stride_sg, stride_ys, stride_ym,
+    GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
+    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
+    t0 = pid_k * tiles_per_split
+    t1 = min(t0 + tiles_per_split, k_tiles)
+    for t in range(t0, t1):
+        k0 = t * BLOCK_K
+        part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        part = _plane_partial(part, x_ptr, qw_ptr, 0, k0, offs_m, mask_m, offs_n, mask_n, K, Kp,
+                              stride_xm, stride_xk, stride_qk, P0, 0, BLOCK_K)
+        if P1 > 0:
+            part = _plane_partial(part, x_ptr, qw_ptr, (Kp // 32) * P0, k0, offs_m, mask_m, offs_n,
+                                  mask_n, K, Kp, stride_xm, stride_xk, stride_qk, P1, P0, BLOCK_K)
+        if P2 > 0:
+            part = _plane_partial(part, x_ptr, qw_ptr, (Kp // 32) * (P0 + P1), k0, offs_m, mask_m,
+                                  offs_n, mask_n, K, Kp, stride_xm, stride_xk, stride_qk,
+                                  P2, P0 + P1, BLOCK_K)
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+                    mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0).to(tl.float32)
+        s, z = group_params(s_ptr, z_ptr, k0 // GROUP_LEN, offs_n, mask_n, stride_sg, HAS_ZEROS, SYM_ZERO)
+        acc += (part - tl.sum(x, axis=1)[:, None] * z[None, :]) * s[None, :]
+
+    mask = mask_m[:, None] & mask_n[None, :]
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(y_ptr + pid_k * stride_ys + offs_m[:, None] * stride_ym + offs_n[None, :], acc, mask=mask)
+
+
+MAX_M = 8
+
+
+def _pow2_divisor(n: int, cap: int) -> int:
+    """Largest power of two <= cap dividing n (n a multiple of 32)."""
+    b = cap
+    while n % b:
+        b //= 2
+    return b
+
+
+def heuristic_config(m: int, n: int, k: int, group_len: int, num_sms: int = 132) -> GemvConfig:
+    block_n = 128 if n >= 2048 else 64
+    block_k = _pow2_divisor(group_len, 128)
+    n_blocks = triton.cdiv(n, block_n)
+    k_tiles = triton.cdiv(k, block_k)
+    split = max(1, min(k_tiles, (4 * num_sms) // n_blocks))
+    return GemvConfig(block_n, block_k, split, 4, 2)
+
+
+def gemv_wxa16(
+    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor], bits: int, group_len: int, sym_zero: float, out_features: int,
+    config: Optional[GemvConfig] = None,
+) -> torch.Tensor:
+    """x (M <= 8, K) fp16/bf16 -> (M, N). Inputs already validated by ``lowbit.ops``."""
+    m, k = x.shape
+    n = out_features
+    kp = qweight.shape[0] * 32 // bits
+    cfg = config or heuristic_config(m, n, k, group_len)
+    if group_len % cfg.block_k:
+        raise ValueError(f"GEMV block_k={cfg.block_k} must divide the group length {group_len}")
+    block_m = max(1, triton.next_power_of_2(m))
+    grid = (triton.cdiv(n, cfg.block_n), cfg.split_k)
+    y, stride_ys = alloc_output(m, n, cfg.split_k, x)
+    gemv_wxa16_kernel[grid](
+        x, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else scales, y,
+        m, n, k, kp,
+        x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), stride_ys, y.stride(-2),
+        GROUP_LEN=group_len, **plane_constexprs(bits),
+        HAS_ZEROS=zeros is not None, SYM_ZERO=sym_zero, HAS_BIAS=bias is not None,
+        BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return finish_output(y, cfg.split_k, bias, x.dtype)

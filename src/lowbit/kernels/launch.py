@@ -1,0 +1,24 @@
+"""Host-side helpers shared by the kernel launchers (output / split-K workspace handling)."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+
+def alloc_output(m: int, n: int, split_k: int, like: torch.Tensor) -> Tuple[torch.Tensor, int]:
+    """Y (M, N) in x's dtype, or an fp32 split-K workspace (SPLIT_K, M, N); returns (tensor, split stride)."""
+    if split_k == 1:
+        return torch.empty((m, n), device=like.device, dtype=like.dtype), 0
+    ws = torch.empty((split_k, m, n), device=like.device, dtype=torch.float32)
+    return ws, ws.stride(0)
+
+
+def finish_output(y: torch.Tensor, split_k: int, bias: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """Reduce split-K partials in a fixed order (deterministic) and add the bias in fp32."""
+    if split_k == 1:
+        return y
+    y = y.sum(dim=0)
+    if bias is not None:
+        y += bias.float()
+    return y.to(dtype)

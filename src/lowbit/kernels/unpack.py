@@ -1,0 +1,49 @@
+"""Shared @triton.jit helpers that read intx codes (layout: ``lowbit.formats.intx``).
+
+Bit-width specific code lives only here. A code of BITS bits is split into up to three
+power-of-two planes (P0, P1, P2; 0 = absent) computed on the host by ``plane_constexprs``.
+"""
+import triton
+import triton.language as tl
+
+from ..formats.intx import bit_planes
+
+
+def plane_constexprs(bits: int) -> dict:
+    """{'P0':, 'P1':, 'P2':} plane widths for the kernels (0 where the plane is absent)."""
+    planes = bit_planes(bits) + [0, 0]
+    return {"P0": planes[0], "P1": planes[1], "P2": planes[2]}
+
+
+@triton.jit
+def plane_tile(qw_ptr, row0, offs_k, offs_n, mask, stride_qk, P: tl.constexpr):
+    """Codes of one plane of width P at (offs_k, offs_n) -> int32 [BLOCK_K, BLOCK_N]."""
+    PER: tl.constexpr = 32 // P
+    rows = row0 + offs_k // PER
+    words = tl.load(qw_ptr + rows[:, None] * stride_qk + offs_n[None, :], mask=mask, other=0)
+    return (words >> ((offs_k % PER) * P)[:, None]) & ((1 << P) - 1)
+
+
+@triton.jit
+def code_tile(qw_ptr, offs_k, offs_n, mask_n, stride_qk, Kp,
+              P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr):
+    """Full codes q at (offs_k, offs_n) -> int32 [BLOCK_K, BLOCK_N]; 0 where k >= Kp or n masked."""
+    mask = mask_n[None, :] & (offs_k < Kp)[:, None]
+    q = plane_tile(qw_ptr, 0, offs_k, offs_n, mask, stride_qk, P0)
+    if P1 > 0:
+        q |= plane_tile(qw_ptr, (Kp // 32) * P0, offs_k, offs_n, mask, stride_qk, P1) << P0
+    if P2 > 0:
+        q |= plane_tile(qw_ptr, (Kp // 32) * (P0 + P1), offs_k, offs_n, mask, stride_qk, P2) << (P0 + P1)
+    return q
+
+
+@triton.jit
+def group_params(s_ptr, z_ptr, g, offs_n, mask, stride_sg,
+                 HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr):
+    """Scale and zero point (fp32 [BLOCK_N]) of group g (a scalar or a [BLOCK_K, 1] tensor)."""
+    s = tl.load(s_ptr + g * stride_sg + offs_n, mask=mask, other=0.0).to(tl.float32)
+    if HAS_ZEROS:
+        z = tl.load(z_ptr + g * stride_sg + offs_n, mask=mask, other=0).to(tl.float32)
+    else:
+        z = tl.zeros_like(s) + SYM_ZERO
+    return s, z

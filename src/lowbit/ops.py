@@ -1,0 +1,97 @@
+"""Public ops: the only entry to the kernels. Each is a torch.library custom op with a fake impl.
+
+``linear_wxa16(x, qweight, scales, zeros, bias, bits, group_size, in_features)``
+    y[..., N] = x[..., K] @ dequant(W)^T + bias for W in ``lowbit.formats.intx`` layout.
+    ``group_size`` 0 means per-channel. Any leading dims on x; fp16/bf16 on the Triton kernels,
+    any float dtype on the reference backend.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import dispatch
+from .errors import FormatError, InputError, UnsupportedError
+from .formats.intx import IntxWeight, padded_k, symmetric_zero
+
+PER_CHANNEL_GROUP_LEN = 1 << 30  # what kernels see as the group length for per-channel weights
+
+
+def _validate_wxa16(x, qweight, scales, zeros, bias, bits, group_size, in_features) -> None:
+    if not 1 <= bits <= 8:
+        raise FormatError(f"bits must be in 1..8, got {bits}")
+    if group_size < 0 or group_size % 32:
+        raise FormatError(f"group_size must be 0 (per-channel) or a positive multiple of 32, got {group_size}")
+    if not x.is_floating_point():
+        raise InputError(f"x must be a floating point tensor, got {x.dtype}")
+    if x.dim() < 1 or x.shape[-1] != in_features:
+        raise InputError(f"x's last dim must be in_features={in_features}, got shape {tuple(x.shape)}")
+    kp = padded_k(in_features, group_size or None)
+    if qweight.dtype != torch.int32 or qweight.dim() != 2 or qweight.shape[0] != kp * bits // 32:
+        raise FormatError(
+            f"qweight must be int32 of shape ({kp * bits // 32}, N) for K={in_features}, bits={bits}, "
+            f"group_size={group_size}; got {qweight.dtype} {tuple(qweight.shape)}"
+        )
+    n = qweight.shape[1]
+    g = kp // (group_size or kp)
+    if tuple(scales.shape) != (g, n) or not scales.is_floating_point():
+        raise FormatError(f"scales must be float of shape ({g}, {n}), got {scales.dtype} {tuple(scales.shape)}")
+    if zeros is not None and tuple(zeros.shape) != (g, n):
+        raise FormatError(f"zeros must have shape ({g}, {n}), got {tuple(zeros.shape)}")
+    if bias is not None and tuple(bias.shape) != (n,):
+        raise InputError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+    for name, t in (("qweight", qweight), ("scales", scales), ("zeros", zeros), ("bias", bias)):
+        if t is not None and t.device != x.device:
+            raise UnsupportedError(f"{name} is on {t.device} but x is on {x.device}; move the module to x's device")
+
+
+def reference_wxa16(x2d, qweight, scales, zeros, bias, bits, group_size, in_features) -> torch.Tensor:
+    """fp32 dequantize-then-matmul (the oracle, and the CPU backend)."""
+    w = IntxWeight(qweight, scales, zeros, bits, group_size or None, in_features).dequantize(torch.float32)
+    y = x2d.float() @ w.t()
+    if bias is not None:
+        y += bias.float()
+    return y.to(x2d.dtype)
+
+
+def _run_wxa16(x2d, qweight, scales, zeros, bias, bits, group_size, in_features) -> torch.Tensor:
+    m, n = x2d.shape[0], qweight.shape[1]
+    group_len = group_size or PER_CHANNEL_GROUP_LEN
+    problem = dispatch.WxA16Problem(m, n, in_features, bits, group_len, x2d.dtype, x2d.device.type)
+    backend = dispatch.select(problem)
+    if backend == "reference":
+        return reference_wxa16(x2d, qweight, scales, zeros, bias, bits, group_size, in_features)
+    from .kernels.gemm import gemm_wxa16
+    from .kernels.gemv import gemv_wxa16
+
+    launcher = gemv_wxa16 if backend == "triton_gemv" else gemm_wxa16
+    return launcher(x2d, qweight, scales, zeros, bias, bits, group_len, symmetric_zero(bits), n)
+
+
+@torch.library.custom_op("lowbit::linear_wxa16", mutates_args=())
+def linear_wxa16(
+    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor], bits: int, group_size: int, in_features: int,
+) -> torch.Tensor:
+    _validate_wxa16(x, qweight, scales, zeros, bias, bits, group_size, in_features)
+    lead = x.shape[:-1]
+    x2d = x.reshape(-1, in_features)
+    if x2d.shape[0] == 0:
+        return x.new_empty((*lead, qweight.shape[1]))
+    y = _run_wxa16(x2d, qweight, scales, zeros, bias, bits, group_size, in_features)
+    return y.reshape(*lead, qweight.shape[1])
+
+
+@linear_wxa16.register_fake
+def _(x, qweight, scales, zeros, bias, bits, group_size, in_features):
+    _validate_wxa16(x, qweight, scales, zeros, bias, bits, group_size, in_features)
+    return x.new_empty((*x.shape[:-1], qweight.shape[1]))
+
+
+def intx_linear(x: torch.Tensor, weight: IntxWeight, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Convenience: ``linear_wxa16`` on an ``IntxWeight``."""
+    return linear_wxa16(
+        x, weight.qweight, weight.scales, weight.zeros, bias, weight.bits, weight.group_size or 0,
+        weight.in_features,
+    )
