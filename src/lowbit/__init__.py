@@ -1,10 +1,14 @@
 """lowbit: low-bit matmul kernels for LLM inference in pure Python (PyTorch + Triton)."""
+from . import ops
+from .api import Int4WeightOnlyConfig, IntxWeightOnlyConfig, config_from_dict, quantize_
 from .errors import FormatError, InputError, LowbitError, UnsupportedError
 from .formats import IntxFormat, IntxWeight, get_format
+from .nn import QuantLinear
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "FormatError", "InputError", "LowbitError", "UnsupportedError",
-    "IntxFormat", "IntxWeight", "get_format", "__version__",
+    "ops", "quantize_", "Int4WeightOnlyConfig", "IntxWeightOnlyConfig", "config_from_dict", "QuantLinear",
+    "IntxFormat", "IntxWeight", "get_format",
+    "FormatError", "InputError", "LowbitError", "UnsupportedError", "__version__",
 ]
