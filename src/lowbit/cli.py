@@ -1,0 +1,34 @@
+"""``lowbit`` command line: ``run`` (the main job), ``bench`` (benchmark suite)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(device=args.device, hidden=args.hidden, layers=args.layers)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="lowbit", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="quantize a Llama-style model in every format; report size, error (and speed on a GPU)")
+    run.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    run.add_argument("--hidden", type=int, default=1024, help="hidden size of the Llama-style model")
+    run.add_argument("--layers", type=int, default=2)
+    run.set_defaults(func=_run)
+    sub.add_parser("bench", help="benchmark suite (see `lowbit bench --help`)")
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import lowbit
+from lowbit import FormatError, Int4WeightOnlyConfig, IntxWeightOnlyConfig, QuantLinear, quantize_
+
+from helpers import DEVICE, assert_close_matmul
+
+
+class TinyMLP(nn.Module):
+    def __init__(self, hidden=128, inter=320):
+        super().__init__()
+        self.up = nn.Linear(hidden, inter, bias=False)
+        self.down = nn.Linear(inter, hidden, bias=True)
+        self.head = nn.Linear(hidden, 40)
+
+    def forward(self, x):
+        return self.head(self.down(torch.nn.functional.silu(self.up(x))))
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return TinyMLP().to(DEVICE, torch.float16)
+
+
+@pytest.mark.parametrize("config", [Int4WeightOnlyConfig(group_size=64),
+                                    IntxWeightOnlyConfig(bits=3, group_size=32, symmetric=True),
+                                    IntxWeightOnlyConfig(bits=6, group_size=None, zero_kind="float")])
+def test_quantize_replaces_linears_and_stays_close(config):
+    model = _model()
+    x = torch.randn(2, 3, 128).to(DEVICE, torch.float16)
+    dense = model(x).float()
+    quantize_(model, config)
+    assert all(isinstance(m, QuantLinear) for m in (model.up, model.down, model.head))
+    y = model(x).float()
+    rel = (y - dense).norm() / dense.norm()
+    assert rel < {3: 0.35, 4: 0.15, 6: 0.05}[config.bits], rel
+
+
+def test_quantlinear_matches_its_dequantized_weight():
+    lin = nn.Linear(200, 72).to(DEVICE, torch.float16)
+    ql = QuantLinear.from_linear(lin, IntxWeightOnlyConfig(bits=5, group_size=64).format())
+    x = torch.randn(4, 200).to(DEVICE, torch.float16)
+    w = ql.weight.dequantize()
+    ref = x.float() @ w.t() + lin.bias.float()
+    assert_close_matmul(ql(x), ref, x, w, torch.float16)
+    assert "bits=5" in repr(ql)
+
+
+def test_filter_fn_selects_modules():
+    model = _model()
+    quantize_(model, Int4WeightOnlyConfig(), filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and fqn != "head")
+    assert isinstance(model.up, QuantLinear) and isinstance(model.head, nn.Linear)
+
+
+def test_state_dict_round_trip_into_fresh_model(tmp_path):
+    config = IntxWeightOnlyConfig(bits=4, group_size=64)
+    model = quantize_(_model(seed=0), config)
+    path = tmp_path / "sd.pt"
+    torch.save(model.state_dict(), path)
+    fresh = quantize_(_model(seed=1), config)  # different weights before loading
+    x = torch.randn(3, 128).to(DEVICE, torch.float16)
+    assert not torch.equal(fresh(x), model(x))
+    fresh.load_state_dict(torch.load(path, weights_only=True))
+    assert torch.equal(fresh(x), model(x))
+
+
+def test_config_json_round_trip():
+    for cfg in (Int4WeightOnlyConfig(group_size=32), IntxWeightOnlyConfig(bits=3, symmetric=True, scale_dtype="float16")):
+        back = lowbit.config_from_dict(json.loads(json.dumps(cfg.to_dict())))
+        assert back == cfg and type(back) is type(cfg)
+
+
+@pytest.mark.parametrize("make", [lambda: IntxWeightOnlyConfig(bits=0), lambda: IntxWeightOnlyConfig(group_size=100),
+                                  lambda: Int4WeightOnlyConfig(bits=3), lambda: IntxWeightOnlyConfig(scale_dtype="int8"),
+                                  lambda: lowbit.config_from_dict({"type": "Nope"})])
+def test_bad_configs(make):
+    with pytest.raises(FormatError):
+        make()
+
+
+def test_unknown_config_type_and_non_linear_target():
+    with pytest.raises(FormatError):
+        quantize_(_model(), object())
+    with pytest.raises(FormatError, match="nn.Linear"):
+        quantize_(_model(), Int4WeightOnlyConfig(), filter_fn=lambda m, fqn: fqn == "")  # root excluded -> no-op
+        quantize_(nn.Sequential(nn.ReLU()), Int4WeightOnlyConfig(), filter_fn=lambda m, fqn: True)
