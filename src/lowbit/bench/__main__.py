@@ -1,0 +1,4 @@
+"""``python -m lowbit.bench ...``"""
+from . import main
+
+raise SystemExit(main())

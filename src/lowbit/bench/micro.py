@@ -1,0 +1,173 @@
+"""The sweep: shapes x M x methods, same process, same inputs, same timer.
+
+Per shape: build the quantized weight once, bind every case, make its R weight copies lazily (reused
+over M). Per point: one input x; each case runs once, is checked against the fp32 reference (a
+wrong result is recorded FAIL and never timed), then timed cold (graph) and eager. A failing case
+records ERROR for its row and the sweep continues.
+"""
+from __future__ import annotations
+
+import gc
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from .cases import Bound, Case, OpSpec, clone_tensors, make_shape_data, make_x, matmul_flops, tensor_nbytes
+from .results import ERROR, FAIL, OK, SKIP, Row
+from .shapes import LinearShape
+from .timing import Cost, Timer
+
+
+@dataclass
+class Sweep:
+    spec: OpSpec
+    shapes: List[LinearShape]
+    ms: List[int]
+    cases: List[Case]
+    device: torch.device
+    seed: int = 0
+    time_budget_s: Optional[float] = None
+    notes: List[str] = field(default_factory=list)
+
+
+def rel_error(y: torch.Tensor, ref: torch.Tensor) -> float:
+    """||y - ref||_F / ||ref||_F in fp32 (inf for NaN/shape mismatch)."""
+    if tuple(y.shape) != tuple(ref.shape):
+        return float("inf")
+    yf = y.float()
+    err = torch.linalg.vector_norm(yf - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-30)
+    e = float(err)
+    return e if e == e else float("inf")
+
+
+def _short(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}"[:300]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _reference(x: torch.Tensor, w_ref: torch.Tensor) -> torch.Tensor:
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # the oracle is true fp32
+    try:
+        return x.float() @ w_ref.t()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
+
+
+def run_sweep(sw: Sweep, timer: Timer, progress: Optional[Callable[[str], None]] = None,
+              on_shape_done: Optional[Callable[[List[Row]], None]] = None) -> List[Row]:
+    """Run every point; returns raw rows (``results.derive`` adds the metrics)."""
+    rows: List[Row] = []
+    t0 = time.perf_counter()
+    for shape in sw.shapes:
+        over = sw.time_budget_s is not None and time.perf_counter() - t0 > sw.time_budget_s
+        if over:
+            for m in sw.ms:
+                for case in sw.cases:
+                    rows.append(_row(shape, m, case, sw.spec, SKIP, "time budget exhausted"))
+                    if progress:
+                        progress(f"{shape.name} skipped")
+            continue
+        rows.extend(_run_shape(sw, shape, timer, progress))
+        _free(sw.device)
+        if on_shape_done:
+            on_shape_done(rows)
+    return rows
+
+
+def _row(shape: LinearShape, m: int, case: Case, spec: OpSpec, status: str = OK, note: str = "") -> Row:
+    return Row(shape.model, shape.layer, shape.n, shape.k, m, case.name, case.role, status, note,
+               math=case.math_kind(spec), flops=matmul_flops(m, shape.n, shape.k))
+
+
+def _run_shape(sw: Sweep, shape: LinearShape, timer: Timer, progress) -> List[Row]:
+    rows: List[Row] = []
+    try:
+        data = make_shape_data(shape, sw.spec, sw.device, sw.seed)
+    except Exception as e:  # noqa: BLE001 - record and go on with the next shape
+        for m in sw.ms:
+            for case in sw.cases:
+                rows.append(_row(shape, m, case, sw.spec, ERROR, f"shape setup: {_short(e)}"))
+        return rows
+    bound: Dict[str, object] = {}  # name -> Bound | error string
+    for case in sw.cases:
+        try:
+            bound[case.name] = case.bind(data)
+        except Exception as e:  # noqa: BLE001
+            bound[case.name] = f"bind: {_short(e)}"
+    copies: Dict[str, list] = {}
+    for m in sw.ms:
+        x = make_x(m, shape.k, sw.spec, sw.device, sw.seed)
+        ref = None
+        for case in sw.cases:
+            b = bound[case.name]
+            row = _row(shape, m, case, sw.spec)
+            rows.append(row)
+            if progress:
+                progress(f"{shape.name} M={m} {case.name}")
+            ok, why = case.supports(sw.spec, shape, m)
+            if not ok:
+                row.status, row.note = SKIP, why
+                continue
+            if isinstance(b, str):
+                row.status, row.note = ERROR, b
+                continue
+            if b.reference is None and ref is None:
+                ref = _reference(x, data.w_ref)
+            try:
+                _measure(row, case, b, x, ref, sw, copies, timer)
+            except Exception as e:  # noqa: BLE001 - one failing case must not stop the sweep
+                row.status, row.note = ERROR, _short(e)
+                row.kernel_us = row.eager_us = None
+                if sw.device.type == "cuda":
+                    traceback.print_exc(limit=2)
+                    try:
+                        torch.cuda.synchronize(sw.device)
+                    except Exception:  # noqa: BLE001
+                        pass
+        del x, ref
+        _free(sw.device)
+    del data, bound, copies
+    return rows
+
+
+def _measure(row: Row, case: Case, b: Bound, x: torch.Tensor, shared_ref, sw: Sweep,
+             copies: Dict[str, list], timer: Timer) -> None:
+    shape = (row.m, row.n, row.k)
+    row.ideal_bytes = b.ideal_bytes(*shape)
+    row.note = b.note
+    xin = b.prepare_x(x)
+    with torch.no_grad():
+        y = b.run(xin, b.weights)  # also compiles / warms up before any capture
+        _sync(sw.device)
+        ref = b.reference(x) if b.reference is not None else shared_ref
+        row.tol = case.tol(sw.spec, b)
+        row.rel_err = rel_error(y, ref)
+        del y, ref
+        if not row.rel_err <= row.tol:
+            row.status = FAIL
+            row.note = f"rel err {row.rel_err:.3g} > tol {row.tol:.3g}" + (f"; {b.note}" if b.note else "")
+            return
+        if case.name not in copies:
+            r = timer.copies_needed(tensor_nbytes(b.weights))
+            copies[case.name] = [b.weights] + [clone_tensors(b.weights) for _ in range(r - 1)]
+        ws = copies[case.name]
+        row.copies = len(ws)
+        cost = Cost(case.name, row.ideal_bytes, row.flops)
+        calls = [lambda w=w: b.run(xin, w) for w in ws]
+        row.kernel_us = timer.kernel_us(calls, cost)
+        row.eager_us = timer.eager_us(lambda: b.run(xin, b.weights), cost)
