@@ -89,15 +89,9 @@ class Tinygemm(Case):
 
     def bind(self, data: ShapeData) -> Bound:
         qw, s = data.qw, data.shape
-        codes = qw.codes()[:, : s.k].to(torch.uint8)  # (N, K), q in [0, 15]
-        packed = ((codes[:, ::2] << 4) | codes[:, 1::2]).contiguous()  # even k in the high nibble
-        del codes
         inner = _inner_k_tiles(s.k)
-        wp = torch.ops.aten._convert_weight_to_int4pack(packed, inner)
-        del packed
-        scale = qw.scales.float()
-        zt = (8.0 - _zero_points(qw)) * scale
-        sz = torch.stack([scale, zt], dim=-1).to(torch.bfloat16).contiguous()  # (K/g, N, 2)
+        wp = torch.ops.aten._convert_weight_to_int4pack(tinygemm_nibbles(qw.codes()[:, : s.k]), inner)
+        sz = tinygemm_scales_and_zeros(qw)
         g = qw.group_size
 
         def run(x, w):
@@ -105,6 +99,19 @@ class Tinygemm(Case):
 
         nbytes = intx_weight_bytes(s.n, s.k, 4, g, 2, 2)
         return Bound((wp, sz), run, nbytes, 2, 2, torch.bfloat16, note=f"innerKTiles={inner}")
+
+
+def tinygemm_nibbles(codes: torch.Tensor) -> torch.Tensor:
+    """Codes (N, K) in [0, 15] -> (N, K/2) uint8 with even k in the high nibble (the CUDA input layout)."""
+    c = codes.to(torch.uint8)
+    return ((c[:, ::2] << 4) | c[:, 1::2]).contiguous()
+
+
+def tinygemm_scales_and_zeros(qw: IntxWeight) -> torch.Tensor:
+    """(G, N, 2) bf16 [scale, zt] with zt = (8 - z) * s, so (q - 8) * s + zt == (q - z) * s."""
+    scale = qw.scales.float()
+    zt = (8.0 - _zero_points(qw)) * scale
+    return torch.stack([scale, zt], dim=-1).to(torch.bfloat16).contiguous()
 
 
 class DequantCublas(Case):
