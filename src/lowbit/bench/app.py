@@ -90,7 +90,9 @@ class _Progress:
         try:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, file=sys.stderr, unit="pt", dynamic_ncols=True, mininterval=0.5)
+            tty = sys.stderr.isatty()
+            self.bar = tqdm(total=total, file=sys.stderr, unit="pt", dynamic_ncols=True,
+                            mininterval=0.5 if tty else 15.0)  # keep logs of non-interactive runs short
         except ImportError:
             pass
 

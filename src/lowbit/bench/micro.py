@@ -7,6 +7,7 @@ records ERROR for its row and the sweep continues.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 import traceback
@@ -53,17 +54,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _free(device: torch.device) -> None:
-    gc.collect()
+def _free(device: torch.device, collect: bool = False) -> None:
+    if collect:
+        gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
 
-def _reference(x: torch.Tensor, w_ref: torch.Tensor) -> torch.Tensor:
+@contextlib.contextmanager
+def exact_fp32():
+    """References are true fp32 matmuls, whatever TF32 setting the process has."""
     prev = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False  # the oracle is true fp32
+    torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        return x.float() @ w_ref.t()
+        yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = prev
 
@@ -72,20 +76,29 @@ def run_sweep(sw: Sweep, timer: Timer, progress: Optional[Callable[[str], None]]
               on_shape_done: Optional[Callable[[List[Row]], None]] = None) -> List[Row]:
     """Run every point; returns raw rows (``results.derive`` adds the metrics)."""
     rows: List[Row] = []
-    t0 = time.perf_counter()
+    deadline = None if sw.time_budget_s is None else time.perf_counter() + sw.time_budget_s
     for shape in sw.shapes:
-        over = sw.time_budget_s is not None and time.perf_counter() - t0 > sw.time_budget_s
-        if over:
-            for m in sw.ms:
-                for case in sw.cases:
-                    rows.append(_row(shape, m, case, sw.spec, SKIP, "time budget exhausted"))
-                    if progress:
-                        progress(f"{shape.name} skipped")
+        if _past(deadline):
+            rows.extend(_skip_all(sw, shape, sw.ms, progress))
             continue
-        rows.extend(_run_shape(sw, shape, timer, progress))
-        _free(sw.device)
+        rows.extend(_run_shape(sw, shape, timer, progress, deadline))
+        _free(sw.device, collect=True)
         if on_shape_done:
             on_shape_done(rows)
+    return rows
+
+
+def _past(deadline: Optional[float]) -> bool:
+    return deadline is not None and time.perf_counter() > deadline
+
+
+def _skip_all(sw: Sweep, shape: LinearShape, ms: List[int], progress) -> List[Row]:
+    rows = []
+    for m in ms:
+        for case in sw.cases:
+            rows.append(_row(shape, m, case, sw.spec, SKIP, "time budget exhausted"))
+            if progress:
+                progress(f"{shape.name} M={m} skipped")
     return rows
 
 
@@ -94,7 +107,7 @@ def _row(shape: LinearShape, m: int, case: Case, spec: OpSpec, status: str = OK,
                math=case.math_kind(spec), flops=matmul_flops(m, shape.n, shape.k))
 
 
-def _run_shape(sw: Sweep, shape: LinearShape, timer: Timer, progress) -> List[Row]:
+def _run_shape(sw: Sweep, shape: LinearShape, timer: Timer, progress, deadline: Optional[float]) -> List[Row]:
     rows: List[Row] = []
     try:
         data = make_shape_data(shape, sw.spec, sw.device, sw.seed)
@@ -110,7 +123,10 @@ def _run_shape(sw: Sweep, shape: LinearShape, timer: Timer, progress) -> List[Ro
         except Exception as e:  # noqa: BLE001
             bound[case.name] = f"bind: {_short(e)}"
     copies: Dict[str, list] = {}
-    for m in sw.ms:
+    for i, m in enumerate(sw.ms):
+        if _past(deadline):
+            rows.extend(_skip_all(sw, shape, sw.ms[i:], progress))
+            break
         x = make_x(m, shape.k, sw.spec, sw.device, sw.seed)
         ref = None
         for case in sw.cases:
@@ -127,7 +143,8 @@ def _run_shape(sw: Sweep, shape: LinearShape, timer: Timer, progress) -> List[Ro
                 row.status, row.note = ERROR, b
                 continue
             if b.reference is None and ref is None:
-                ref = _reference(x, data.w_ref)
+                with exact_fp32():
+                    ref = x.float() @ data.w_ref.t()
             try:
                 _measure(row, case, b, x, ref, sw, copies, timer)
             except Exception as e:  # noqa: BLE001 - one failing case must not stop the sweep
@@ -154,7 +171,11 @@ def _measure(row: Row, case: Case, b: Bound, x: torch.Tensor, shared_ref, sw: Sw
     with torch.no_grad():
         y = b.run(xin, b.weights)  # also compiles / warms up before any capture
         _sync(sw.device)
-        ref = b.reference(x) if b.reference is not None else shared_ref
+        if b.reference is not None:
+            with exact_fp32():
+                ref = b.reference(x)
+        else:
+            ref = shared_ref
         row.tol = case.tol(sw.spec, b)
         row.rel_err = rel_error(y, ref)
         del y, ref

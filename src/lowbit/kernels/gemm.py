@@ -15,8 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import alloc_output, finish_output
-from .unpack import code_tile, group_params, plane_constexprs
+from .launch import alloc_output, finish_output, shipped_config
+from .unpack import code_tile_nk, dequant_tile, group_params, plane_constexprs
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,13 @@ def gemm_wxa16_kernel(
     M, N, K, Kp,
     stride_xm, stride_xk, stride_qk, stride_sg, stride_ys, stride_ym,
     GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
-    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, INT_ZERO: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
+    """Computes the tile transposed, Y^T[BLOCK_N, BLOCK_M] = W[BLOCK_N, :] @ X[BLOCK_M, :]^T: the
+    dequantized weights are the register A operand and the tokens the MMA's N side, so Hopper's
+    wgmma applies from BLOCK_M = 16 on (a [BLOCK_M < 64, ...] A operand would not)."""
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     num_m = tl.cdiv(M, BLOCK_M)
@@ -55,46 +58,52 @@ def gemm_wxa16_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
 
     k_tiles = tl.cdiv(K, BLOCK_K)
     tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
     t0 = pid_k * tiles_per_split
     t1 = min(t0 + tiles_per_split, k_tiles)
     for t in range(t0, t1):
-        offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
-                    mask=mask_m[:, None] & (offs_k[None, :] < K), other=0.0)
-        q = code_tile(qw_ptr, offs_k, offs_n, mask_n, stride_qk, Kp, P0, P1, P2).to(tl.float32)
+        k0 = t * BLOCK_K
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None] * stride_xk,
+                     mask=mask_m[None, :] & (offs_k[:, None] < K), other=0.0)  # [BLOCK_K, BLOCK_M]
+        q = code_tile_nk(qw_ptr, k0, offs_n, mask_n, stride_qk, Kp, P0, P1, P2, BLOCK_N, BLOCK_K)
         if GROUP_LEN % BLOCK_K == 0:
-            s, z = group_params(s_ptr, z_ptr, (t * BLOCK_K) // GROUP_LEN, offs_n, mask_n, stride_sg,
-                                HAS_ZEROS, SYM_ZERO)
-            w = (q - z[None, :]) * s[None, :]
+            s, z = group_params(s_ptr, z_ptr, k0 // GROUP_LEN, offs_n, mask_n, stride_sg, HAS_ZEROS, SYM_ZERO)
+            w = dequant_tile(q, s[:, None], z[:, None], INT_ZERO, x_ptr.dtype.element_ty)
         else:
-            s, z = group_params(s_ptr, z_ptr, (offs_k // GROUP_LEN)[:, None], offs_n, mask_n[None, :] & (offs_k < Kp)[:, None], stride_sg,
-                                HAS_ZEROS, SYM_ZERO)
-            w = (q - z) * s
-        acc += tl.dot(x, w.to(x.dtype))
+            s, z = group_params(s_ptr, z_ptr, (offs_k // GROUP_LEN)[None, :], offs_n[:, None],
+                                mask_n[:, None] & (offs_k < Kp)[None, :], stride_sg, HAS_ZEROS, SYM_ZERO)
+            w = dequant_tile(q, s, z, INT_ZERO, x_ptr.dtype.element_ty)
+        acc += tl.dot(w, xt)
 
-    mask = mask_m[:, None] & mask_n[None, :]
+    mask = mask_n[:, None] & mask_m[None, :]
     if SPLIT_K == 1:
         if HAS_BIAS:
-            acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
+            acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
+        y_ptrs = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
         tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
     else:
-        y_ptrs = y_ptr + pid_k * stride_ys + offs_m[:, None] * stride_ym + offs_n[None, :]
+        y_ptrs = y_ptr + pid_k * stride_ys + offs_m[None, :] * stride_ym + offs_n[:, None]
         tl.store(y_ptrs, acc, mask=mask)
 
 
 def heuristic_config(m: int, n: int, k: int, group_len: int) -> GemmConfig:
     """Reasonable tiles for any GPU when no tuned config is shipped."""
     bk = 64 if group_len >= 64 else 32
-    if m <= 16:
-        return GemmConfig(16, 64, bk * 2 if group_len >= 128 else bk, 1, 8, 4, 4)
     if m <= 64:
-        return GemmConfig(64, 64, bk, 1, 8, 4, 4)
+        return GemmConfig(16 if m <= 16 else 32 if m <= 32 else 64, 128, bk, 1, 8, 4, 4)
     return GemmConfig(128, 128, bk, 1, 8, 8, 3)
+
+
+def _config(m: int, n: int, k: int, bits: int, group_len: int, x: torch.Tensor) -> GemmConfig:
+    if x.is_cuda:
+        shipped = shipped_config("gemm", bits, m, n, k, x.device.index or 0)
+        if shipped is not None:
+            return GemmConfig(**shipped)
+    return heuristic_config(m, n, k, group_len)
 
 
 def gemm_wxa16(
@@ -106,7 +115,7 @@ def gemm_wxa16(
     m, k = x.shape
     n = out_features
     kp = qweight.shape[0] * 32 // bits
-    cfg = config or heuristic_config(m, n, k, group_len)
+    cfg = config or _config(m, n, k, bits, group_len, x)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), cfg.split_k)
     y, stride_ys = alloc_output(m, n, cfg.split_k, x)
     gemm_wxa16_kernel[grid](
@@ -115,6 +124,7 @@ def gemm_wxa16(
         x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), stride_ys, y.stride(-2),
         GROUP_LEN=group_len, **plane_constexprs(bits),
         HAS_ZEROS=zeros is not None, SYM_ZERO=sym_zero, HAS_BIAS=bias is not None,
+        INT_ZERO=(zeros is not None and zeros.dtype == torch.uint8) or (zeros is None and sym_zero == int(sym_zero)),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         SPLIT_K=cfg.split_k, GROUP_M=cfg.group_m,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,

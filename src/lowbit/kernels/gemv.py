@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import alloc_output, finish_output
+from .launch import alloc_output, finish_output, shipped_config
 from .unpack import group_params, plane_constexprs
 
 
@@ -33,24 +33,37 @@ class GemvConfig:
 
 
 @triton.jit
-def _plane_partial(acc, x_ptr, qw_ptr, row0, k0, offs_m, mask_m, offs_n, mask_n, K, Kp,
+def _plane_partial(x_ptr, qw_ptr, row0, k0, offs_m, mask_m, offs_n, mask_n, K, Kp,
                    stride_xm, stride_xk, stride_qk,
-                   P: tl.constexpr, OFF: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc[BLOCK_M, BLOCK_N] += 2**OFF * sum_k x[m, k] * plane_P[k, n] over k in [k0, k0 + BLOCK_K)."""
+                   P: tl.constexpr, OFF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """2**OFF * sum_k x[m, k] * plane_P[k, n] over k in [k0, k0 + BLOCK_K) -> fp32 [BLOCK_M, BLOCK_N].
+
+    No int->float conversion (I2F runs at 1/8 rate): a field of P bits at bit SH <= 15 of a word,
+    OR-ed into the mantissa of 2**23, is exactly 2**23 + v * 2**SH; subtracting 2**23 leaves
+    v * 2**SH, and 2**-SH is folded into x. Fields at bit >= 16 come from the word shifted by 16.
+    """
     PER: tl.constexpr = 32 // P
     ROWS: tl.constexpr = BLOCK_K // PER
+    MASK: tl.constexpr = (1 << P) - 1
     r = tl.arange(0, ROWS)
     rmask = (k0 + r * PER) < Kp
     words = tl.load(qw_ptr + (row0 + k0 // PER + r)[:, None] * stride_qk + offs_n[None, :],
                     mask=rmask[:, None] & mask_n[None, :], other=0)
-    part = tl.zeros_like(acc)
+    high = (words >> 16) & 0xFFFF
+    tile = tl.zeros((BLOCK_M, ROWS, words.shape[1]), dtype=tl.float32)
     for j in tl.static_range(PER):
-        v = ((words >> (j * P)) & ((1 << P) - 1)).to(tl.float32)
+        POS = j * P
+        SH = POS % 16
+        if POS < 16:
+            field = words & (MASK << SH)
+        else:
+            field = high & (MASK << SH)
+        v = (field | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
         kk = k0 + r * PER + j
         xj = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :] * stride_xk,
                      mask=mask_m[:, None] & (kk < K)[None, :], other=0.0).to(tl.float32)
-        part += tl.sum(xj[:, :, None] * v[None, :, :], axis=1)
-    return acc + part * (1 << OFF)
+        tile += (xj * ((1 << OFF) / (1 << SH)))[:, :, None] * v[None, :, :]
+    return tl.sum(tile, axis=1)
 
 
 @triton.jit
@@ -76,16 +89,15 @@ def gemv_wxa16_kernel(
     t1 = min(t0 + tiles_per_split, k_tiles)
     for t in range(t0, t1):
         k0 = t * BLOCK_K
-        part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        part = _plane_partial(part, x_ptr, qw_ptr, 0, k0, offs_m, mask_m, offs_n, mask_n, K, Kp,
-                              stride_xm, stride_xk, stride_qk, P0, 0, BLOCK_K)
+        part = _plane_partial(x_ptr, qw_ptr, 0, k0, offs_m, mask_m, offs_n, mask_n, K, Kp,
+                              stride_xm, stride_xk, stride_qk, P0, 0, BLOCK_M, BLOCK_K)
         if P1 > 0:
-            part = _plane_partial(part, x_ptr, qw_ptr, (Kp // 32) * P0, k0, offs_m, mask_m, offs_n,
-                                  mask_n, K, Kp, stride_xm, stride_xk, stride_qk, P1, P0, BLOCK_K)
+            part += _plane_partial(x_ptr, qw_ptr, (Kp // 32) * P0, k0, offs_m, mask_m, offs_n, mask_n,
+                                   K, Kp, stride_xm, stride_xk, stride_qk, P1, P0, BLOCK_M, BLOCK_K)
         if P2 > 0:
-            part = _plane_partial(part, x_ptr, qw_ptr, (Kp // 32) * (P0 + P1), k0, offs_m, mask_m,
-                                  offs_n, mask_n, K, Kp, stride_xm, stride_xk, stride_qk,
-                                  P2, P0 + P1, BLOCK_K)
+            part += _plane_partial(x_ptr, qw_ptr, (Kp // 32) * (P0 + P1), k0, offs_m, mask_m, offs_n,
+                                   mask_n, K, Kp, stride_xm, stride_xk, stride_qk, P2, P0 + P1,
+                                   BLOCK_M, BLOCK_K)
         offs_k = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
                     mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0).to(tl.float32)
@@ -121,6 +133,14 @@ def heuristic_config(m: int, n: int, k: int, group_len: int, num_sms: int = 132)
     return GemvConfig(block_n, block_k, split, 4, 2)
 
 
+def _config(m: int, n: int, k: int, bits: int, group_len: int, x: torch.Tensor) -> GemvConfig:
+    if x.is_cuda:
+        shipped = shipped_config("gemv", bits, m, n, k, x.device.index or 0)
+        if shipped is not None and group_len % shipped["block_k"] == 0:
+            return GemvConfig(**shipped)
+    return heuristic_config(m, n, k, group_len)
+
+
 def gemv_wxa16(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
     bias: Optional[torch.Tensor], bits: int, group_len: int, sym_zero: float, out_features: int,
@@ -130,7 +150,7 @@ def gemv_wxa16(
     m, k = x.shape
     n = out_features
     kp = qweight.shape[0] * 32 // bits
-    cfg = config or heuristic_config(m, n, k, group_len)
+    cfg = config or _config(m, n, k, bits, group_len, x)
     if group_len % cfg.block_k:
         raise ValueError(f"GEMV block_k={cfg.block_k} must divide the group length {group_len}")
     block_m = max(1, triton.next_power_of_2(m))

@@ -1,6 +1,7 @@
 """Host-side helpers shared by the kernel launchers (output / split-K workspace handling)."""
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -22,3 +23,12 @@ def finish_output(y: torch.Tensor, split_k: int, bias: Optional[torch.Tensor], d
     if bias is not None:
         y += bias.float()
     return y.to(dtype)
+
+
+@functools.lru_cache(maxsize=4096)
+def shipped_config(kernel: str, bits: int, m: int, n: int, k: int, device_index: int) -> Optional[dict]:
+    """Config from the shipped table of this GPU (cached per problem: no lookup cost per call)."""
+    from ..tuning import lookup, m_bucket
+
+    name = torch.cuda.get_device_name(device_index)
+    return lookup(kernel, bits, m_bucket(m), n, k, name)

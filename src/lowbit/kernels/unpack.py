@@ -47,3 +47,51 @@ def group_params(s_ptr, z_ptr, g, offs_n, mask, stride_sg,
     else:
         z = tl.zeros_like(s) + SYM_ZERO
     return s, z
+
+
+@triton.jit
+def plane_tile_nk(qw_ptr, row0, k0, offs_n, mask_n, stride_qk, Kp,
+                  P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Codes of one plane for k in [k0, k0 + BLOCK_K) -> int32 [BLOCK_N, BLOCK_K].
+
+    Each int32 word is loaded once ([BLOCK_N, BLOCK_K // PER], coalesced along N) and split with
+    constant shifts into a [BLOCK_N, BLOCK_K // PER, PER] tensor whose row-major order is k.
+    """
+    PER: tl.constexpr = 32 // P
+    ROWS: tl.constexpr = BLOCK_K // PER
+    r = tl.arange(0, ROWS)
+    mask = mask_n[:, None] & ((k0 + r * PER) < Kp)[None, :]
+    words = tl.load(qw_ptr + offs_n[:, None] + (row0 + k0 // PER + r)[None, :] * stride_qk, mask=mask, other=0)
+    shifts = tl.arange(0, PER) * P
+    codes = (words[:, :, None] >> shifts[None, None, :]) & ((1 << P) - 1)
+    return tl.reshape(codes, (BLOCK_N, BLOCK_K))
+
+
+@triton.jit
+def code_tile_nk(qw_ptr, k0, offs_n, mask_n, stride_qk, Kp,
+                 P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Full codes for k in [k0, k0 + BLOCK_K) -> int32 [BLOCK_N, BLOCK_K]; 0 where k >= Kp or n masked."""
+    q = plane_tile_nk(qw_ptr, 0, k0, offs_n, mask_n, stride_qk, Kp, P0, BLOCK_N, BLOCK_K)
+    if P1 > 0:
+        q |= plane_tile_nk(qw_ptr, (Kp // 32) * P0, k0, offs_n, mask_n, stride_qk, Kp, P1,
+                           BLOCK_N, BLOCK_K) << P0
+    if P2 > 0:
+        q |= plane_tile_nk(qw_ptr, (Kp // 32) * (P0 + P1), k0, offs_n, mask_n, stride_qk, Kp, P2,
+                           BLOCK_N, BLOCK_K) << (P0 + P1)
+    return q
+
+
+@triton.jit
+def dequant_tile(q, s, z, INT_ZERO: tl.constexpr, OUT_DTYPE: tl.constexpr):
+    """(q - z) * s -> OUT_DTYPE, q int32 codes, s/z fp32 broadcastable to q.
+
+    INT_ZERO (integer zero points): 1024 + q is built in fp16 by OR-ing q into the mantissa of
+    1024.0 (no int->float conversion), and (1024 + q) - (1024 + z) is exact in fp16.
+    """
+    if INT_ZERO:
+        v = (q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+        w = (v - (z + 1024.0).to(tl.float16)).to(OUT_DTYPE) * s.to(OUT_DTYPE)
+    else:
+        w = ((q.to(tl.float32) - z) * s).to(OUT_DTYPE)
+    return w

@@ -1,0 +1,77 @@
+"""Compile lowbit kernels for sm_90 on any machine (no GPU needed) and report registers, spills,
+shared memory and a SASS instruction histogram (needs the cuobjdump that Triton ships).
+
+    PYTHONPATH=src python scripts/compile_check.py gemv --bits 4 --block-m 1 --block-n 64 --block-k 256
+"""
+import argparse
+import collections
+import os
+import re
+import subprocess
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from lowbit.kernels.gemm import gemm_wxa16_kernel
+from lowbit.kernels.gemv import gemv_wxa16_kernel
+from lowbit.kernels.unpack import plane_constexprs
+
+SIG = {"x_ptr": "*fp16", "qw_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*u8", "b_ptr": "*fp16", "y_ptr": "*fp16",
+       "M": "i32", "N": "i32", "K": "i32", "Kp": "i32", "stride_xm": "i32", "stride_xk": "i32",
+       "stride_qk": "i32", "stride_sg": "i32", "stride_ys": "i32", "stride_ym": "i32"}
+
+
+def compile_kernel(fn, constexprs, num_warps, num_stages, dtype="fp16"):
+    sig = dict(SIG)
+    for k in ("x_ptr", "s_ptr", "b_ptr", "y_ptr"):
+        sig[k] = f"*{dtype}"
+    sig.update({k: "constexpr" for k in constexprs})
+    src = ASTSource(fn, sig, constexprs=dict(constexprs))
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def sass_histogram(cubin: bytes):
+    """(instruction histogram, resource usage line, SASS text) of a cubin."""
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True).stdout
+        res = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+    ops = re.findall(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)(?:\.[\w.]+)?", sass)
+    usage = " ".join(line.strip() for line in res.splitlines() if "REG" in line)
+    return collections.Counter(ops), usage, sass
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("kernel", choices=["gemv", "gemm"])
+    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--group", type=int, default=128)
+    p.add_argument("--block-m", type=int, default=1)
+    p.add_argument("--block-n", type=int, default=64)
+    p.add_argument("--block-k", type=int, default=128)
+    p.add_argument("--split-k", type=int, default=1)
+    p.add_argument("--warps", type=int, default=4)
+    p.add_argument("--stages", type=int, default=2)
+    p.add_argument("--dtype", default="fp16")
+    p.add_argument("--sass", action="store_true")
+    a = p.parse_args()
+    ce = dict(GROUP_LEN=a.group, **plane_constexprs(a.bits), HAS_ZEROS=True, SYM_ZERO=8.0, HAS_BIAS=False,
+              BLOCK_M=a.block_m, BLOCK_N=a.block_n, BLOCK_K=a.block_k, SPLIT_K=a.split_k)
+    if a.kernel == "gemm":
+        ce.update(GROUP_M=8, INT_ZERO=True)
+    fn = gemv_wxa16_kernel if a.kernel == "gemv" else gemm_wxa16_kernel
+    k = compile_kernel(fn, ce, a.warps, a.stages, a.dtype)
+    hist, usage, sass = sass_histogram(k.asm["cubin"])
+    print(usage)
+    print(" ".join(f"{op}:{c}" for op, c in hist.most_common(40)))
+    if a.sass:
+        print(sass)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""``lowbit tune``: offline search of GEMV / GEMM configs, written as a shipped table.
+
+For every (bits, shape N x K, M) it times each candidate cold (CUDA graph over R weight copies,
+``lowbit.bench.timing.CudaTimer``), checks it against the fp32 reference first, and keeps the
+fastest. Compilation is done up front by ``--jobs`` worker processes (filling Triton's disk
+cache) so the timing process only loads binaries. Output: ``{"gpu": ..., "entries": [...]}``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing as mp
+import sys
+import time
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+
+from ..formats.intx import IntxFormat, symmetric_zero
+from ..kernels.gemm import GemmConfig, gemm_wxa16
+from ..kernels.gemv import MAX_M as GEMV_MAX_M, GemvConfig, gemv_wxa16
+from . import gpu_slug, m_bucket
+
+
+def gemv_candidates(m: int, group_len: int) -> List[GemvConfig]:
+    out = []
+    for bn in (32, 64, 128):
+        for bk in (64, 128, 256):
+            if group_len % bk or (m > 4 and bn * bk > 64 * 128):
+                continue
+            for split in (1, 4):
+                for stages in (2, 4):
+                    out.append(GemvConfig(bn, bk, split, 4, stages))
+    return out
+
+
+def gemm_candidates(m: int) -> List[GemmConfig]:
+    bms = [16] if m <= 16 else [32] if m <= 32 else [64] if m <= 64 else [64, 128]
+    out = []
+    for bm in bms:
+        for bn in (64, 128, 256):
+            for bk in (64, 128):
+                if bm * bn * bk > 128 * 256 * 64 or (bn == 256 and bk == 128):
+                    continue
+                splits = (1, 2, 4) if m <= 128 else (1,)
+                for split in splits:
+                    warps = 8 if bm * bn >= 128 * 128 else 4
+                    out.append(GemmConfig(bm, bn, bk, split, 8, warps, 4 if bk == 64 else 3))
+    return out
+
+
+def _problem(bits: int, n: int, k: int, group: int, dtype: torch.dtype, copies: int):
+    fmt = IntxFormat(bits, group, False, "int", dtype)
+    w = torch.randn(n, k, device="cuda") * 0.02
+    base = fmt.quantize(w)
+    qws = [base] + [dataclasses.replace(base, qweight=base.qweight.clone(), scales=base.scales.clone(),
+                                        zeros=base.zeros.clone()) for _ in range(copies - 1)]
+    return base, qws
+
+
+def _call(cfg, x, qw):
+    launcher = gemv_wxa16 if isinstance(cfg, GemvConfig) else gemm_wxa16
+    return launcher(x, qw.qweight, qw.scales, qw.zeros, None, qw.bits, qw.group_len,
+                    symmetric_zero(qw.bits), qw.out_features, config=cfg)
+
+
+def _tasks(bits_list, shapes, ms, group) -> List[Tuple[int, int, int, int, object]]:
+    tasks = []
+    for bits in bits_list:
+        for n, k in shapes:
+            for m in ms:
+                cands = gemv_candidates(m, group) if m <= GEMV_MAX_M else gemm_candidates(m)
+                tasks += [(bits, n, k, m, c) for c in cands]
+    return tasks
+
+
+def _compile_worker(args):
+    tasks, group, dtype_name = args
+    dtype = getattr(torch, dtype_name)
+    done = {}
+    for bits, n, k, m, cfg in tasks:
+        key = (bits, n, k)
+        if key not in done:
+            done[key] = _problem(bits, n, k, group, dtype, 1)[0]
+        x = torch.randn(m, k, device="cuda", dtype=dtype)
+        try:
+            _call(cfg, x, done[key])
+        except Exception as e:  # reported again (and skipped) by the timing pass
+            print(f"compile failed {cfg}: {e}", file=sys.stderr)
+    torch.cuda.synchronize()
+    return len(tasks)
+
+
+def tune(bits_list: Sequence[int], shapes: Sequence[Tuple[int, int]], ms: Sequence[int], group: int = 128,
+         dtype: torch.dtype = torch.bfloat16, jobs: int = 8) -> Dict:
+    from ..bench.timing import Cost, CudaTimer
+
+    tasks = _tasks(bits_list, shapes, ms, group)
+    t0 = time.time()
+    if jobs > 1:
+        ctx = mp.get_context("spawn")
+        chunks = [tasks[i::jobs] for i in range(jobs)]
+        with ctx.Pool(jobs) as pool:
+            pool.map(_compile_worker, [(c, group, str(dtype).replace("torch.", "")) for c in chunks])
+    print(f"compiled {len(tasks)} candidates in {time.time() - t0:.0f}s", flush=True)
+    timer = CudaTimer(replays=10)
+    entries = []
+    for bits in bits_list:
+        for n, k in shapes:
+            base, _ = _problem(bits, n, k, group, dtype, 1)
+            copies = timer.copies_needed(base.ideal_nbytes())
+            base, qws = _problem(bits, n, k, group, dtype, copies)
+            ref_w = base.dequantize(torch.float32)
+            for m in ms:
+                x = torch.randn(m, k, device="cuda", dtype=dtype)
+                ref = x.float() @ ref_w.t()
+                results = []
+                for bits_, n_, k_, m_, cfg in _tasks([bits], [(n, k)], [m], group):
+                    try:
+                        y = _call(cfg, x, base).float()
+                        if not ((y - ref).norm() / ref.norm()).item() < 2e-2:
+                            raise ValueError("wrong result")
+                        us = timer.kernel_us([lambda q=q: _call(cfg, x, q) for q in qws], Cost("tune", 0, 0))
+                    except Exception as e:
+                        print(f"  skip {cfg}: {e}", flush=True)
+                        continue
+                    results.append((us, cfg))
+                results.sort(key=lambda r: r[0])
+                best_us, best = results[0]
+                kernel = "gemv" if isinstance(best, GemvConfig) else "gemm"
+                print(f"W{bits} {n}x{k} M={m}: best {best_us:.1f} us {best} "
+                      f"(worst {results[-1][0]:.1f} us of {len(results)})", flush=True)
+                entries.append({"kernel": kernel, "bits": bits, "m": m_bucket(m), "n": n, "k": k,
+                                "us": round(best_us, 2), "config": dataclasses.asdict(best)})
+            del qws
+            torch.cuda.empty_cache()
+    return {"gpu": torch.cuda.get_device_name(), "dtype": str(dtype), "group_size": group,
+            "torch": torch.__version__, "entries": entries}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="lowbit tune", description=__doc__)
+    p.add_argument("--bits", default="4")
+    p.add_argument("--shapes", default="6144x4096,4096x4096,28672x4096,4096x14336")
+    p.add_argument("--m", default="1,8,16,32,64,128,256,1024,4096")
+    p.add_argument("--group-size", type=int, default=128)
+    p.add_argument("--jobs", type=int, default=8)
+    p.add_argument("--out", default=None, help="JSON path (default: stdout summary only + out/tune/<gpu>.json)")
+    a = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("lowbit tune needs a CUDA GPU", file=sys.stderr)
+        return 2
+    shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
+    table = tune([int(b) for b in a.bits.split(",")], shapes, [int(m) for m in a.m.split(",")],
+                 a.group_size, jobs=a.jobs)
+    out = a.out or f"out/tune/{gpu_slug(table['gpu'])}.json"
+    import os
+
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out + ".tmp", "w") as f:
+        json.dump(table, f, indent=1)
+    os.replace(out + ".tmp", out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
