@@ -12,7 +12,7 @@ from typing import Tuple
 
 import torch
 
-from .cases import BASELINE, Bound, Case, OpSpec, ShapeData, needs_cuda, register
+from .cases import Bound, Case, OpSpec, ShapeData, needs_cuda, register
 from .shapes import LinearShape
 
 FP8 = getattr(torch, "float8_e4m3fn", None)
@@ -143,4 +143,4 @@ register(ScaledMM("scaled_mm_quant", "fp8 _scaled_mm + eager activation quant", 
 register(ScaledMM("scaled_mm_quant_compiled", "fp8 _scaled_mm + compiled activation quant", quant="compiled"))
 register(IntMM("int_mm", "int8 _int_mm, GEMM only", ops=("int8",)))
 
-__all__ = ["ScaledMM", "IntMM", "quant_fp8_rows", "quant_int8_rows", "BASELINE"]
+__all__ = ["ScaledMM", "IntMM", "quant_fp8_rows", "quant_int8_rows"]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..formats.intx import IntxWeight, symmetric_zero, unpack
 from .cases import (
-    BASELINE, OURS, PEER, Bound, Case, OpSpec, ShapeData, intx_weight_bytes, needs_cuda, register,
+    OURS, PEER, Bound, Case, OpSpec, ShapeData, intx_weight_bytes, needs_cuda, register,
 )
 from .shapes import LinearShape
 
@@ -243,4 +243,4 @@ register(CompiledDequant("compiled", "torch.compile(dequantize + matmul)"))
 register(GemLite("gemlite", "gemlite GemLiteLinear", role=PEER))
 register(TorchaoInt4("torchao", "torchao Int4WeightOnlyConfig", role=PEER))
 
-__all__ = ["Ours", "Cublas", "Tinygemm", "DequantCublas", "CompiledDequant", "GemLite", "TorchaoInt4", "BASELINE"]
+__all__ = ["Ours", "Cublas", "Tinygemm", "DequantCublas", "CompiledDequant", "GemLite", "TorchaoInt4"]

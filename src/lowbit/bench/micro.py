@@ -142,10 +142,10 @@ def _run_shape(sw: Sweep, shape: LinearShape, timer: Timer, progress, deadline: 
             if isinstance(b, str):
                 row.status, row.note = ERROR, b
                 continue
-            if b.reference is None and ref is None:
-                with exact_fp32():
-                    ref = x.float() @ data.w_ref.t()
             try:
+                if b.reference is None and ref is None:
+                    with exact_fp32():
+                        ref = x.float() @ data.w_ref.t()
                 _measure(row, case, b, x, ref, sw, copies, timer)
             except Exception as e:  # noqa: BLE001 - one failing case must not stop the sweep
                 row.status, row.note = ERROR, _short(e)
