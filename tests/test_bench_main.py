@@ -51,6 +51,8 @@ def test_end_to_end_writes_json_csv_table_and_plots(tmp_path, capsys):
     assert by[(128, 16, "cublas")]["ideal_bytes"] == 128 * 256 * 2 + 16 * 256 * 2 + 16 * 128 * 2
     assert ours["flops"] == 2 * 16 * 128 * 256
     assert ours["kernel_us"] == pytest.approx(model_us(ours, 0.5))
+    assert ours["eager_us"] == pytest.approx(ours["kernel_us"] + 8.0)
+    assert ours["wall_us"] == pytest.approx(ours["kernel_us"] + 16.0)
     cub = by[(128, 16, "cublas")]
     assert ours["speedup_cublas"] == pytest.approx(model_us(cub, 1.0) / model_us(ours, 0.5))
     assert by[(128, 16, "dequant_cublas")]["speedup_cublas"] < 0.5

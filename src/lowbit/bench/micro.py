@@ -149,7 +149,7 @@ def _run_shape(sw: Sweep, shape: LinearShape, timer: Timer, progress, deadline: 
                 _measure(row, case, b, x, ref, sw, copies, timer)
             except Exception as e:  # noqa: BLE001 - one failing case must not stop the sweep
                 row.status, row.note = ERROR, _short(e)
-                row.kernel_us = row.eager_us = None
+                row.kernel_us = row.eager_us = row.wall_us = None
                 if sw.device.type == "cuda":
                     traceback.print_exc(limit=2)
                     try:
@@ -192,3 +192,4 @@ def _measure(row: Row, case: Case, b: Bound, x: torch.Tensor, shared_ref, sw: Sw
         calls = [lambda w=w: b.run(xin, w) for w in ws]
         row.kernel_us = timer.kernel_us(calls, cost)
         row.eager_us = timer.eager_us(lambda: b.run(xin, b.weights), cost)
+        row.wall_us = timer.wall_us(lambda: b.run(xin, b.weights), cost, row.kernel_us)

@@ -88,11 +88,13 @@ def tables(rows: List[Row]) -> List[Dict[str, object]]:
         body = []
         for r in (r for r in rows if r.method == prim):
             body.append([r.shape, f"{r.n}x{r.k}", str(r.m), _f(r.kernel_us, ".1f"), _f(r.eager_us, ".1f"),
+                         _f(r.wall_us, ".1f"),
                          _f(r.tflops, ".1f"), _f(r.gbps, ".0f"), _f(r.pct_sol, ".0f"), _f(r.pct_peak, ".0f"),
                          r.bound or "-", _f(r.speedup_cublas, ".2f"), _f(r.speedup_tinygemm, ".2f"),
                          r.status if r.status == OK else f"{r.status} {r.note}"[:60]])
-        out.append({"title": f"{prim}: per point (kernel = cold CUDA graph, eager = do_bench)",
-                    "headers": ["shape", "NxK", "M", "µs kernel", "µs eager", "TFLOP/s", "GB/s", "%SOL",
+        out.append({"title": f"{prim}: per point (kernel = cold CUDA graph / R; eager = do_bench; "
+                             "call = one synced eager call, host clock)",
+                    "headers": ["shape", "NxK", "M", "µs kernel", "µs eager", "µs call", "TFLOP/s", "GB/s", "%SOL",
                                 "%peak", "bound", "x cuBLAS", "x tinygemm", "status"],
                     "rows": body})
     index: Dict[tuple, Dict[str, Row]] = {}

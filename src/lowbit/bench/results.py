@@ -28,7 +28,8 @@ class Row:
     tol: Optional[float] = None
     copies: Optional[int] = None
     kernel_us: Optional[float] = None
-    eager_us: Optional[float] = None
+    eager_us: Optional[float] = None  # do_bench median
+    wall_us: Optional[float] = None  # isolated eager call, host wall clock (Python + launch included)
     # derived by ``derive``
     tflops: Optional[float] = None
     gbps: Optional[float] = None

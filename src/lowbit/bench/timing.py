@@ -3,7 +3,10 @@
 Kernel time (``kernel_us``): R calls, each reading its own copy of the weights (R copies total
 >= ``min_copy_bytes``, so L2 holds nothing between calls), captured into one CUDA graph; the graph
 is replayed ``replays`` times and the median replay time / R is returned: cold cache, no launch
-overhead. Eager latency (``eager_us``): ``triton.testing.do_bench`` median of plain calls.
+overhead. Eager latency (``eager_us``): ``triton.testing.do_bench`` median of plain calls (it
+flushes L2 before each call, which also hides host overhead shorter than the flush). Isolated call
+(``wall_us``): flush L2, synchronize, then host wall clock of one call + synchronize — Python,
+dispatch and launch overhead fully included, as one eager call on an idle GPU costs.
 
 Select the fake timer with ``LOWBIT_BENCH_FAKE_TIMER=1`` (or pass ``timer=`` to ``main``).
 """
@@ -35,6 +38,8 @@ class Timer(Protocol):
 
     def eager_us(self, call: Callable[[], object], cost: Cost) -> float: ...
 
+    def wall_us(self, call: Callable[[], object], cost: Cost, est_us: float) -> float: ...
+
 
 def copies_for(weight_nbytes: int, min_total_bytes: int, max_copies: int, min_copies: int = 2) -> int:
     """R such that R * weight_nbytes >= min_total_bytes, clamped to [min_copies, max_copies]."""
@@ -57,6 +62,7 @@ class CudaTimer:
     rep_ms: float = 100.0
     min_copy_bytes: int = 256 * MiB
     max_copies: int = 1000
+    _flush: object = field(default=None, init=False, repr=False)
 
     def copies_needed(self, weight_nbytes: int) -> int:
         return copies_for(weight_nbytes, self.min_copy_bytes, self.max_copies)
@@ -97,6 +103,25 @@ class CudaTimer:
 
         return float(triton.testing.do_bench(call, warmup=self.warmup_ms, rep=self.rep_ms, return_mode="median")) * 1e3
 
+    def wall_us(self, call: Callable[[], object], cost: Cost, est_us: float) -> float:
+        import time
+
+        import torch
+
+        reps = max(3, min(50, int(self.rep_ms * 1e3 / max(est_us + 100.0, 1.0))))
+        if self._flush is None:  # >= 256 MB of writes evicts the 50-60 MB L2
+            self._flush = torch.empty(max(self.min_copy_bytes, 256 * MiB) // 4, dtype=torch.int32, device="cuda")
+        flush = self._flush
+        times: List[float] = []
+        for _ in range(reps):
+            flush.zero_()
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            call()
+            torch.cuda.synchronize()
+            times.append((time.perf_counter() - t) * 1e6)
+        return statistics.median(times)
+
 
 @dataclass
 class FakeTimer:
@@ -131,6 +156,9 @@ class FakeTimer:
     def eager_us(self, call: Callable[[], object], cost: Cost) -> float:
         call()
         return self._model_us(cost) + self.eager_extra_us
+
+    def wall_us(self, call: Callable[[], object], cost: Cost, est_us: float) -> float:
+        return est_us + 2 * self.eager_extra_us
 
 
 def default_timer(quick: bool, replays: Optional[int] = None, min_copy_mb: float = 256.0,
