@@ -121,3 +121,65 @@ def test_geomeans_per_m_bucket_over_shapes():
     assert gm[("lowbit", 2)]["speedup_cublas"] == pytest.approx(1.0)
     assert gm[("lowbit", 2)]["points"] == 1 and gm[("lowbit", 2)]["failed"] == 1
     assert gm[("lowbit", 1)]["pct_sol"] is None  # no ceilings given
+
+
+def _cpu_op_works(fn):
+    try:
+        fn()
+        return True
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+@pytest.mark.parametrize("quant", ["none", "eager"])
+def test_scaled_mm_case_matches_its_own_reference_but_not_the_dense_one(quant):
+    from lowbit.bench.cases_gemm import FP8, ScaledMM
+    from lowbit.bench.micro import rel_error
+    from lowbit.bench.shapes import LinearShape
+
+    a = torch.zeros(16, 32).to(FP8) if FP8 is not None else None
+    if a is None or not _cpu_op_works(lambda: torch._scaled_mm(
+            a, a.t(), scale_a=torch.ones(16, 1), scale_b=torch.ones(1, 16), out_dtype=torch.bfloat16)):
+        pytest.skip("no CPU _scaled_mm row-wise in this torch")
+    spec = OpSpec(op="fp8")
+    data = cases.make_shape_data(LinearShape("c", "x", 64, 128), spec, torch.device("cpu"))
+    b = ScaledMM("s", "s", quant=quant).bind(data)
+    x = cases.make_x(5, 128, spec, torch.device("cpu"))
+    y = b.run(b.prepare_x(x), b.weights)
+    assert y.shape == (5, 64) and y.dtype == torch.bfloat16
+    assert rel_error(y, b.reference(x)) < default_tol(torch.bfloat16)
+    assert rel_error(y, x.float() @ data.w_ref.t()) > default_tol(torch.bfloat16)  # fp8 error is real
+    assert b.ideal_bytes(5, 64, 128) == 64 * 128 + 64 * 4 + 5 * 128 * (1 if quant == "none" else 2) + 5 * 64 * 2
+
+
+def test_int_mm_case_is_exact_against_its_reference():
+    from lowbit.bench.cases_gemm import IntMM
+    from lowbit.bench.micro import rel_error
+    from lowbit.bench.shapes import LinearShape
+
+    if not _cpu_op_works(lambda: torch._int_mm(torch.ones(32, 32, dtype=torch.int8),
+                                               torch.ones(32, 32, dtype=torch.int8))):
+        pytest.skip("no CPU _int_mm in this torch")
+    spec = OpSpec(op="int8")
+    case = IntMM("i", "i", ops=("int8",))
+    shape = LinearShape("c", "x", 64, 128)
+    assert not case.supports(spec, shape, 16)[0] and case.supports(spec, shape, 17)[0]
+    b = case.bind(cases.make_shape_data(shape, spec, torch.device("cpu")))
+    x = cases.make_x(32, 128, spec, torch.device("cpu"))
+    y = b.run(b.prepare_x(x), b.weights)
+    assert y.dtype == torch.int32 and rel_error(y, b.reference(x)) == 0.0
+
+
+@pytest.mark.parametrize("bits,group_size,symmetric,k", [(4, 128, False, 256), (3, 64, False, 200), (2, None, True, 96)])
+def test_compiled_baseline_math_equals_the_format_dequantization(bits, group_size, symmetric, k):
+    """The function the ``compiled`` baseline hands to torch.compile, run eagerly here."""
+    from lowbit.bench.cases_wxa16 import _dequant_linear
+    from lowbit.formats import IntxFormat
+
+    torch.manual_seed(1)
+    qw = IntxFormat(bits=bits, group_size=group_size, symmetric=symmetric,
+                    scale_dtype=torch.float32).quantize(torch.randn(48, k))
+    x = torch.randn(3, k)
+    y = _dequant_linear(x, qw.qweight, qw.scales, qw.zeros, bits, qw.group_len, k)
+    ref = x @ qw.dequantize().t()
+    assert torch.allclose(y, ref, rtol=1e-5, atol=1e-5)
