@@ -20,6 +20,11 @@ def _plt():
     return plt
 
 
+def _colors(rows: List[Row]) -> Dict[str, str]:
+    """One color per method, the same in every plot."""
+    return {m: f"C{i % 10}" for i, m in enumerate(methods_in(rows))}
+
+
 def _shapes(rows: List[Row]) -> List[tuple]:
     seen: List[tuple] = []
     for r in rows:
@@ -52,6 +57,7 @@ def _per_shape(rows: List[Row], metric: str, title: str, ylabel: str, path: Path
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     fig, axes = _grid(plt, len(shapes), title)
     handles: Dict[str, object] = {}
+    colors = _colors(rows)
     vals = [getattr(r, metric) for r in rows if r.status == OK and getattr(r, metric)]
     for ax, (model, layer, n, k) in zip(axes, shapes):
         for meth in methods:
@@ -59,7 +65,8 @@ def _per_shape(rows: List[Row], metric: str, title: str, ylabel: str, path: Path
                          if (r.model, r.layer, r.n, r.k) == (model, layer, n, k) and r.method == meth
                          and r.status == OK and getattr(r, metric) is not None)
             if pts:
-                (h,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=meth)
+                (h,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=meth,
+                               color=colors[meth])
                 handles.setdefault(meth, h)
         ax.axhline(ref_line, color="gray", lw=0.8, ls="--")
         ax.set_xscale("log", base=2)
@@ -94,18 +101,19 @@ def plot_roofline(rows: List[Row], ceilings: Ceilings, title: str, path: Path) -
     lo, hi = min(ais) / 2, max(ais) * 2
     xs = [lo * (hi / lo) ** (i / 200) for i in range(201)]
     bw = ceilings.peak_bandwidth
-    for kind, peak in sorted(ceilings.peaks.items()):
-        if any(r.math == kind for r in ok):
-            ax.plot(xs, [min(peak, bw * x) / 1e12 for x in xs], lw=1.5,
-                    label=f"roof {kind}: {peak / 1e12:.0f} TFLOP/s, {bw / 1e12:.2f} TB/s")
+    used = [(k, p) for k, p in sorted(ceilings.peaks.items()) if any(r.math == k for r in ok)]
+    for (kind, peak), ls in zip(used, ["-", "--", "-.", ":"]):
+        ax.plot(xs, [min(peak, bw * x) / 1e12 for x in xs], lw=1.5, color="black", ls=ls,
+                label=f"roof {kind}: {peak / 1e12:.0f} TFLOP/s, {bw / 1e12:.2f} TB/s")
     small = min(ceilings.stream_bytes)
     bw_small = small / (ceilings.stream_time_us(small) * 1e-6)
     ax.plot(xs, [bw_small * x / 1e12 for x in xs], lw=1, ls=":", color="gray",
             label=f"streaming {small / 2**20:.1f} MB cold: {bw_small / 1e12:.2f} TB/s")
+    colors = _colors(rows)
     for i, meth in enumerate(methods_in(ok)):
         pts = [(r.flops / r.ideal_bytes, r.tflops) for r in ok if r.method == meth]
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=14, label=meth, alpha=0.75,
-                   marker="os^vDP*X"[i % 8])
+                   marker="os^vDP*X"[i % 8], color=colors[meth])
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP / ideal byte)")
