@@ -22,8 +22,11 @@ def _run(cmd: Sequence[str], cwd: Optional[str] = None) -> Optional[str]:
 
 
 def git_info() -> Dict[str, object]:
+    """Commit of the source tree; ``LOWBIT_GIT_COMMIT`` stands in where there is no .git (copied trees)."""
     here = str(Path(__file__).resolve().parent)
     commit = _run(["git", "rev-parse", "HEAD"], cwd=here)
+    if commit is None:
+        return {"commit": os.environ.get("LOWBIT_GIT_COMMIT"), "dirty": None, "source": "LOWBIT_GIT_COMMIT"}
     status = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here)
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
