@@ -158,11 +158,16 @@ def main(argv: Optional[Sequence[str]] = None, *, timer: Optional[Timer] = None,
             from .ceilings import measure_ceilings
 
             print("lowbit bench: measuring streaming ceiling and dense peaks ...", file=sys.stderr, flush=True)
-            ceilings = measure_ceilings(timer, kinds)
-            bw = ceilings.peak_bandwidth / 1e12
-            peaks = ", ".join(f"{k} {v / 1e12:.0f} TFLOP/s" for k, v in ceilings.peaks.items())
-            print(f"lowbit bench: ceilings in {time.perf_counter() - t_start:.1f} s: {bw:.2f} TB/s, {peaks}",
-                  file=sys.stderr, flush=True)
+            try:
+                ceilings = measure_ceilings(timer, kinds)
+            except Exception as e:  # noqa: BLE001 - timings stay valid without SOL columns
+                notes.append(f"ceilings not measured ({type(e).__name__}: {e}); no SOL columns")
+                print(f"lowbit bench: {notes[-1]}", file=sys.stderr)
+            if ceilings is not None:
+                bw = ceilings.peak_bandwidth / 1e12
+                peaks = ", ".join(f"{k} {v / 1e12:.0f} TFLOP/s" for k, v in ceilings.peaks.items())
+                print(f"lowbit bench: ceilings in {time.perf_counter() - t_start:.1f} s: {bw:.2f} TB/s, {peaks}",
+                      file=sys.stderr, flush=True)
 
     from . import report
     from .micro import Sweep, run_sweep
@@ -196,8 +201,8 @@ def main(argv: Optional[Sequence[str]] = None, *, timer: Optional[Timer] = None,
             from .plots import write_plots
 
             written += write_plots(rows, ceilings, spec.title, out, stem)
-        except ImportError as e:
-            print(f"lowbit bench: plots skipped ({e})", file=sys.stderr)
+        except Exception as e:  # noqa: BLE001 - the numbers are already on disk
+            print(f"lowbit bench: plots skipped ({type(e).__name__}: {e})", file=sys.stderr)
     for n in notes:
         print(f"note: {n}")
     bad = [r for r in rows if r.status in (FAIL, ERROR)]
