@@ -111,7 +111,11 @@ class _Progress:
 
 def main(argv: Optional[Sequence[str]] = None, *, timer: Optional[Timer] = None,
          ceilings: Optional[Ceilings] = None) -> int:
-    """Run ``lowbit bench``; returns the exit code. ``timer``/``ceilings`` inject fakes (tests)."""
+    """Run ``lowbit bench``; returns the exit code. ``timer``/``ceilings`` inject fakes (tests).
+
+    Exit codes: 0 done (baselines may have failed: see the notes), 1 one of ours was FAIL or ERROR,
+    2 bad arguments or no CUDA device (without the fake timer).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "warmup":
         from .warmup import main as warmup_main
@@ -210,7 +214,7 @@ def main(argv: Optional[Sequence[str]] = None, *, timer: Optional[Timer] = None,
         print(f"{len(bad)} point(s) FAIL/ERROR: " + ", ".join(sorted({f'{r.method}:{r.status}' for r in bad})))
     print("wrote " + ", ".join(str(p) for p in written))
     print(f"elapsed {meta['elapsed_s']:.1f} s")
-    return 1 if any(r.status == FAIL and r.role == OURS for r in rows) else 0
+    return 1 if any(r.status in (FAIL, ERROR) and r.role == OURS for r in rows) else 0
 
 
 def _stem(args: argparse.Namespace, spec: OpSpec) -> str:
