@@ -138,7 +138,15 @@ def render_plain(tabs: List[Dict[str, object]]) -> str:
 
 
 def print_tables(tabs: List[Dict[str, object]], header: str = "") -> None:
-    """Rich tables on a terminal-like stdout when rich is installed, else plain text."""
+    """Rich tables when rich is installed, else plain text; ASCII if stdout cannot encode the rest."""
+    try:
+        _print_tables(tabs, header)
+    except UnicodeEncodeError:
+        text = header + "\n" + render_plain(tabs)
+        print(text.replace("µ", "u").encode("ascii", "replace").decode("ascii"))
+
+
+def _print_tables(tabs: List[Dict[str, object]], header: str) -> None:
     try:
         from rich.console import Console
         from rich.table import Table
@@ -166,13 +174,13 @@ def write_json(path: Path, meta: Dict[str, object], ceilings: Optional[Ceilings]
     doc = {"meta": meta, "complete": complete, "ceilings": ceilings.to_dict() if ceilings else None,
            "points": [r.to_dict() for r in rows], "geomeans": geomeans(rows)}
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, default=str))
+    tmp.write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
     os.replace(tmp, path)
 
 
 def write_csv(path: Path, rows: List[Row]) -> None:
     tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=ROW_FIELDS)
         w.writeheader()
         for r in rows:
@@ -186,7 +194,7 @@ def write_all(out: Path, stem: str, meta: Dict[str, object], ceilings: Optional[
     paths = {"json": out / f"{stem}.json", "csv": out / f"{stem}.csv", "txt": out / f"{stem}.txt"}
     write_json(paths["json"], meta, ceilings, rows, complete)
     write_csv(paths["csv"], rows)
-    paths["txt"].write_text(f"{meta.get('command', '')}\n\n" + render_plain(tables(rows)))
+    paths["txt"].write_text(f"{meta.get('command', '')}\n\n" + render_plain(tables(rows)), encoding="utf-8")
     return paths
 
 
