@@ -93,3 +93,20 @@ def test_batch_invariance_and_determinism(kind, m, config):
     assert torch.equal(y1, y2)
     for i in (0, 2, m - 1):
         assert torch.equal(_launch(kind, x[i : i + 1].clone(), qw, config=config), y1[i : i + 1])
+
+
+@pytest.mark.parametrize("bits,group_size,symmetric,zero_kind", FORMATS)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+def test_dequantize_kernel_matches_format(bits, group_size, symmetric, zero_kind, dtype):
+    from lowbit.kernels.dequant import dequant_matmul_wxa16, dequantize_intx
+
+    qw = _make(bits, group_size, symmetric, zero_kind, 72, 300, dtype)
+    gl = qw.group_size or PER_CHANNEL_GROUP_LEN
+    w = dequantize_intx(qw.qweight, qw.scales, qw.zeros, bits, gl, symmetric_zero(bits), 300, dtype)
+    ref = qw.dequantize(torch.float32)
+    assert w.shape == (72, 300) and w.dtype == dtype
+    eps = torch.finfo(dtype).eps
+    assert ((w.float() - ref).abs() <= eps * ref.abs() + 1e-6).all()
+    x = torch.randn(9, 300).to(DEVICE, dtype)
+    y = dequant_matmul_wxa16(x, qw.qweight, qw.scales, qw.zeros, None, bits, gl, symmetric_zero(bits), 72)
+    assert_close_matmul(y, reference_linear(x, qw), x, ref, dtype)

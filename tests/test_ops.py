@@ -75,11 +75,22 @@ def test_forcing_triton_for_fp32_names_the_constraint(monkeypatch):
         ops.intx_linear(torch.randn(3, 256, device=DEVICE), _qw())
 
 
-def test_dispatch_picks_gemv_for_small_m_and_gemm_otherwise():
+def test_dispatch_rules_without_a_shipped_table(monkeypatch):
+    monkeypatch.setattr("lowbit.kernels.launch.shipped_best", lambda *a: None)
     p = dict(n=64, k=256, bits=4, group_len=128, dtype=torch.float16, device_type="cuda")
     assert dispatch.select(dispatch.WxA16Problem(m=1, **p)) == "triton_gemv"
     assert dispatch.select(dispatch.WxA16Problem(m=8, **p)) == "triton_gemv"
     assert dispatch.select(dispatch.WxA16Problem(m=9, **p)) == "triton_gemm"
+    assert dispatch.select(dispatch.WxA16Problem(m=4096, **p)) == "triton_dequant_mm"
+
+
+def test_dispatch_follows_the_shipped_table(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.current_device", lambda: 0)
+    monkeypatch.setattr("lowbit.kernels.launch.shipped_best", lambda *a: "gemm")
+    p = dict(n=64, k=256, bits=4, group_len=128, dtype=torch.float16, device_type="cuda")
+    assert dispatch.select(dispatch.WxA16Problem(m=4096, **p)) == "triton_gemm"
+    assert dispatch.select(dispatch.WxA16Problem(m=1, **p)) == "triton_gemm"
 
 
 @pytest.mark.parametrize("bad,err,match", [

@@ -66,8 +66,23 @@ def _gemv_ok(p: WxA16Problem) -> Tuple[bool, str]:
 WXA16_BACKENDS: List[Backend] = [
     Backend("triton_gemv", "triton", _gemv_ok),
     Backend("triton_gemm", "triton", _triton_common),
+    Backend("triton_dequant_mm", "triton", _triton_common),
     Backend("reference", "reference", lambda p: (True, "")),
 ]
+DEQUANT_MM_MIN_M = 256  # without a shipped table: dequantize + cuBLAS from here on
+
+
+def preferred_backend(p: WxA16Problem) -> str:
+    """The measured winner from the shipped table for this GPU, else the rule of thumb."""
+    if p.device_type == "cuda" and torch.cuda.is_available():
+        from .kernels.launch import shipped_best
+
+        best = shipped_best(p.bits, p.m, p.n, p.k, torch.cuda.current_device())
+        if best is not None:
+            return "triton_" + best
+    if p.m <= GEMV_MAX_M:
+        return "triton_gemv"
+    return "triton_dequant_mm" if p.m >= DEQUANT_MM_MIN_M else "triton_gemm"
 
 _logged: set = set()
 
@@ -82,8 +97,9 @@ def forced_family() -> str:
 def select(problem: WxA16Problem, backends: List[Backend] = WXA16_BACKENDS) -> str:
     """Name of the backend to run ``problem``; raises UnsupportedError with every reason."""
     family = forced_family()
+    preferred = preferred_backend(problem) if family != "reference" else None
     reasons = []
-    for b in backends:
+    for b in sorted(backends, key=lambda b: b.name != preferred):  # stable: priority order otherwise
         if family and b.family != family:
             continue
         ok, why = b.can_implement(problem)

@@ -14,6 +14,9 @@ import torch
 from . import dispatch
 from .errors import FormatError, InputError, UnsupportedError
 from .formats.intx import IntxWeight, padded_k, symmetric_zero
+from .kernels.dequant import dequant_matmul_wxa16
+from .kernels.gemm import gemm_wxa16
+from .kernels.gemv import gemv_wxa16
 
 PER_CHANNEL_GROUP_LEN = 1 << 30  # what kernels see as the group length for per-channel weights
 
@@ -62,11 +65,10 @@ def _run_wxa16(x2d, qweight, scales, zeros, bias, bits, group_size, in_features)
     backend = dispatch.select(problem)
     if backend == "reference":
         return reference_wxa16(x2d, qweight, scales, zeros, bias, bits, group_size, in_features)
-    from .kernels.gemm import gemm_wxa16
-    from .kernels.gemv import gemv_wxa16
+    return _LAUNCHERS[backend](x2d, qweight, scales, zeros, bias, bits, group_len, symmetric_zero(bits), n)
 
-    launcher = gemv_wxa16 if backend == "triton_gemv" else gemm_wxa16
-    return launcher(x2d, qweight, scales, zeros, bias, bits, group_len, symmetric_zero(bits), n)
+
+_LAUNCHERS = {"triton_gemv": gemv_wxa16, "triton_gemm": gemm_wxa16, "triton_dequant_mm": dequant_matmul_wxa16}
 
 
 @torch.library.custom_op("lowbit::linear_wxa16", mutates_args=())

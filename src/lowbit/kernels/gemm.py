@@ -15,8 +15,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .dequant import int_zero
 from .launch import alloc_output, finish_output, shipped_config
-from .unpack import code_tile_nk, dequant_tile, group_params, plane_constexprs
+from .unpack import codes_from_words_nk, dequant_tile, load_codes_nk, group_params, plane_constexprs
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class GemmConfig:
     group_m: int = 8
     num_warps: int = 4
     num_stages: int = 3
+    prefetch: bool = False  # load the next K tile's words before using this one (more registers)
 
 
 @triton.jit
@@ -38,7 +40,7 @@ def gemm_wxa16_kernel(
     GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
     HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, INT_ZERO: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr,
+    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """Computes the tile transposed, Y^T[BLOCK_N, BLOCK_M] = W[BLOCK_N, :] @ X[BLOCK_M, :]^T: the
     dequantized weights are the register A operand and the tokens the MMA's N side, so Hopper's
@@ -64,12 +66,21 @@ def gemm_wxa16_kernel(
     tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
     t0 = pid_k * tiles_per_split
     t1 = min(t0 + tiles_per_split, k_tiles)
+    # software pipelining by hand: the next tile's words are in flight while this one is used
+    w0, w1, w2 = load_codes_nk(qw_ptr, t0 * BLOCK_K, offs_n, mask_n, stride_qk, Kp, t0 < t1, P0, P1, P2, BLOCK_K)
     for t in range(t0, t1):
         k0 = t * BLOCK_K
+        if PREFETCH:
+            n0, n1, n2 = load_codes_nk(qw_ptr, k0 + BLOCK_K, offs_n, mask_n, stride_qk, Kp, t + 1 < t1,
+                                       P0, P1, P2, BLOCK_K)
+        else:
+            w0, w1, w2 = load_codes_nk(qw_ptr, k0, offs_n, mask_n, stride_qk, Kp, True, P0, P1, P2, BLOCK_K)
+            n0, n1, n2 = w0, w1, w2
         offs_k = k0 + tl.arange(0, BLOCK_K)
         xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None] * stride_xk,
                      mask=mask_m[None, :] & (offs_k[:, None] < K), other=0.0)  # [BLOCK_K, BLOCK_M]
-        q = code_tile_nk(qw_ptr, k0, offs_n, mask_n, stride_qk, Kp, P0, P1, P2, BLOCK_N, BLOCK_K)
+        q = codes_from_words_nk(w0, w1, w2, P0, P1, P2, BLOCK_N, BLOCK_K)
+        w0, w1, w2 = n0, n1, n2
         if GROUP_LEN % BLOCK_K == 0:
             s, z = group_params(s_ptr, z_ptr, k0 // GROUP_LEN, offs_n, mask_n, stride_sg, HAS_ZEROS, SYM_ZERO)
             w = dequant_tile(q, s[:, None], z[:, None], INT_ZERO, x_ptr.dtype.element_ty)
@@ -124,9 +135,9 @@ def gemm_wxa16(
         x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), stride_ys, y.stride(-2),
         GROUP_LEN=group_len, **plane_constexprs(bits),
         HAS_ZEROS=zeros is not None, SYM_ZERO=sym_zero, HAS_BIAS=bias is not None,
-        INT_ZERO=(zeros is not None and zeros.dtype == torch.uint8) or (zeros is None and sym_zero == int(sym_zero)),
+        INT_ZERO=int_zero(zeros, sym_zero),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        SPLIT_K=cfg.split_k, GROUP_M=cfg.group_m,
+        SPLIT_K=cfg.split_k, GROUP_M=cfg.group_m, PREFETCH=cfg.prefetch,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return finish_output(y, cfg.split_k, bias, x.dtype)

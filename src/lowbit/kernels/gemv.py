@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .launch import alloc_output, finish_output, shipped_config
-from .unpack import group_params, plane_constexprs
+from .unpack import group_params, load_codes_nk, plane_constexprs
 
 
 @dataclass(frozen=True)
@@ -33,12 +33,11 @@ class GemvConfig:
 
 
 @triton.jit
-def _plane_partial(x_ptr, qw_ptr, row0, k0, offs_m, mask_m, offs_n, mask_n, K, Kp,
-                   stride_xm, stride_xk, stride_qk,
-                   P: tl.constexpr, OFF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    """2**OFF * sum_k x[m, k] * plane_P[k, n] over k in [k0, k0 + BLOCK_K) -> fp32 [BLOCK_M, BLOCK_N].
+def _plane_tile(words, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk,
+                P: tl.constexpr, OFF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """2**OFF * sum_j x[m, k0 + r*PER + j] * field_j(words[n, r]) -> fp32 [BLOCK_M, BLOCK_N, ROWS].
 
-    No int->float conversion (I2F runs at 1/8 rate): a field of P bits at bit SH <= 15 of a word,
+    No int->float conversion (I2F runs at 1/4 rate): a field of P bits at bit SH <= 15 of a word,
     OR-ed into the mantissa of 2**23, is exactly 2**23 + v * 2**SH; subtracting 2**23 leaves
     v * 2**SH, and 2**-SH is folded into x. Fields at bit >= 16 come from the word shifted by 16.
     """
@@ -46,11 +45,8 @@ def _plane_partial(x_ptr, qw_ptr, row0, k0, offs_m, mask_m, offs_n, mask_n, K, K
     ROWS: tl.constexpr = BLOCK_K // PER
     MASK: tl.constexpr = (1 << P) - 1
     r = tl.arange(0, ROWS)
-    rmask = (k0 + r * PER) < Kp
-    words = tl.load(qw_ptr + (row0 + k0 // PER + r)[:, None] * stride_qk + offs_n[None, :],
-                    mask=rmask[:, None] & mask_n[None, :], other=0)
     high = (words >> 16) & 0xFFFF
-    tile = tl.zeros((BLOCK_M, ROWS, words.shape[1]), dtype=tl.float32)
+    tile = tl.zeros((BLOCK_M, words.shape[0], ROWS), dtype=tl.float32)
     for j in tl.static_range(PER):
         POS = j * P
         SH = POS % 16
@@ -62,8 +58,8 @@ def _plane_partial(x_ptr, qw_ptr, row0, k0, offs_m, mask_m, offs_n, mask_n, K, K
         kk = k0 + r * PER + j
         xj = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :] * stride_xk,
                      mask=mask_m[:, None] & (kk < K)[None, :], other=0.0).to(tl.float32)
-        tile += (xj * ((1 << OFF) / (1 << SH)))[:, :, None] * v[None, :, :]
-    return tl.sum(tile, axis=1)
+        tile += (xj * ((1 << OFF) / (1 << SH)))[:, None, :] * v[None, :, :]
+    return tile
 
 
 @triton.jit
@@ -81,29 +77,42 @@ def gemv_wxa16_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # per-plane accumulators keep the word-row axis: the cross-thread sum over it happens once
+    acc0 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K * P0 // 32), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_M, BLOCK_N, max(BLOCK_K * P1 // 32, 1)), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_M, BLOCK_N, max(BLOCK_K * P2 // 32, 1)), dtype=tl.float32)
+    acc_z = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
 
     k_tiles = tl.cdiv(K, BLOCK_K)
     tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
     t0 = pid_k * tiles_per_split
     t1 = min(t0 + tiles_per_split, k_tiles)
+    # software pipelining by hand: the next tile's words are in flight while this one is unpacked
+    w0, w1, w2 = load_codes_nk(qw_ptr, t0 * BLOCK_K, offs_n, mask_n, stride_qk, Kp, t0 < t1, P0, P1, P2, BLOCK_K)
     for t in range(t0, t1):
         k0 = t * BLOCK_K
-        part = _plane_partial(x_ptr, qw_ptr, 0, k0, offs_m, mask_m, offs_n, mask_n, K, Kp,
-                              stride_xm, stride_xk, stride_qk, P0, 0, BLOCK_M, BLOCK_K)
+        n0, n1, n2 = load_codes_nk(qw_ptr, k0 + BLOCK_K, offs_n, mask_n, stride_qk, Kp, t + 1 < t1,
+                                   P0, P1, P2, BLOCK_K)
+        s, z = group_params(s_ptr, z_ptr, k0 // GROUP_LEN, offs_n, mask_n, stride_sg, HAS_ZEROS, SYM_ZERO)
+        sb = s[None, :, None]
+        acc0 += _plane_tile(w0, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk, P0, 0, BLOCK_M, BLOCK_K) * sb
         if P1 > 0:
-            part += _plane_partial(x_ptr, qw_ptr, (Kp // 32) * P0, k0, offs_m, mask_m, offs_n, mask_n,
-                                   K, Kp, stride_xm, stride_xk, stride_qk, P1, P0, BLOCK_M, BLOCK_K)
+            acc1 += _plane_tile(w1, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk, P1, P0,
+                                BLOCK_M, BLOCK_K) * sb
         if P2 > 0:
-            part += _plane_partial(x_ptr, qw_ptr, (Kp // 32) * (P0 + P1), k0, offs_m, mask_m, offs_n,
-                                   mask_n, K, Kp, stride_xm, stride_xk, stride_qk, P2, P0 + P1,
-                                   BLOCK_M, BLOCK_K)
+            acc2 += _plane_tile(w2, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk, P2, P0 + P1,
+                                BLOCK_M, BLOCK_K) * sb
+        w0, w1, w2 = n0, n1, n2
         offs_k = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
                     mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0).to(tl.float32)
-        s, z = group_params(s_ptr, z_ptr, k0 // GROUP_LEN, offs_n, mask_n, stride_sg, HAS_ZEROS, SYM_ZERO)
-        acc += (part - tl.sum(x, axis=1)[:, None] * z[None, :]) * s[None, :]
+        acc_z += tl.sum(x, axis=1)[:, None] * (z * s)[None, :]
 
+    acc = tl.sum(acc0, axis=2) - acc_z
+    if P1 > 0:
+        acc += tl.sum(acc1, axis=2)
+    if P2 > 0:
+        acc += tl.sum(acc2, axis=2)
     mask = mask_m[:, None] & mask_n[None, :]
     if SPLIT_K == 1:
         if HAS_BIAS:

@@ -32,3 +32,11 @@ def shipped_config(kernel: str, bits: int, m: int, n: int, k: int, device_index:
 
     name = torch.cuda.get_device_name(device_index)
     return lookup(kernel, bits, m_bucket(m), n, k, name)
+
+
+@functools.lru_cache(maxsize=4096)
+def shipped_best(bits: int, m: int, n: int, k: int, device_index: int) -> Optional[str]:
+    """Kernel family ('gemv' | 'gemm' | 'dequant_mm') measured fastest for the nearest problem."""
+    from ..tuning import best_kernel, m_bucket
+
+    return best_kernel(bits, m_bucket(m), n, k, torch.cuda.get_device_name(device_index))

@@ -16,28 +16,6 @@ def plane_constexprs(bits: int) -> dict:
 
 
 @triton.jit
-def plane_tile(qw_ptr, row0, offs_k, offs_n, mask, stride_qk, P: tl.constexpr):
-    """Codes of one plane of width P at (offs_k, offs_n) -> int32 [BLOCK_K, BLOCK_N]."""
-    PER: tl.constexpr = 32 // P
-    rows = row0 + offs_k // PER
-    words = tl.load(qw_ptr + rows[:, None] * stride_qk + offs_n[None, :], mask=mask, other=0)
-    return (words >> ((offs_k % PER) * P)[:, None]) & ((1 << P) - 1)
-
-
-@triton.jit
-def code_tile(qw_ptr, offs_k, offs_n, mask_n, stride_qk, Kp,
-              P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr):
-    """Full codes q at (offs_k, offs_n) -> int32 [BLOCK_K, BLOCK_N]; 0 where k >= Kp or n masked."""
-    mask = mask_n[None, :] & (offs_k < Kp)[:, None]
-    q = plane_tile(qw_ptr, 0, offs_k, offs_n, mask, stride_qk, P0)
-    if P1 > 0:
-        q |= plane_tile(qw_ptr, (Kp // 32) * P0, offs_k, offs_n, mask, stride_qk, P1) << P0
-    if P2 > 0:
-        q |= plane_tile(qw_ptr, (Kp // 32) * (P0 + P1), offs_k, offs_n, mask, stride_qk, P2) << (P0 + P1)
-    return q
-
-
-@triton.jit
 def group_params(s_ptr, z_ptr, g, offs_n, mask, stride_sg,
                  HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr):
     """Scale and zero point (fp32 [BLOCK_N]) of group g (a scalar or a [BLOCK_K, 1] tensor)."""
@@ -50,35 +28,49 @@ def group_params(s_ptr, z_ptr, g, offs_n, mask, stride_sg,
 
 
 @triton.jit
-def plane_tile_nk(qw_ptr, row0, k0, offs_n, mask_n, stride_qk, Kp,
-                  P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Codes of one plane for k in [k0, k0 + BLOCK_K) -> int32 [BLOCK_N, BLOCK_K].
-
-    Each int32 word is loaded once ([BLOCK_N, BLOCK_K // PER], coalesced along N) and split with
-    constant shifts into a [BLOCK_N, BLOCK_K // PER, PER] tensor whose row-major order is k.
-    """
+def load_words_nk(qw_ptr, row0, k0, offs_n, mask_n, stride_qk, Kp, valid,
+                  P: tl.constexpr, BLOCK_K: tl.constexpr):
+    """int32 words of one plane for k in [k0, k0 + BLOCK_K) -> [BLOCK_N, BLOCK_K * P // 32] (0 where masked)."""
     PER: tl.constexpr = 32 // P
-    ROWS: tl.constexpr = BLOCK_K // PER
-    r = tl.arange(0, ROWS)
-    mask = mask_n[:, None] & ((k0 + r * PER) < Kp)[None, :]
-    words = tl.load(qw_ptr + offs_n[:, None] + (row0 + k0 // PER + r)[None, :] * stride_qk, mask=mask, other=0)
-    shifts = tl.arange(0, PER) * P
-    codes = (words[:, :, None] >> shifts[None, None, :]) & ((1 << P) - 1)
-    return tl.reshape(codes, (BLOCK_N, BLOCK_K))
+    r = tl.arange(0, BLOCK_K // PER)
+    mask = mask_n[:, None] & (((k0 + r * PER) < Kp) & valid)[None, :]
+    return tl.load(qw_ptr + offs_n[:, None] + (row0 + k0 // PER + r)[None, :] * stride_qk, mask=mask, other=0)
 
 
 @triton.jit
-def code_tile_nk(qw_ptr, k0, offs_n, mask_n, stride_qk, Kp,
-                 P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Full codes for k in [k0, k0 + BLOCK_K) -> int32 [BLOCK_N, BLOCK_K]; 0 where k >= Kp or n masked."""
-    q = plane_tile_nk(qw_ptr, 0, k0, offs_n, mask_n, stride_qk, Kp, P0, BLOCK_N, BLOCK_K)
+def expand_words_nk(words, P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """[BLOCK_N, BLOCK_K // PER] words -> [BLOCK_N, BLOCK_K] P-bit fields (split with constant
+    shifts into [BLOCK_N, ROWS, PER], whose row-major order is k)."""
+    PER: tl.constexpr = 32 // P
+    shifts = tl.arange(0, PER) * P
+    fields = (words[:, :, None] >> shifts[None, None, :]) & ((1 << P) - 1)
+    return tl.reshape(fields, (BLOCK_N, BLOCK_K))
+
+
+@triton.jit
+def load_codes_nk(qw_ptr, k0, offs_n, mask_n, stride_qk, Kp, valid,
+                  P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The words of every plane for one K tile (w1/w2 are dummies when the plane is absent)."""
+    w0 = load_words_nk(qw_ptr, 0, k0, offs_n, mask_n, stride_qk, Kp, valid, P0, BLOCK_K)
+    w1 = w0
+    w2 = w0
     if P1 > 0:
-        q |= plane_tile_nk(qw_ptr, (Kp // 32) * P0, k0, offs_n, mask_n, stride_qk, Kp, P1,
-                           BLOCK_N, BLOCK_K) << P0
+        w1 = load_words_nk(qw_ptr, (Kp // 32) * P0, k0, offs_n, mask_n, stride_qk, Kp, valid, P1, BLOCK_K)
     if P2 > 0:
-        q |= plane_tile_nk(qw_ptr, (Kp // 32) * (P0 + P1), k0, offs_n, mask_n, stride_qk, Kp, P2,
-                           BLOCK_N, BLOCK_K) << (P0 + P1)
+        w2 = load_words_nk(qw_ptr, (Kp // 32) * (P0 + P1), k0, offs_n, mask_n, stride_qk, Kp, valid,
+                           P2, BLOCK_K)
+    return w0, w1, w2
+
+
+@triton.jit
+def codes_from_words_nk(w0, w1, w2, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
+                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Full codes q -> int32 [BLOCK_N, BLOCK_K] from the planes' words (``load_codes_nk``)."""
+    q = expand_words_nk(w0, P0, BLOCK_N, BLOCK_K)
+    if P1 > 0:
+        q |= expand_words_nk(w1, P1, BLOCK_N, BLOCK_K) << P0
+    if P2 > 0:
+        q |= expand_words_nk(w2, P2, BLOCK_N, BLOCK_K) << (P0 + P1)
     return q
 
 

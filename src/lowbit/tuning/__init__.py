@@ -42,8 +42,8 @@ def load_table(slug: str) -> List[Dict]:
         return []  # a corrupt table is ignored: heuristics still work
 
 
-def nearest(entries: List[Dict], kernel: str, bits: int, m: int, n: int, k: int) -> Optional[Dict]:
-    cands = [e for e in entries if e["kernel"] == kernel]
+def nearest_entry(entries: List[Dict], kernel: Optional[str], bits: int, m: int, n: int, k: int) -> Optional[Dict]:
+    cands = [e for e in entries if kernel is None or e["kernel"] == kernel]
     if not cands:
         return None
     mb = m_bucket(m)
@@ -52,8 +52,17 @@ def nearest(entries: List[Dict], kernel: str, bits: int, m: int, n: int, k: int)
         return (abs(e["bits"] - bits), abs(math.log2(e["m"]) - math.log2(mb)),
                 abs(math.log2(e["n"] / n)) + abs(math.log2(e["k"] / k)))
 
-    return min(cands, key=dist)["config"]
+    return min(cands, key=dist)
 
 
 def lookup(kernel: str, bits: int, m: int, n: int, k: int, device_name: str) -> Optional[Dict]:
-    return nearest(load_table(gpu_slug(device_name)), kernel, bits, m, n, k)
+    """Config of ``kernel`` for the nearest tuned problem (None: no table for this GPU)."""
+    e = nearest_entry(load_table(gpu_slug(device_name)), kernel, bits, m, n, k)
+    return None if e is None else e["config"]
+
+
+def best_kernel(bits: int, m: int, n: int, k: int, device_name: str) -> Optional[str]:
+    """Kernel family that won the nearest tuned problem (entries flagged ``best``)."""
+    entries = [e for e in load_table(gpu_slug(device_name)) if e.get("best")]
+    e = nearest_entry(entries, None, bits, m, n, k)
+    return None if e is None else e["kernel"]

@@ -18,9 +18,13 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 
 from ..formats.intx import IntxFormat, symmetric_zero
+from ..kernels.dequant import dequant_matmul_wxa16
 from ..kernels.gemm import GemmConfig, gemm_wxa16
 from ..kernels.gemv import MAX_M as GEMV_MAX_M, GemvConfig, gemv_wxa16
 from . import gpu_slug, m_bucket
+
+
+DEQUANT_MM = None  # the dequantize + cuBLAS path has no config
 
 
 def gemv_candidates(m: int, group_len: int) -> List[GemvConfig]:
@@ -46,7 +50,8 @@ def gemm_candidates(m: int) -> List[GemmConfig]:
                 splits = (1, 2, 4) if m <= 128 else (1,)
                 for split in splits:
                     warps = 8 if bm * bn >= 128 * 128 else 4
-                    out.append(GemmConfig(bm, bn, bk, split, 8, warps, 4 if bk == 64 else 3))
+                    for prefetch in ((False, True) if m <= 128 else (False,)):
+                        out.append(GemmConfig(bm, bn, bk, split, 8, warps, 4 if bk == 64 else 3, prefetch))
     return out
 
 
@@ -59,8 +64,12 @@ def _problem(bits: int, n: int, k: int, group: int, dtype: torch.dtype, copies: 
     return base, qws
 
 
+def _kernel_name(cfg) -> str:
+    return "gemv" if isinstance(cfg, GemvConfig) else "gemm" if isinstance(cfg, GemmConfig) else "dequant_mm"
+
+
 def _call(cfg, x, qw):
-    launcher = gemv_wxa16 if isinstance(cfg, GemvConfig) else gemm_wxa16
+    launcher = {"gemv": gemv_wxa16, "gemm": gemm_wxa16, "dequant_mm": dequant_matmul_wxa16}[_kernel_name(cfg)]
     return launcher(x, qw.qweight, qw.scales, qw.zeros, None, qw.bits, qw.group_len,
                     symmetric_zero(qw.bits), qw.out_features, config=cfg)
 
@@ -70,7 +79,10 @@ def _tasks(bits_list, shapes, ms, group) -> List[Tuple[int, int, int, int, objec
     for bits in bits_list:
         for n, k in shapes:
             for m in ms:
-                cands = gemv_candidates(m, group) if m <= GEMV_MAX_M else gemm_candidates(m)
+                if m <= GEMV_MAX_M:
+                    cands = gemv_candidates(m, group) + gemm_candidates(16)[:6]
+                else:
+                    cands = gemm_candidates(m) + ([DEQUANT_MM] if m >= 64 else [])
                 tasks += [(bits, n, k, m, c) for c in cands]
     return tasks
 
@@ -128,11 +140,15 @@ def tune(bits_list: Sequence[int], shapes: Sequence[Tuple[int, int]], ms: Sequen
                     results.append((us, cfg))
                 results.sort(key=lambda r: r[0])
                 best_us, best = results[0]
-                kernel = "gemv" if isinstance(best, GemvConfig) else "gemm"
                 print(f"W{bits} {n}x{k} M={m}: best {best_us:.1f} us {best} "
                       f"(worst {results[-1][0]:.1f} us of {len(results)})", flush=True)
-                entries.append({"kernel": kernel, "bits": bits, "m": m_bucket(m), "n": n, "k": k,
-                                "us": round(best_us, 2), "config": dataclasses.asdict(best)})
+                winners = {}  # fastest config of each kernel family; the overall winner is flagged
+                for us, cfg in results:
+                    winners.setdefault(_kernel_name(cfg), (us, cfg))
+                for name, (us, cfg) in winners.items():
+                    entries.append({"kernel": name, "bits": bits, "m": m_bucket(m), "n": n, "k": k,
+                                    "us": round(us, 2), "best": name == _kernel_name(best),
+                                    "config": dataclasses.asdict(cfg) if cfg is not None else {}})
             del qws
             torch.cuda.empty_cache()
     return {"gpu": torch.cuda.get_device_name(), "dtype": str(dtype), "group_size": group,

@@ -1,0 +1,69 @@
+"""dequantize_intx: intx weight -> dense W[N, K] (fp16/bf16), and the large-M path built on it.
+
+Bandwidth-bound: each program expands a [BLOCK_N, BLOCK_K] tile (the same unpack helpers as the
+GEMM) and writes it row-major (K contiguous). ``dequant_matmul_wxa16`` = this + cuBLAS: at large M
+the GEMM is compute-bound and cuBLAS's bf16 tensor-core schedule beats a fused Triton kernel, so
+dispatch uses it where the shipped table measured it faster.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .unpack import codes_from_words_nk, dequant_tile, group_params, load_codes_nk, plane_constexprs
+
+
+@triton.jit
+def dequantize_intx_kernel(
+    qw_ptr, s_ptr, z_ptr, w_ptr,
+    N, K, Kp,
+    stride_qk, stride_sg, stride_wn,
+    GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
+    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, INT_ZERO: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    k0 = pid_k * BLOCK_K
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    w0, w1, w2 = load_codes_nk(qw_ptr, k0, offs_n, mask_n, stride_qk, Kp, True, P0, P1, P2, BLOCK_K)
+    q = codes_from_words_nk(w0, w1, w2, P0, P1, P2, BLOCK_N, BLOCK_K)
+    s, z = group_params(s_ptr, z_ptr, k0 // GROUP_LEN, offs_n, mask_n, stride_sg, HAS_ZEROS, SYM_ZERO)
+    w = dequant_tile(q, s[:, None], z[:, None], INT_ZERO, w_ptr.dtype.element_ty)
+    tl.store(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :], w,
+             mask=mask_n[:, None] & (offs_k < K)[None, :])
+
+
+def int_zero(zeros: Optional[torch.Tensor], sym_zero: float) -> bool:
+    """Integer zero points (uint8, or a symmetric integer constant): the exact fp16 dequant path."""
+    return (zeros is not None and zeros.dtype == torch.uint8) or (zeros is None and sym_zero == int(sym_zero))
+
+
+def dequantize_intx(qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor], bits: int,
+                    group_len: int, sym_zero: float, in_features: int, dtype: torch.dtype) -> torch.Tensor:
+    """Dense (N, K) weight in ``dtype`` (fp16/bf16) on the weight's device."""
+    n = qweight.shape[1]
+    kp = qweight.shape[0] * 32 // bits
+    block_k = 128
+    while group_len % block_k:
+        block_k //= 2
+    w = torch.empty((n, in_features), device=qweight.device, dtype=dtype)
+    grid = (triton.cdiv(n, 64), triton.cdiv(in_features, block_k))
+    dequantize_intx_kernel[grid](
+        qweight, scales, zeros if zeros is not None else scales, w,
+        n, in_features, kp, qweight.stride(0), scales.stride(0), w.stride(0),
+        GROUP_LEN=group_len, **plane_constexprs(bits), HAS_ZEROS=zeros is not None, SYM_ZERO=sym_zero,
+        INT_ZERO=int_zero(zeros, sym_zero), BLOCK_N=64, BLOCK_K=block_k, num_warps=4,
+    )
+    return w
+
+
+def dequant_matmul_wxa16(x, qweight, scales, zeros, bias, bits, group_len, sym_zero, out_features, config=None):
+    """x (M, K) -> (M, N) via a dense dequantized weight and cuBLAS (same signature as the GEMM launcher)."""
+    w = dequantize_intx(qweight, scales, zeros, bits, group_len, sym_zero, x.shape[1], x.dtype)
+    return torch.nn.functional.linear(x, w, bias)
