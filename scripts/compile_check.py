@@ -19,8 +19,9 @@ from lowbit.kernels.gemv import gemv_wxa16_kernel
 from lowbit.kernels.unpack import plane_constexprs
 
 SIG = {"x_ptr": "*fp16", "qw_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*u8", "b_ptr": "*fp16", "y_ptr": "*fp16",
+       "ws_ptr": "*fp32", "cnt_ptr": "*i32",
        "M": "i32", "N": "i32", "K": "i32", "Kp": "i32", "stride_xm": "i32", "stride_xk": "i32",
-       "stride_qk": "i32", "stride_sg": "i32", "stride_ys": "i32", "stride_ym": "i32"}
+       "stride_qk": "i32", "stride_sg": "i32", "stride_ws": "i32", "stride_ym": "i32"}
 
 
 def compile_kernel(fn, constexprs, num_warps, num_stages, dtype="fp16"):
@@ -63,7 +64,7 @@ def main():
     ce = dict(GROUP_LEN=a.group, **plane_constexprs(a.bits), HAS_ZEROS=True, SYM_ZERO=8.0, HAS_BIAS=False,
               BLOCK_M=a.block_m, BLOCK_N=a.block_n, BLOCK_K=a.block_k, SPLIT_K=a.split_k)
     if a.kernel == "gemm":
-        ce.update(GROUP_M=8, INT_ZERO=True)
+        ce.update(GROUP_M=8, INT_ZERO=True, PREFETCH=False)
     fn = gemv_wxa16_kernel if a.kernel == "gemv" else gemm_wxa16_kernel
     k = compile_kernel(fn, ce, a.warps, a.stages, a.dtype)
     hist, usage, sass = sass_histogram(k.asm["cubin"])

@@ -9,6 +9,7 @@ from lowbit import IntxFormat
 from lowbit.kernels.gemm import GemmConfig, gemm_wxa16
 from lowbit.kernels.gemv import GemvConfig, gemv_wxa16
 from lowbit.formats.intx import symmetric_zero
+from lowbit.kernels.launch import split_k_counters
 from lowbit.ops import PER_CHANNEL_GROUP_LEN
 
 from helpers import DEVICE, KERNEL_DTYPES, assert_close_matmul, reference_linear
@@ -57,6 +58,7 @@ def test_kernel_matches_reference(bits, group_size, symmetric, zero_kind, dtype,
 @pytest.mark.parametrize("kind,config", [
     ("gemv", GemvConfig(block_n=32, block_k=64, split_k=3)),
     ("gemv", GemvConfig(block_n=64, block_k=32, split_k=1)),
+    ("gemv", GemvConfig(block_n=32, block_k=256, split_k=2)),  # one tile spans 4 groups of 64
     ("gemm", GemmConfig(block_m=16, block_n=32, block_k=128, split_k=2)),
     ("gemm", GemmConfig(block_m=32, block_n=64, block_k=32, split_k=1, group_m=2)),
 ])
@@ -69,6 +71,7 @@ def test_kernel_configs_and_split_k(kind, config, bits):
     bias = torch.randn(n, generator=torch.Generator().manual_seed(2)).to(DEVICE, dtype)
     y = _launch(kind, x, qw, bias, config)
     assert_close_matmul(y, reference_linear(x, qw, bias), x, qw.dequantize(), dtype)
+    assert int(split_k_counters(x.device).abs().sum()) == 0  # in-kernel split-K leaves its counters at 0
 
 
 @pytest.mark.parametrize("kind,m", [("gemv", 2), ("gemm", 20)])

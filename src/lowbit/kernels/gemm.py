@@ -3,8 +3,8 @@
 Tensor-core tiles: each program owns a BLOCK_M x BLOCK_N tile of Y, walks K in BLOCK_K steps,
 unpacks the codes of a [BLOCK_K, BLOCK_N] weight tile in registers (``unpack.code_tile``),
 dequantizes (q - z) * s in fp32, casts to the activation dtype and feeds ``tl.dot`` (fp32 acc).
-Optional split-K (SPLIT_K > 1) writes fp32 partials to a workspace [SPLIT_K, M, N] that the
-launcher reduces deterministically (no atomics).
+Optional split-K (SPLIT_K > 1) is reduced deterministically inside the same launch
+(``epilogue.write_output``).
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import triton
 import triton.language as tl
 
 from .dequant import int_zero
-from .launch import alloc_output, finish_output, shipped_config
+from .epilogue import write_output
+from .launch import output_buffers, shipped_config
 from .unpack import codes_from_words_nk, dequant_tile, load_codes_nk, group_params, plane_constexprs
 
 
@@ -34,9 +35,9 @@ class GemmConfig:
 
 @triton.jit
 def gemm_wxa16_kernel(
-    x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, y_ptr,
+    x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     M, N, K, Kp,
-    stride_xm, stride_xk, stride_qk, stride_sg, stride_ys, stride_ym,
+    stride_xm, stride_xk, stride_qk, stride_sg, stride_ws, stride_ym,
     GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
     HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, INT_ZERO: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -91,14 +92,11 @@ def gemm_wxa16_kernel(
         acc += tl.dot(w, xt)
 
     mask = mask_n[:, None] & mask_m[None, :]
-    if SPLIT_K == 1:
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
-        y_ptrs = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
-        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
-    else:
-        y_ptrs = y_ptr + pid_k * stride_ys + offs_m[None, :] * stride_ym + offs_n[:, None]
-        tl.store(y_ptrs, acc, mask=mask)
+    bias = tl.zeros((BLOCK_N, 1), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
+    y_offs = offs_m[None, :] * stride_ym + offs_n[:, None]
+    write_output(acc, bias, y_ptr, y_offs, mask, ws_ptr, y_offs, stride_ws, cnt_ptr, pid, pid_k, SPLIT_K)
 
 
 def heuristic_config(m: int, n: int, k: int, group_len: int) -> GemmConfig:
@@ -128,11 +126,12 @@ def gemm_wxa16(
     kp = qweight.shape[0] * 32 // bits
     cfg = config or _config(m, n, k, bits, group_len, x)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), cfg.split_k)
-    y, stride_ys = alloc_output(m, n, cfg.split_k, x)
+    y, ws, counters, stride_ws = output_buffers(m, n, cfg.split_k, grid[0], x)
     gemm_wxa16_kernel[grid](
-        x, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else scales, y,
+        x, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else scales,
+        y, ws, counters,
         m, n, k, kp,
-        x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), stride_ys, y.stride(-2),
+        x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), stride_ws, y.stride(0),
         GROUP_LEN=group_len, **plane_constexprs(bits),
         HAS_ZEROS=zeros is not None, SYM_ZERO=sym_zero, HAS_BIAS=bias is not None,
         INT_ZERO=int_zero(zeros, sym_zero),
@@ -140,4 +139,4 @@ def gemm_wxa16(
         SPLIT_K=cfg.split_k, GROUP_M=cfg.group_m, PREFETCH=cfg.prefetch,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return finish_output(y, cfg.split_k, bias, x.dtype)
+    return y

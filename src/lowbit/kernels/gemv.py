@@ -1,14 +1,13 @@
 """gemv_wxa16: Y[M, N] = X[M, K] @ dequant(W)[N, K]^T (+ bias) for small M (1..8), any bits 1..8.
 
 Bandwidth-bound, no tensor cores. Each program owns BLOCK_N output channels and a slice of K
-(split-K). Because dequantization is affine per group, a code q = sum_p plane_p << off_p gives
+(split-K, reduced in the same launch: ``epilogue.write_output``). Because dequantization is affine per group, a code q = sum_p plane_p << off_p gives
 
     sum_k x_k w_k = s * (sum_p 2**off_p * sum_k x_k plane_p[k] - z * sum_k x_k)
 
-so each bit-plane is read once as whole int32 words ([BLOCK_K // per_word, BLOCK_N], coalesced
+so each bit-plane is read once as whole int32 words ([BLOCK_N, BLOCK_K // per_word], coalesced
 along N), every word is split with constant shifts, and the scale/zero are applied once per
-BLOCK_K tile (a tile never straddles a group). Split-K partials go to an fp32 workspace
-[SPLIT_K, M, N] reduced by the launcher (deterministic, no atomics).
+word-row (a tile may span several groups: BLOCK_K is free of the group size).
 """
 from __future__ import annotations
 
@@ -19,7 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import alloc_output, finish_output, shipped_config
+from .epilogue import write_output
+from .launch import output_buffers, shipped_config
 from .unpack import group_params, load_codes_nk, plane_constexprs
 
 
@@ -35,7 +35,8 @@ class GemvConfig:
 @triton.jit
 def _plane_tile(words, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk,
                 P: tl.constexpr, OFF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    """2**OFF * sum_j x[m, k0 + r*PER + j] * field_j(words[n, r]) -> fp32 [BLOCK_M, BLOCK_N, ROWS].
+    """(2**OFF * sum_j x[m, k0 + r*PER + j] * field_j(words[n, r]) -> fp32 [BLOCK_M, BLOCK_N, ROWS],
+        sum_j x[m, k0 + r*PER + j] -> fp32 [BLOCK_M, ROWS]).
 
     No int->float conversion (I2F runs at 1/4 rate): a field of P bits at bit SH <= 15 of a word,
     OR-ed into the mantissa of 2**23, is exactly 2**23 + v * 2**SH; subtracting 2**23 leaves
@@ -47,6 +48,7 @@ def _plane_tile(words, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk,
     r = tl.arange(0, ROWS)
     high = (words >> 16) & 0xFFFF
     tile = tl.zeros((BLOCK_M, words.shape[0], ROWS), dtype=tl.float32)
+    xsum = tl.zeros((BLOCK_M, ROWS), dtype=tl.float32)
     for j in tl.static_range(PER):
         POS = j * P
         SH = POS % 16
@@ -59,14 +61,31 @@ def _plane_tile(words, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk,
         xj = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :] * stride_xk,
                      mask=mask_m[:, None] & (kk < K)[None, :], other=0.0).to(tl.float32)
         tile += (xj * ((1 << OFF) / (1 << SH)))[:, None, :] * v[None, :, :]
-    return tile
+        xsum += xj
+    return tile, xsum
+
+
+@triton.jit
+def _row_params(s_ptr, z_ptr, k0, offs_n, mask_n, Kp, stride_sg, GROUP_LEN: tl.constexpr,
+                HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, P: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Scale and zero of every word-row of a plane -> fp32 [1, BLOCK_N, ROWS] (or [1, BLOCK_N, 1]
+    when the whole tile lies in one group)."""
+    if GROUP_LEN % BLOCK_K == 0:
+        s, z = group_params(s_ptr, z_ptr, k0 // GROUP_LEN, offs_n, mask_n, stride_sg, HAS_ZEROS, SYM_ZERO)
+        return s[None, :, None], z[None, :, None]
+    else:
+        PER: tl.constexpr = 32 // P
+        rows_k = k0 + tl.arange(0, BLOCK_K // PER) * PER
+        s, z = group_params(s_ptr, z_ptr, (rows_k // GROUP_LEN)[None, :], offs_n[:, None],
+                            mask_n[:, None] & (rows_k < Kp)[None, :], stride_sg, HAS_ZEROS, SYM_ZERO)
+        return s[None, :, :], z[None, :, :]
 
 
 @triton.jit
 def gemv_wxa16_kernel(
-    x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, y_ptr,
+    x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     M, N, K, Kp,
-    stride_xm, stride_xk, stride_qk, stride_sg, stride_ys, stride_ym,
+    stride_xm, stride_xk, stride_qk, stride_sg, stride_ws, stride_ym,
     GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
     HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
@@ -81,7 +100,6 @@ def gemv_wxa16_kernel(
     acc0 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K * P0 // 32), dtype=tl.float32)
     acc1 = tl.zeros((BLOCK_M, BLOCK_N, max(BLOCK_K * P1 // 32, 1)), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_M, BLOCK_N, max(BLOCK_K * P2 // 32, 1)), dtype=tl.float32)
-    acc_z = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
 
     k_tiles = tl.cdiv(K, BLOCK_K)
     tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
@@ -93,33 +111,34 @@ def gemv_wxa16_kernel(
         k0 = t * BLOCK_K
         n0, n1, n2 = load_codes_nk(qw_ptr, k0 + BLOCK_K, offs_n, mask_n, stride_qk, Kp, t + 1 < t1,
                                    P0, P1, P2, BLOCK_K)
-        s, z = group_params(s_ptr, z_ptr, k0 // GROUP_LEN, offs_n, mask_n, stride_sg, HAS_ZEROS, SYM_ZERO)
-        sb = s[None, :, None]
-        acc0 += _plane_tile(w0, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk, P0, 0, BLOCK_M, BLOCK_K) * sb
+        s0, z0 = _row_params(s_ptr, z_ptr, k0, offs_n, mask_n, Kp, stride_sg, GROUP_LEN, HAS_ZEROS, SYM_ZERO,
+                             P0, BLOCK_K)
+        t, xsum = _plane_tile(w0, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk, P0, 0, BLOCK_M, BLOCK_K)
+        acc0 += (t - xsum[:, None, :] * z0) * s0  # the zero-point term rides on plane 0's rows
         if P1 > 0:
-            acc1 += _plane_tile(w1, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk, P1, P0,
-                                BLOCK_M, BLOCK_K) * sb
+            s1, _ = _row_params(s_ptr, z_ptr, k0, offs_n, mask_n, Kp, stride_sg, GROUP_LEN, HAS_ZEROS,
+                                SYM_ZERO, P1, BLOCK_K)
+            t, _ = _plane_tile(w1, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk, P1, P0, BLOCK_M, BLOCK_K)
+            acc1 += t * s1
         if P2 > 0:
-            acc2 += _plane_tile(w2, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk, P2, P0 + P1,
-                                BLOCK_M, BLOCK_K) * sb
+            s2, _ = _row_params(s_ptr, z_ptr, k0, offs_n, mask_n, Kp, stride_sg, GROUP_LEN, HAS_ZEROS,
+                                SYM_ZERO, P2, BLOCK_K)
+            t, _ = _plane_tile(w2, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk, P2, P0 + P1,
+                               BLOCK_M, BLOCK_K)
+            acc2 += t * s2
         w0, w1, w2 = n0, n1, n2
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
-                    mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0).to(tl.float32)
-        acc_z += tl.sum(x, axis=1)[:, None] * (z * s)[None, :]
 
-    acc = tl.sum(acc0, axis=2) - acc_z
+    acc = tl.sum(acc0, axis=2)
     if P1 > 0:
         acc += tl.sum(acc1, axis=2)
     if P2 > 0:
         acc += tl.sum(acc2, axis=2)
     mask = mask_m[:, None] & mask_n[None, :]
-    if SPLIT_K == 1:
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
-    else:
-        tl.store(y_ptr + pid_k * stride_ys + offs_m[:, None] * stride_ym + offs_n[None, :], acc, mask=mask)
+    bias = tl.zeros((1, BLOCK_N), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    y_offs = offs_m[:, None] * stride_ym + offs_n[None, :]
+    write_output(acc, bias, y_ptr, y_offs, mask, ws_ptr, y_offs, stride_ws, cnt_ptr, pid_n, pid_k, SPLIT_K)
 
 
 MAX_M = 8
@@ -145,7 +164,7 @@ def heuristic_config(m: int, n: int, k: int, group_len: int, num_sms: int = 132)
 def _config(m: int, n: int, k: int, bits: int, group_len: int, x: torch.Tensor) -> GemvConfig:
     if x.is_cuda:
         shipped = shipped_config("gemv", bits, m, n, k, x.device.index or 0)
-        if shipped is not None and group_len % shipped["block_k"] == 0:
+        if shipped is not None:
             return GemvConfig(**shipped)
     return heuristic_config(m, n, k, group_len)
 
@@ -160,18 +179,17 @@ def gemv_wxa16(
     n = out_features
     kp = qweight.shape[0] * 32 // bits
     cfg = config or _config(m, n, k, bits, group_len, x)
-    if group_len % cfg.block_k:
-        raise ValueError(f"GEMV block_k={cfg.block_k} must divide the group length {group_len}")
     block_m = max(1, triton.next_power_of_2(m))
     grid = (triton.cdiv(n, cfg.block_n), cfg.split_k)
-    y, stride_ys = alloc_output(m, n, cfg.split_k, x)
+    y, ws, counters, stride_ws = output_buffers(m, n, cfg.split_k, grid[0], x)
     gemv_wxa16_kernel[grid](
-        x, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else scales, y,
+        x, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else scales,
+        y, ws, counters,
         m, n, k, kp,
-        x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), stride_ys, y.stride(-2),
+        x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), stride_ws, y.stride(0),
         GROUP_LEN=group_len, **plane_constexprs(bits),
         HAS_ZEROS=zeros is not None, SYM_ZERO=sym_zero, HAS_BIAS=bias is not None,
         BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return finish_output(y, cfg.split_k, bias, x.dtype)
+    return y

@@ -2,27 +2,36 @@
 from __future__ import annotations
 
 import functools
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
 
-def alloc_output(m: int, n: int, split_k: int, like: torch.Tensor) -> Tuple[torch.Tensor, int]:
-    """Y (M, N) in x's dtype, or an fp32 split-K workspace (SPLIT_K, M, N); returns (tensor, split stride)."""
+MAX_SPLIT_K_TILES = 1 << 16
+_COUNTERS: Dict[Tuple[str, int], torch.Tensor] = {}
+
+
+def split_k_counters(device: torch.device) -> torch.Tensor:
+    """Persistent zeroed int32 arrival counters (one per output tile) for in-kernel split-K.
+
+    Kernels leave them at 0 again, so one buffer serves every launch on the device's stream order.
+    """
+    key = (device.type, device.index or 0)
+    buf = _COUNTERS.get(key)
+    if buf is None:
+        buf = _COUNTERS[key] = torch.zeros(MAX_SPLIT_K_TILES, dtype=torch.int32, device=device)
+    return buf
+
+
+def output_buffers(m: int, n: int, split_k: int, tiles: int, like: torch.Tensor):
+    """(Y (M, N) in x's dtype, fp32 workspace (SPLIT_K, M, N) or Y again, counters, split stride)."""
+    if split_k > 1 and tiles > MAX_SPLIT_K_TILES:
+        raise ValueError(f"split-K over {tiles} output tiles exceeds {MAX_SPLIT_K_TILES}")
+    y = torch.empty((m, n), device=like.device, dtype=like.dtype)
     if split_k == 1:
-        return torch.empty((m, n), device=like.device, dtype=like.dtype), 0
+        return y, y, y, 0
     ws = torch.empty((split_k, m, n), device=like.device, dtype=torch.float32)
-    return ws, ws.stride(0)
-
-
-def finish_output(y: torch.Tensor, split_k: int, bias: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    """Reduce split-K partials in a fixed order (deterministic) and add the bias in fp32."""
-    if split_k == 1:
-        return y
-    y = y.sum(dim=0)
-    if bias is not None:
-        y += bias.float()
-    return y.to(dtype)
+    return y, ws, split_k_counters(like.device), ws.stride(0)
 
 
 @functools.lru_cache(maxsize=4096)

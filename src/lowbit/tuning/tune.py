@@ -29,13 +29,14 @@ DEQUANT_MM = None  # the dequantize + cuBLAS path has no config
 
 def gemv_candidates(m: int, group_len: int) -> List[GemvConfig]:
     out = []
-    for bn in (32, 64, 128):
-        for bk in (64, 128, 256):
-            if group_len % bk or (m > 4 and bn * bk > 64 * 128):
+    for bn in (16, 32, 64, 128):
+        for bk in (64, 128, 256, 512):
+            area = bn * bk * max(1, m)  # fp32 accumulator elements per program ~ registers
+            if not 2048 <= bn * bk <= 32768 or area > 32768:
                 continue
-            for split in (1, 4):
-                for stages in (2, 4):
-                    out.append(GemvConfig(bn, bk, split, 4, stages))
+            for split in (1, 2, 4, 8):
+                for warps in (4, 8):
+                    out.append(GemvConfig(bn, bk, split, warps, 2))
     return out
 
 
@@ -43,15 +44,16 @@ def gemm_candidates(m: int) -> List[GemmConfig]:
     bms = [16] if m <= 16 else [32] if m <= 32 else [64] if m <= 64 else [64, 128]
     out = []
     for bm in bms:
-        for bn in (64, 128, 256):
-            for bk in (64, 128):
-                if bm * bn * bk > 128 * 256 * 64 or (bn == 256 and bk == 128):
-                    continue
-                splits = (1, 2, 4) if m <= 128 else (1,)
-                for split in splits:
-                    warps = 8 if bm * bn >= 128 * 128 else 4
-                    for prefetch in ((False, True) if m <= 128 else (False,)):
-                        out.append(GemmConfig(bm, bn, bk, split, 8, warps, 4 if bk == 64 else 3, prefetch))
+        if m <= 128:
+            for bn in (64, 128):
+                for bk in (32, 64, 128):
+                    for split in (1, 2, 4, 8):
+                        for prefetch in (False, True):
+                            out.append(GemmConfig(bm, bn, bk, split, 8, 4 if bn == 64 else 8, 4 if bk < 128 else 3,
+                                                  prefetch))
+        else:
+            for bn, bk, warps in ((64, 64, 4), (64, 128, 4), (128, 64, 8), (128, 128, 8), (256, 64, 8)):
+                out.append(GemmConfig(bm, bn, bk, 1, 8, warps, 3))
     return out
 
 
@@ -80,7 +82,7 @@ def _tasks(bits_list, shapes, ms, group) -> List[Tuple[int, int, int, int, objec
         for n, k in shapes:
             for m in ms:
                 if m <= GEMV_MAX_M:
-                    cands = gemv_candidates(m, group) + gemm_candidates(16)[:6]
+                    cands = gemv_candidates(m, group) + [c for c in gemm_candidates(16) if c.block_n == 64 and c.split_k >= 2]
                 else:
                     cands = gemm_candidates(m) + ([DEQUANT_MM] if m >= 64 else [])
                 tasks += [(bits, n, k, m, c) for c in cands]

@@ -1,0 +1,29 @@
+"""Shared @triton.jit epilogue: write Y, or reduce split-K partials inside the same launch.
+
+Split-K without a second kernel and without float atomics: every program of an output tile stores
+its fp32 partial to ``ws[pid_k]``, then bumps the tile's arrival counter (acq_rel, gpu scope).
+The program that arrives last sums ``ws[0..SPLIT_K)`` in index order, so the result is bitwise
+deterministic whatever the arrival order, adds the bias, writes Y and resets the counter to 0
+for the next launch (the counters live in a persistent zeroed buffer, ``launch.split_k_counters``).
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def write_output(acc, bias, y_ptr, y_offs, mask, ws_ptr, ws_offs, ws_split_stride, cnt_ptr, tile_id, pid_k,
+                 SPLIT_K: tl.constexpr):
+    """acc/bias/y_offs/ws_offs/mask share one shape; bias is fp32 (0 when there is none)."""
+    if SPLIT_K == 1:
+        tl.store(y_ptr + y_offs, (acc + bias).to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(ws_ptr + pid_k * ws_split_stride + ws_offs, acc, mask=mask)
+        tl.debug_barrier()  # every thread's partial is stored before the release below
+        arrived = tl.atomic_add(cnt_ptr + tile_id, 1, sem="acq_rel", scope="gpu")
+        if arrived == SPLIT_K - 1:
+            total = tl.zeros_like(acc)
+            for i in range(SPLIT_K):  # fixed order: deterministic
+                total += tl.load(ws_ptr + i * ws_split_stride + ws_offs, mask=mask, other=0.0,
+                                 cache_modifier=".cg")
+            tl.store(y_ptr + y_offs, (total + bias).to(y_ptr.dtype.element_ty), mask=mask)
+            tl.atomic_xchg(cnt_ptr + tile_id, 0, sem="relaxed", scope="gpu")
