@@ -61,6 +61,7 @@ def test_fp32_activations_fall_back_to_reference_with_a_log(caplog):
     qw = _qw()
     x = torch.randn(3, 256, device=DEVICE)
     dispatch._logged.clear()
+    dispatch._select.cache_clear()
     with caplog.at_level("WARNING", logger="lowbit"):
         y = ops.intx_linear(x, qw)
         ops.intx_linear(x, qw)
@@ -77,6 +78,7 @@ def test_forcing_triton_for_fp32_names_the_constraint(monkeypatch):
 
 def test_dispatch_rules_without_a_shipped_table(monkeypatch):
     monkeypatch.setattr("lowbit.kernels.launch.shipped_best", lambda *a: None)
+    dispatch._select.cache_clear()
     p = dict(n=64, k=256, bits=4, group_len=128, dtype=torch.float16, device_type="cuda")
     assert dispatch.select(dispatch.WxA16Problem(m=1, **p)) == "triton_gemv"
     assert dispatch.select(dispatch.WxA16Problem(m=8, **p)) == "triton_gemv"
@@ -88,9 +90,11 @@ def test_dispatch_follows_the_shipped_table(monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     monkeypatch.setattr("torch.cuda.current_device", lambda: 0)
     monkeypatch.setattr("lowbit.kernels.launch.shipped_best", lambda *a: "gemm")
+    dispatch._select.cache_clear()
     p = dict(n=64, k=256, bits=4, group_len=128, dtype=torch.float16, device_type="cuda")
     assert dispatch.select(dispatch.WxA16Problem(m=4096, **p)) == "triton_gemm"
     assert dispatch.select(dispatch.WxA16Problem(m=1, **p)) == "triton_gemm"
+    dispatch._select.cache_clear()
 
 
 @pytest.mark.parametrize("bad,err,match", [

@@ -7,6 +7,7 @@ reference backend without being asked is logged once per reason, never silent.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -94,9 +95,16 @@ def forced_family() -> str:
     return fam
 
 
-def select(problem: WxA16Problem, backends: List[Backend] = WXA16_BACKENDS) -> str:
-    """Name of the backend to run ``problem``; raises UnsupportedError with every reason."""
-    family = forced_family()
+def select(problem: WxA16Problem) -> str:
+    """Name of the backend to run ``problem``; raises UnsupportedError with every reason.
+
+    Cached per (problem, LOWBIT_BACKEND): the choice costs one dict lookup after the first call.
+    """
+    return _select(problem, forced_family())
+
+
+@functools.lru_cache(maxsize=4096)
+def _select(problem: WxA16Problem, family: str, backends: Tuple[Backend, ...] = tuple(WXA16_BACKENDS)) -> str:
     preferred = preferred_backend(problem) if family != "reference" else None
     reasons = []
     for b in sorted(backends, key=lambda b: b.name != preferred):  # stable: priority order otherwise

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .formats.intx import IntxFormat, IntxWeight
-from .ops import linear_wxa16
+from .ops import linear_wxa16_auto
 
 
 class QuantLinear(nn.Module):
@@ -37,7 +37,7 @@ class QuantLinear(nn.Module):
         return IntxWeight(self.qweight, self.scales, self.zeros, self.bits, self.group_size, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear_wxa16(
+        return linear_wxa16_auto(
             x, self.qweight, self.scales, self.zeros, self.bias, self.bits, self.group_size or 0,
             self.in_features,
         )

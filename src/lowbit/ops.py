@@ -71,11 +71,11 @@ def _run_wxa16(x2d, qweight, scales, zeros, bias, bits, group_size, in_features)
 _LAUNCHERS = {"triton_gemv": gemv_wxa16, "triton_gemm": gemm_wxa16, "triton_dequant_mm": dequant_matmul_wxa16}
 
 
-@torch.library.custom_op("lowbit::linear_wxa16", mutates_args=())
-def linear_wxa16(
+def linear_wxa16_eager(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
     bias: Optional[torch.Tensor], bits: int, group_size: int, in_features: int,
 ) -> torch.Tensor:
+    """The op's implementation, callable without the torch.library dispatch (eager fast path)."""
     _validate_wxa16(x, qweight, scales, zeros, bias, bits, group_size, in_features)
     lead = x.shape[:-1]
     x2d = x.reshape(-1, in_features)
@@ -85,15 +85,31 @@ def linear_wxa16(
     return y.reshape(*lead, qweight.shape[1])
 
 
+@torch.library.custom_op("lowbit::linear_wxa16", mutates_args=())
+def linear_wxa16(
+    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor], bits: int, group_size: int, in_features: int,
+) -> torch.Tensor:
+    return linear_wxa16_eager(x, qweight, scales, zeros, bias, bits, group_size, in_features)
+
+
 @linear_wxa16.register_fake
 def _(x, qweight, scales, zeros, bias, bits, group_size, in_features):
     _validate_wxa16(x, qweight, scales, zeros, bias, bits, group_size, in_features)
     return x.new_empty((*x.shape[:-1], qweight.shape[1]))
 
 
+def linear_wxa16_auto(*args) -> torch.Tensor:
+    """The custom op while tracing/compiling (so torch.compile sees one opaque node), the plain
+    implementation in eager mode (skips ~tens of µs of torch.library dispatch per call)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return linear_wxa16(*args)
+    return linear_wxa16_eager(*args)
+
+
 def intx_linear(x: torch.Tensor, weight: IntxWeight, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Convenience: ``linear_wxa16`` on an ``IntxWeight``."""
-    return linear_wxa16(
+    return linear_wxa16_auto(
         x, weight.qweight, weight.scales, weight.zeros, bias, weight.bits, weight.group_size or 0,
         weight.in_features,
     )
