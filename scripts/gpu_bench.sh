@@ -19,3 +19,5 @@ fi
 if [[ $what == warmup || $what == all ]]; then
   python3 -m lowbit.bench warmup --op w4a16 --shapes llama3-8b --out "$OUT/h200" 2>&1 | tail -12
 fi
+# the device returns at most 8 files: ship everything as one archive
+tar -C "$OUT" -czf "$OUT/bench_h200.tgz" h200 && echo "archived $(ls "$OUT/h200" | wc -l) files"
