@@ -15,7 +15,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from lowbit.kernels.gemm import gemm_wxa16_kernel
-from lowbit.kernels.gemv import gemv_gather_wxa16_kernel, gemv_wxa16_kernel
+from lowbit.kernels.gemv import gemv_wxa16_kernel
 from lowbit.kernels.unpack import plane_constexprs
 
 SIG = {"x_ptr": "*fp16", "qw_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*u8", "b_ptr": "*fp16", "y_ptr": "*fp16",
@@ -49,7 +49,7 @@ def sass_histogram(cubin: bytes):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("kernel", choices=["gemv", "gemv_gather", "gemm"])
+    p.add_argument("kernel", choices=["gemv", "gemm"])
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--group", type=int, default=128)
     p.add_argument("--block-m", type=int, default=1)
@@ -65,7 +65,7 @@ def main():
               BLOCK_M=a.block_m, BLOCK_N=a.block_n, BLOCK_K=a.block_k, SPLIT_K=a.split_k)
     if a.kernel == "gemm":
         ce.update(GROUP_M=8, INT_ZERO=True, PREFETCH=False)
-    fn = {"gemv": gemv_wxa16_kernel, "gemv_gather": gemv_gather_wxa16_kernel, "gemm": gemm_wxa16_kernel}[a.kernel]
+    fn = gemv_wxa16_kernel if a.kernel == "gemv" else gemm_wxa16_kernel
     k = compile_kernel(fn, ce, a.warps, a.stages, a.dtype)
     hist, usage, sass = sass_histogram(k.asm["cubin"])
     print(usage)

@@ -20,7 +20,7 @@ import triton.language as tl
 
 from .epilogue import write_output
 from .launch import output_buffers, shipped_config
-from .unpack import gather_codes_kn, group_params, load_codes_nk, plane_constexprs
+from .unpack import group_params, load_codes_nk, plane_constexprs
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,6 @@ class GemvConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 2
-    strategy: str = "planes"  # "planes": gemv_wxa16_kernel; "gather": gemv_gather_wxa16_kernel
 
 
 @triton.jit
@@ -142,48 +141,6 @@ def gemv_wxa16_kernel(
     write_output(acc, bias, y_ptr, y_offs, mask, ws_ptr, y_offs, stride_ws, cnt_ptr, pid_n, pid_k, SPLIT_K)
 
 
-@triton.jit
-def gemv_gather_wxa16_kernel(
-    x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
-    M, N, K, Kp,
-    stride_xm, stride_xk, stride_qk, stride_sg, stride_ws, stride_ym,
-    GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
-    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-):
-    """Same contract as ``gemv_wxa16_kernel``; plain 2-D [BLOCK_K, BLOCK_N] tiles: codes gathered per
-    k (``unpack.gather_codes_kn``), accumulated element-wise in [BLOCK_M, BLOCK_K, BLOCK_N] and
-    summed over K once at the end. BLOCK_K must divide the group length."""
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    acc = tl.zeros((BLOCK_M, BLOCK_K, BLOCK_N), dtype=tl.float32)
-    acc_z = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
-    t0 = pid_k * tiles_per_split
-    t1 = min(t0 + tiles_per_split, k_tiles)
-    for t in range(t0, t1):
-        offs_k = t * BLOCK_K + tl.arange(0, BLOCK_K)
-        q = gather_codes_kn(qw_ptr, offs_k, offs_n, mask_n, stride_qk, Kp, P0, P1, P2)
-        v = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0  # exact q, no I2F
-        s, z = group_params(s_ptr, z_ptr, (t * BLOCK_K) // GROUP_LEN, offs_n, mask_n, stride_sg, HAS_ZEROS, SYM_ZERO)
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
-                    mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0).to(tl.float32)
-        acc += x[:, :, None] * (v * s[None, :])[None, :, :]
-        acc_z += tl.sum(x, axis=1)[:, None] * (z * s)[None, :]
-    out = tl.sum(acc, axis=1) - acc_z
-    mask = mask_m[:, None] & mask_n[None, :]
-    bias = tl.zeros((1, BLOCK_N), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    y_offs = offs_m[:, None] * stride_ym + offs_n[None, :]
-    write_output(out, bias, y_ptr, y_offs, mask, ws_ptr, y_offs, stride_ws, cnt_ptr, pid_n, pid_k, SPLIT_K)
-
-
 MAX_M = 8
 
 
@@ -222,13 +179,10 @@ def gemv_wxa16(
     n = out_features
     kp = qweight.shape[0] * 32 // bits
     cfg = config or _config(m, n, k, bits, group_len, x)
-    kernel = gemv_wxa16_kernel if cfg.strategy == "planes" else gemv_gather_wxa16_kernel
-    if cfg.strategy == "gather" and group_len % cfg.block_k:
-        raise ValueError(f"gather GEMV block_k={cfg.block_k} must divide the group length {group_len}")
     block_m = max(1, triton.next_power_of_2(m))
     grid = (triton.cdiv(n, cfg.block_n), cfg.split_k)
     y, ws, counters, stride_ws = output_buffers(m, n, cfg.split_k, grid[0], x)
-    kernel[grid](
+    gemv_wxa16_kernel[grid](
         x, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else scales,
         y, ws, counters,
         m, n, k, kp,

@@ -16,28 +16,6 @@ def plane_constexprs(bits: int) -> dict:
 
 
 @triton.jit
-def gather_plane_kn(qw_ptr, row0, offs_k, offs_n, mask, stride_qk, P: tl.constexpr):
-    """One plane's fields at (offs_k, offs_n) -> int32 [BLOCK_K, BLOCK_N]; every k re-reads its word
-    (the PER loads of a word hit L1), so the tile needs no reshape."""
-    PER: tl.constexpr = 32 // P
-    words = tl.load(qw_ptr + (row0 + offs_k // PER)[:, None] * stride_qk + offs_n[None, :], mask=mask, other=0)
-    return (words >> ((offs_k % PER) * P)[:, None]) & ((1 << P) - 1)
-
-
-@triton.jit
-def gather_codes_kn(qw_ptr, offs_k, offs_n, mask_n, stride_qk, Kp,
-                    P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr):
-    """Full codes q at (offs_k, offs_n) -> int32 [BLOCK_K, BLOCK_N]; 0 where k >= Kp or n masked."""
-    mask = (offs_k < Kp)[:, None] & mask_n[None, :]
-    q = gather_plane_kn(qw_ptr, 0, offs_k, offs_n, mask, stride_qk, P0)
-    if P1 > 0:
-        q |= gather_plane_kn(qw_ptr, (Kp // 32) * P0, offs_k, offs_n, mask, stride_qk, P1) << P0
-    if P2 > 0:
-        q |= gather_plane_kn(qw_ptr, (Kp // 32) * (P0 + P1), offs_k, offs_n, mask, stride_qk, P2) << (P0 + P1)
-    return q
-
-
-@triton.jit
 def group_params(s_ptr, z_ptr, g, offs_n, mask, stride_sg,
                  HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr):
     """Scale and zero point (fp32 [BLOCK_N]) of group g (a scalar or a [BLOCK_K, 1] tensor)."""

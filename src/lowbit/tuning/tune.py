@@ -37,13 +37,6 @@ def gemv_candidates(m: int, group_len: int) -> List[GemvConfig]:
             for split in (1, 2, 4, 8):
                 for warps in (4, 8):
                     out.append(GemvConfig(bn, bk, split, warps, 2))
-    for bn in (64, 128, 256):
-        for bk in (32, 64, 128):
-            if group_len % bk or bn * bk * max(1, m) > 16384:
-                continue
-            for split in (2, 4, 8, 16):
-                for warps in (4, 8):
-                    out.append(GemvConfig(bn, bk, split, warps, 2, "gather"))
     return out
 
 
