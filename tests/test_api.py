@@ -88,3 +88,17 @@ def test_unknown_config_type_and_non_linear_target():
     with pytest.raises(FormatError, match="nn.Linear"):
         quantize_(_model(), Int4WeightOnlyConfig(), filter_fn=lambda m, fqn: fqn == "")  # root excluded -> no-op
         quantize_(nn.Sequential(nn.ReLU()), Int4WeightOnlyConfig(), filter_fn=lambda m, fqn: True)
+
+
+def test_warmup_runs_every_distinct_layer_once_per_batch_size():
+    model = quantize_(_model(), Int4WeightOnlyConfig(group_size=64))
+    stats = lowbit.warmup(model, [1, 3, 3, 17], dtype=torch.float16, verbose=False)
+    assert stats["distinct_layers"] == 3 and stats["batch_sizes"] == 3
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cli_tune_without_gpu_says_so(capsys):
+    from lowbit.cli import main
+
+    assert main(["tune", "--bits", "4"]) == 2
+    assert "CUDA" in capsys.readouterr().err

@@ -4,11 +4,12 @@ from .api import Int4WeightOnlyConfig, IntxWeightOnlyConfig, config_from_dict, q
 from .errors import FormatError, InputError, LowbitError, UnsupportedError
 from .formats import IntxFormat, IntxWeight, get_format
 from .nn import QuantLinear
+from .warmup import warmup
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ops", "quantize_", "Int4WeightOnlyConfig", "IntxWeightOnlyConfig", "config_from_dict", "QuantLinear",
+    "ops", "quantize_", "warmup", "Int4WeightOnlyConfig", "IntxWeightOnlyConfig", "config_from_dict", "QuantLinear",
     "IntxFormat", "IntxWeight", "get_format",
     "FormatError", "InputError", "LowbitError", "UnsupportedError", "__version__",
 ]

@@ -1,4 +1,4 @@
-"""``lowbit`` command line: ``run`` (the main job), ``bench`` (benchmark suite)."""
+"""``lowbit`` command line: ``run`` (the main job), ``bench`` (benchmark suite), ``tune`` (configs)."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +18,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv and argv[0] == "tune":
+        from .tuning.tune import main as tune_main
+
+        return tune_main(argv[1:])
     parser = argparse.ArgumentParser(prog="lowbit", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="quantize a Llama-style model in every format; report size, error (and speed on a GPU)")
@@ -26,6 +30,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     run.add_argument("--layers", type=int, default=2)
     run.set_defaults(func=_run)
     sub.add_parser("bench", help="benchmark suite (see `lowbit bench --help`)")
+    sub.add_parser("tune", help="offline kernel-config search, writes a table (see `lowbit tune --help`)")
     args = parser.parse_args(argv)
     return args.func(args)
 
