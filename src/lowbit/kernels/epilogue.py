@@ -11,6 +11,15 @@ import triton.language as tl
 
 
 @triton.jit
+def split_k_tiles(K, pid_k, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+    """[t0, t1): the K tiles of split ``pid_k`` (contiguous, ceil-divided; the last may be short)."""
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
+    t0 = pid_k * tiles_per_split
+    return t0, min(t0 + tiles_per_split, k_tiles)
+
+
+@triton.jit
 def write_output(acc, bias, y_ptr, y_offs, mask, ws_ptr, ws_offs, ws_split_stride, cnt_ptr, tile_id, pid_k,
                  SPLIT_K: tl.constexpr):
     """acc/bias/y_offs/ws_offs/mask share one shape; bias is fp32 (0 when there is none)."""

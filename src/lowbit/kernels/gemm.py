@@ -16,9 +16,9 @@ import triton
 import triton.language as tl
 
 from .dequant import int_zero
-from .epilogue import write_output
-from .launch import output_buffers, shipped_config
-from .unpack import codes_from_words_nk, dequant_tile, load_codes_nk, group_params, plane_constexprs
+from .epilogue import split_k_tiles, write_output
+from .launch import launch_intx, resolve_config
+from .unpack import codes_from_words_nk, dequant_tile, group_params, load_codes_nk
 
 
 @dataclass(frozen=True)
@@ -63,10 +63,7 @@ def gemm_wxa16_kernel(
     mask_n = offs_n < N
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
 
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
-    t0 = pid_k * tiles_per_split
-    t1 = min(t0 + tiles_per_split, k_tiles)
+    t0, t1 = split_k_tiles(K, pid_k, BLOCK_K, SPLIT_K)
     # software pipelining by hand: the next tile's words are in flight while this one is used
     w0, w1, w2 = load_codes_nk(qw_ptr, t0 * BLOCK_K, offs_n, mask_n, stride_qk, Kp, t0 < t1, P0, P1, P2, BLOCK_K)
     for t in range(t0, t1):
@@ -107,36 +104,16 @@ def heuristic_config(m: int, n: int, k: int, group_len: int) -> GemmConfig:
     return GemmConfig(128, 128, bk, 1, 8, 8, 3)
 
 
-def _config(m: int, n: int, k: int, bits: int, group_len: int, x: torch.Tensor) -> GemmConfig:
-    if x.is_cuda:
-        shipped = shipped_config("gemm", bits, m, n, k, x.device.index or 0)
-        if shipped is not None:
-            return GemmConfig(**shipped)
-    return heuristic_config(m, n, k, group_len)
-
-
 def gemm_wxa16(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
     bias: Optional[torch.Tensor], bits: int, group_len: int, sym_zero: float, out_features: int,
     config: Optional[GemmConfig] = None,
 ) -> torch.Tensor:
-    """x (M, K) fp16/bf16 contiguous -> (M, N). Inputs already validated by ``lowbit.ops``."""
+    """x (M, K) fp16/bf16 -> (M, N). Inputs already validated by ``lowbit.ops``."""
     m, k = x.shape
-    n = out_features
-    kp = qweight.shape[0] * 32 // bits
-    cfg = config or _config(m, n, k, bits, group_len, x)
-    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), cfg.split_k)
-    y, ws, counters, stride_ws = output_buffers(m, n, cfg.split_k, grid[0], x)
-    gemm_wxa16_kernel[grid](
-        x, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else scales,
-        y, ws, counters,
-        m, n, k, kp,
-        x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), stride_ws, y.stride(0),
-        GROUP_LEN=group_len, **plane_constexprs(bits),
-        HAS_ZEROS=zeros is not None, SYM_ZERO=sym_zero, HAS_BIAS=bias is not None,
-        INT_ZERO=int_zero(zeros, sym_zero),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        SPLIT_K=cfg.split_k, GROUP_M=cfg.group_m, PREFETCH=cfg.prefetch,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
-    return y
+    cfg = config or resolve_config("gemm", GemmConfig, heuristic_config, m, out_features, k, bits, group_len, x)
+    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(out_features, cfg.block_n), cfg.split_k)
+    return launch_intx(gemm_wxa16_kernel, grid, x, qweight, scales, zeros, bias, bits, group_len, sym_zero,
+                       out_features, cfg.split_k, INT_ZERO=int_zero(zeros, sym_zero), BLOCK_M=cfg.block_m,
+                       BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, PREFETCH=cfg.prefetch,
+                       num_warps=cfg.num_warps, num_stages=cfg.num_stages)

@@ -18,9 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .epilogue import write_output
-from .launch import output_buffers, shipped_config
-from .unpack import group_params, load_codes_nk, plane_constexprs
+from .epilogue import split_k_tiles, write_output
+from .launch import launch_intx, resolve_config
+from .unpack import group_params, load_codes_nk
 
 
 @dataclass(frozen=True)
@@ -101,10 +101,7 @@ def gemv_wxa16_kernel(
     acc1 = tl.zeros((BLOCK_M, BLOCK_N, max(BLOCK_K * P1 // 32, 1)), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_M, BLOCK_N, max(BLOCK_K * P2 // 32, 1)), dtype=tl.float32)
 
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
-    t0 = pid_k * tiles_per_split
-    t1 = min(t0 + tiles_per_split, k_tiles)
+    t0, t1 = split_k_tiles(K, pid_k, BLOCK_K, SPLIT_K)
     # software pipelining by hand: the next tile's words are in flight while this one is unpacked
     w0, w1, w2 = load_codes_nk(qw_ptr, t0 * BLOCK_K, offs_n, mask_n, stride_qk, Kp, t0 < t1, P0, P1, P2, BLOCK_K)
     for t in range(t0, t1):
@@ -161,14 +158,6 @@ def heuristic_config(m: int, n: int, k: int, group_len: int, num_sms: int = 132)
     return GemvConfig(block_n, block_k, split, 4, 2)
 
 
-def _config(m: int, n: int, k: int, bits: int, group_len: int, x: torch.Tensor) -> GemvConfig:
-    if x.is_cuda:
-        shipped = shipped_config("gemv", bits, m, n, k, x.device.index or 0)
-        if shipped is not None:
-            return GemvConfig(**shipped)
-    return heuristic_config(m, n, k, group_len)
-
-
 def gemv_wxa16(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
     bias: Optional[torch.Tensor], bits: int, group_len: int, sym_zero: float, out_features: int,
@@ -176,20 +165,9 @@ def gemv_wxa16(
 ) -> torch.Tensor:
     """x (M <= 8, K) fp16/bf16 -> (M, N). Inputs already validated by ``lowbit.ops``."""
     m, k = x.shape
-    n = out_features
-    kp = qweight.shape[0] * 32 // bits
-    cfg = config or _config(m, n, k, bits, group_len, x)
-    block_m = max(1, triton.next_power_of_2(m))
-    grid = (triton.cdiv(n, cfg.block_n), cfg.split_k)
-    y, ws, counters, stride_ws = output_buffers(m, n, cfg.split_k, grid[0], x)
-    gemv_wxa16_kernel[grid](
-        x, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else scales,
-        y, ws, counters,
-        m, n, k, kp,
-        x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), stride_ws, y.stride(0),
-        GROUP_LEN=group_len, **plane_constexprs(bits),
-        HAS_ZEROS=zeros is not None, SYM_ZERO=sym_zero, HAS_BIAS=bias is not None,
-        BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
-    return y
+    cfg = config or resolve_config("gemv", GemvConfig, heuristic_config, m, out_features, k, bits, group_len, x)
+    grid = (triton.cdiv(out_features, cfg.block_n), cfg.split_k)
+    return launch_intx(gemv_wxa16_kernel, grid, x, qweight, scales, zeros, bias, bits, group_len, sym_zero,
+                       out_features, cfg.split_k, BLOCK_M=max(1, triton.next_power_of_2(m)),
+                       BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
+                       num_stages=cfg.num_stages)

@@ -6,6 +6,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from .unpack import plane_constexprs
+
 
 MAX_SPLIT_K_TILES = 1 << 16
 _COUNTERS: Dict[Tuple[str, int], torch.Tensor] = {}
@@ -49,3 +51,33 @@ def shipped_best(bits: int, m: int, n: int, k: int, device_index: int) -> Option
     from ..tuning import best_kernel, m_bucket
 
     return best_kernel(bits, m_bucket(m), n, k, torch.cuda.get_device_name(device_index))
+
+
+def resolve_config(kernel: str, config_cls, heuristic, m: int, n: int, k: int, bits: int, group_len: int,
+                   x: torch.Tensor):
+    """The shipped config for this GPU and problem, else the launcher's heuristic."""
+    if x.is_cuda:
+        shipped = shipped_config(kernel, bits, m, n, k, x.device.index or 0)
+        if shipped is not None:
+            return config_cls(**shipped)
+    return heuristic(m, n, k, group_len)
+
+
+def launch_intx(kernel, grid, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                zeros: Optional[torch.Tensor], bias: Optional[torch.Tensor], bits: int, group_len: int,
+                sym_zero: float, out_features: int, split_k: int, **meta) -> torch.Tensor:
+    """Allocate Y (+ split-K workspace) and launch an intx matmul kernel with the shared argument
+    order: pointers, sizes, strides, format constexprs, then the kernel's own ``meta``."""
+    m, k = x.shape
+    n = out_features
+    y, ws, counters, stride_ws = output_buffers(m, n, split_k, grid[0], x)
+    kernel[grid](
+        x, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else scales,
+        y, ws, counters,
+        m, n, k, qweight.shape[0] * 32 // bits,
+        x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), stride_ws, y.stride(0),
+        GROUP_LEN=group_len, **plane_constexprs(bits),
+        HAS_ZEROS=zeros is not None, SYM_ZERO=sym_zero, HAS_BIAS=bias is not None, SPLIT_K=split_k,
+        **meta,
+    )
+    return y
