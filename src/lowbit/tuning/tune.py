@@ -29,14 +29,14 @@ DEQUANT_MM = None  # the dequantize + cuBLAS path has no config
 
 def gemv_candidates(m: int, group_len: int) -> List[GemvConfig]:
     out = []
-    for bn in (16, 32, 64, 128):
+    for bn in (32, 64, 128):
         for bk in (64, 128, 256, 512):
             area = bn * bk * max(1, m)  # fp32 accumulator elements per program ~ registers
             if not 2048 <= bn * bk <= 32768 or area > 32768:
                 continue
-            for split in (1, 2, 4, 8):
-                for warps in (4, 8):
-                    out.append(GemvConfig(bn, bk, split, warps, 2))
+            for split in (2, 4, 8):
+                for stages in (2, 3, 4, 5):
+                    out.append(GemvConfig(bn, bk, split, 4, stages))
     return out
 
 
