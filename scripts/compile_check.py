@@ -59,12 +59,13 @@ def main():
     p.add_argument("--warps", type=int, default=4)
     p.add_argument("--stages", type=int, default=2)
     p.add_argument("--dtype", default="fp16")
+    p.add_argument("--prefetch", action="store_true")
     p.add_argument("--sass", action="store_true")
     a = p.parse_args()
     ce = dict(GROUP_LEN=a.group, **plane_constexprs(a.bits), HAS_ZEROS=True, SYM_ZERO=8.0, HAS_BIAS=False,
               BLOCK_M=a.block_m, BLOCK_N=a.block_n, BLOCK_K=a.block_k, SPLIT_K=a.split_k)
     if a.kernel == "gemv":
-        ce["NUM_STAGES"] = a.stages
+        ce.update(NUM_STAGES=1 if a.prefetch else a.stages, PREFETCH=a.prefetch)
     if a.kernel == "gemm":
         ce.update(GROUP_M=8, INT_ZERO=True, PREFETCH=False)
     fn = gemv_wxa16_kernel if a.kernel == "gemv" else gemm_wxa16_kernel

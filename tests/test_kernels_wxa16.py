@@ -58,6 +58,7 @@ def test_kernel_matches_reference(bits, group_size, symmetric, zero_kind, dtype,
 @pytest.mark.parametrize("kind,config", [
     ("gemv", GemvConfig(block_n=32, block_k=64, split_k=3)),
     ("gemv", GemvConfig(block_n=64, block_k=32, split_k=1)),
+    ("gemv", GemvConfig(block_n=32, block_k=64, split_k=2, prefetch=True)),
     ("gemv", GemvConfig(block_n=32, block_k=256, split_k=2)),  # one tile spans 4 groups of 64
     ("gemm", GemmConfig(block_m=16, block_n=32, block_k=128, split_k=2)),
     ("gemm", GemmConfig(block_m=32, block_n=64, block_k=32, split_k=1, group_m=2)),

@@ -30,6 +30,7 @@ class GemvConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 2
+    prefetch: bool = False  # hand register prefetch instead of Triton's pipeliner
 
 
 @triton.jit
@@ -89,7 +90,7 @@ def gemv_wxa16_kernel(
     GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
     HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    NUM_STAGES: tl.constexpr,
+    NUM_STAGES: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -105,9 +106,18 @@ def gemv_wxa16_kernel(
     t0, t1 = split_k_tiles(K, pid_k, BLOCK_K, SPLIT_K)
     # Triton's pipeliner streams the words through shared memory with cp.async, NUM_STAGES deep
     # (tuned): more bytes in flight and half the registers of a hand-written register prefetch
+    # PREFETCH (the older variant, still best for some shapes): load the next tile's words into
+    # registers by hand before unpacking this one, no pipeliner (NUM_STAGES = 1).
+    if PREFETCH:
+        w0, w1, w2 = load_codes_nk(qw_ptr, t0 * BLOCK_K, offs_n, mask_n, stride_qk, Kp, t0 < t1, P0, P1, P2,
+                                   BLOCK_K)
     for t in tl.range(t0, t1, num_stages=NUM_STAGES):
         k0 = t * BLOCK_K
-        w0, w1, w2 = load_codes_nk(qw_ptr, k0, offs_n, mask_n, stride_qk, Kp, True, P0, P1, P2, BLOCK_K)
+        if PREFETCH:
+            n0, n1, n2 = load_codes_nk(qw_ptr, k0 + BLOCK_K, offs_n, mask_n, stride_qk, Kp, t + 1 < t1,
+                                       P0, P1, P2, BLOCK_K)
+        else:
+            w0, w1, w2 = load_codes_nk(qw_ptr, k0, offs_n, mask_n, stride_qk, Kp, True, P0, P1, P2, BLOCK_K)
         s0, z0 = _row_params(s_ptr, z_ptr, k0, offs_n, mask_n, Kp, stride_sg, GROUP_LEN, HAS_ZEROS, SYM_ZERO,
                              P0, BLOCK_K)
         part, xsum = _plane_tile(w0, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk, P0, 0, BLOCK_M, BLOCK_K)
@@ -123,6 +133,8 @@ def gemv_wxa16_kernel(
             part, _ = _plane_tile(w2, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk, P2, P0 + P1,
                                BLOCK_M, BLOCK_K)
             acc2 += part * s2
+        if PREFETCH:
+            w0, w1, w2 = n0, n1, n2
 
     acc = tl.sum(acc0, axis=2)
     if P1 > 0:
@@ -168,5 +180,5 @@ def gemv_wxa16(
     grid = (triton.cdiv(out_features, cfg.block_n), cfg.split_k)
     return launch_intx(gemv_wxa16_kernel, grid, x, qweight, scales, zeros, bias, bits, group_len, sym_zero,
                        out_features, cfg.split_k, BLOCK_M=max(1, triton.next_power_of_2(m)),
-                       BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, NUM_STAGES=cfg.num_stages,
+                       BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, NUM_STAGES=1 if cfg.prefetch else cfg.num_stages, PREFETCH=cfg.prefetch,
                        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
