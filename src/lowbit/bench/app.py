@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of baselines (default: the op's defaults; 'none' for ours only; 'all')")
     p.add_argument("--out", default="out/bench", help="output directory")
     p.add_argument("--quick", action="store_true", help="fewer replays, shorter eager timing, fewer default M")
-    p.add_argument("--replays", type=int, default=None, help="graph replays per point (default 20, quick 5)")
+    p.add_argument("--replays", type=int, default=None, help="graph replays per point (default 20, quick 10)")
     p.add_argument("--min-copy-mb", type=float, default=256.0, help="total bytes of the weight copies per point")
     p.add_argument("--max-copies", type=int, default=1000)
     p.add_argument("--time-budget", type=float, default=None,
