@@ -65,14 +65,15 @@ def gemm_wxa16_kernel(
 
     t0, t1 = split_k_tiles(K, pid_k, BLOCK_K, SPLIT_K)
     # software pipelining by hand: the next tile's words are in flight while this one is used
-    w0, w1, w2 = load_codes_nk(qw_ptr, t0 * BLOCK_K, offs_n, mask_n, stride_qk, Kp, t0 < t1, P0, P1, P2, BLOCK_K)
+    w0, w1, w2 = load_codes_nk(qw_ptr, t0 * BLOCK_K, offs_n, mask_n, stride_qk, Kp, tl.where(t0 < t1, Kp, 0),
+                               P0, P1, P2, BLOCK_K)
     for t in range(t0, t1):
         k0 = t * BLOCK_K
         if PREFETCH:
-            n0, n1, n2 = load_codes_nk(qw_ptr, k0 + BLOCK_K, offs_n, mask_n, stride_qk, Kp, t + 1 < t1,
-                                       P0, P1, P2, BLOCK_K)
+            n0, n1, n2 = load_codes_nk(qw_ptr, k0 + BLOCK_K, offs_n, mask_n, stride_qk, Kp,
+                                       tl.where(t + 1 < t1, Kp, 0), P0, P1, P2, BLOCK_K)
         else:
-            w0, w1, w2 = load_codes_nk(qw_ptr, k0, offs_n, mask_n, stride_qk, Kp, True, P0, P1, P2, BLOCK_K)
+            w0, w1, w2 = load_codes_nk(qw_ptr, k0, offs_n, mask_n, stride_qk, Kp, Kp, P0, P1, P2, BLOCK_K)
             n0, n1, n2 = w0, w1, w2
         offs_k = k0 + tl.arange(0, BLOCK_K)
         xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None] * stride_xk,

@@ -1,7 +1,8 @@
 """gemv_wxa16: Y[M, N] = X[M, K] @ dequant(W)[N, K]^T (+ bias) for small M (1..8), any bits 1..8.
 
 Bandwidth-bound, no tensor cores. Each program owns BLOCK_N output channels and a slice of K
-(split-K, reduced in the same launch: ``epilogue.write_output``). Because dequantization is affine per group, a code q = sum_p plane_p << off_p gives
+(split-K, reduced in the same launch: ``epilogue.write_output``). Because dequantization is
+affine per group, a code q = sum_p plane_p << off_p gives
 
     sum_k x_k w_k = s * (sum_p 2**off_p * sum_k x_k plane_p[k] - z * sum_k x_k)
 
@@ -109,15 +110,15 @@ def gemv_wxa16_kernel(
     # PREFETCH (the older variant, still best for some shapes): load the next tile's words into
     # registers by hand before unpacking this one, no pipeliner (NUM_STAGES = 1).
     if PREFETCH:
-        w0, w1, w2 = load_codes_nk(qw_ptr, t0 * BLOCK_K, offs_n, mask_n, stride_qk, Kp, t0 < t1, P0, P1, P2,
-                                   BLOCK_K)
+        w0, w1, w2 = load_codes_nk(qw_ptr, t0 * BLOCK_K, offs_n, mask_n, stride_qk, Kp,
+                                   tl.where(t0 < t1, Kp, 0), P0, P1, P2, BLOCK_K)
     for t in tl.range(t0, t1, num_stages=NUM_STAGES):
         k0 = t * BLOCK_K
         if PREFETCH:
-            n0, n1, n2 = load_codes_nk(qw_ptr, k0 + BLOCK_K, offs_n, mask_n, stride_qk, Kp, t + 1 < t1,
-                                       P0, P1, P2, BLOCK_K)
+            n0, n1, n2 = load_codes_nk(qw_ptr, k0 + BLOCK_K, offs_n, mask_n, stride_qk, Kp,
+                                       tl.where(t + 1 < t1, Kp, 0), P0, P1, P2, BLOCK_K)
         else:
-            w0, w1, w2 = load_codes_nk(qw_ptr, k0, offs_n, mask_n, stride_qk, Kp, True, P0, P1, P2, BLOCK_K)
+            w0, w1, w2 = load_codes_nk(qw_ptr, k0, offs_n, mask_n, stride_qk, Kp, Kp, P0, P1, P2, BLOCK_K)
         s0, z0 = _row_params(s_ptr, z_ptr, k0, offs_n, mask_n, Kp, stride_sg, GROUP_LEN, HAS_ZEROS, SYM_ZERO,
                              P0, BLOCK_K)
         part, xsum = _plane_tile(w0, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk, P0, 0, BLOCK_M, BLOCK_K)
@@ -180,5 +181,6 @@ def gemv_wxa16(
     grid = (triton.cdiv(out_features, cfg.block_n), cfg.split_k)
     return launch_intx(gemv_wxa16_kernel, grid, x, qweight, scales, zeros, bias, bits, group_len, sym_zero,
                        out_features, cfg.split_k, BLOCK_M=max(1, triton.next_power_of_2(m)),
-                       BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, NUM_STAGES=1 if cfg.prefetch else cfg.num_stages, PREFETCH=cfg.prefetch,
+                       BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                       NUM_STAGES=1 if cfg.prefetch else cfg.num_stages, PREFETCH=cfg.prefetch,
                        num_warps=cfg.num_warps, num_stages=cfg.num_stages)

@@ -28,12 +28,13 @@ def group_params(s_ptr, z_ptr, g, offs_n, mask, stride_sg,
 
 
 @triton.jit
-def load_words_nk(qw_ptr, row0, k0, offs_n, mask_n, stride_qk, Kp, valid,
+def load_words_nk(qw_ptr, row0, k0, offs_n, mask_n, stride_qk, k_end,
                   P: tl.constexpr, BLOCK_K: tl.constexpr):
-    """int32 words of one plane for k in [k0, k0 + BLOCK_K) -> [BLOCK_N, BLOCK_K * P // 32] (0 where masked)."""
+    """int32 words of one plane for k in [k0, k0 + BLOCK_K) -> [BLOCK_N, BLOCK_K * P // 32]; words of
+    k >= k_end (Kp, or 0 to skip a tile) and masked N read as 0."""
     PER: tl.constexpr = 32 // P
     r = tl.arange(0, BLOCK_K // PER)
-    mask = mask_n[:, None] & (((k0 + r * PER) < Kp) & valid)[None, :]
+    mask = mask_n[:, None] & ((k0 + r * PER) < k_end)[None, :]
     return tl.load(qw_ptr + offs_n[:, None] + (row0 + k0 // PER + r)[None, :] * stride_qk, mask=mask, other=0)
 
 
@@ -48,16 +49,16 @@ def expand_words_nk(words, P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.c
 
 
 @triton.jit
-def load_codes_nk(qw_ptr, k0, offs_n, mask_n, stride_qk, Kp, valid,
+def load_codes_nk(qw_ptr, k0, offs_n, mask_n, stride_qk, Kp, k_end,
                   P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, BLOCK_K: tl.constexpr):
     """The words of every plane for one K tile (w1/w2 are dummies when the plane is absent)."""
-    w0 = load_words_nk(qw_ptr, 0, k0, offs_n, mask_n, stride_qk, Kp, valid, P0, BLOCK_K)
+    w0 = load_words_nk(qw_ptr, 0, k0, offs_n, mask_n, stride_qk, k_end, P0, BLOCK_K)
     w1 = w0
     w2 = w0
     if P1 > 0:
-        w1 = load_words_nk(qw_ptr, (Kp // 32) * P0, k0, offs_n, mask_n, stride_qk, Kp, valid, P1, BLOCK_K)
+        w1 = load_words_nk(qw_ptr, (Kp // 32) * P0, k0, offs_n, mask_n, stride_qk, k_end, P1, BLOCK_K)
     if P2 > 0:
-        w2 = load_words_nk(qw_ptr, (Kp // 32) * (P0 + P1), k0, offs_n, mask_n, stride_qk, Kp, valid,
+        w2 = load_words_nk(qw_ptr, (Kp // 32) * (P0 + P1), k0, offs_n, mask_n, stride_qk, k_end,
                            P2, BLOCK_K)
     return w0, w1, w2
 
