@@ -5,6 +5,8 @@ from .errors import FormatError, InputError, LowbitError, UnsupportedError
 from .formats import IntxFormat, IntxWeight, get_format
 from .nn import QuantLinear
 from .warmup import warmup
+from . import convert
+from .checkpoint import CheckpointError, load_quantized, save_quantized
 
 __version__ = "0.1.0"
 
@@ -12,4 +14,5 @@ __all__ = [
     "ops", "quantize_", "warmup", "Int4WeightOnlyConfig", "IntxWeightOnlyConfig", "config_from_dict", "QuantLinear",
     "IntxFormat", "IntxWeight", "get_format",
     "FormatError", "InputError", "LowbitError", "UnsupportedError", "__version__",
+    "convert", "save_quantized", "load_quantized", "CheckpointError",
 ]
