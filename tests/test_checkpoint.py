@@ -202,3 +202,18 @@ def test_module_entries_and_perm_are_validated(tmp_path):
     assert "up: expected nn.Linear or QuantLinear, the model has Conv1d" in err.malformed
     assert "down: named in lowbit_config.json but the model has no such module" in err.malformed
     assert err.missing == [] and err.unexpected == []  # the modules' own keys are not listed again
+
+
+def test_views_of_one_storage_are_saved_apart(tmp_path):
+    # Two parameters viewing one storage (a fused weight split in two): safetensors refuses shared
+    # memory, so the second is copied; config must be a dict or have to_dict().
+    model = tiny(0)
+    fused = torch.randn(2 * HIDDEN, HIDDEN).half()
+    model.keep.weight = nn.Parameter(fused[:HIDDEN])
+    model.norm.weight = nn.Parameter(fused[HIDDEN:, 0])
+    save_quantized(model, tmp_path, config={"note": "dense"})
+    fresh = tiny(1)
+    load_quantized(fresh, tmp_path)
+    assert torch.equal(fresh.keep.weight, fused[:HIDDEN]) and torch.equal(fresh.norm.weight, fused[HIDDEN:, 0])
+    with pytest.raises(TypeError, match="config must be"):
+        save_quantized(model, tmp_path, config=3)

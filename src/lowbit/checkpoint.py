@@ -107,11 +107,16 @@ def save_quantized(model: nn.Module, path: str, *, config=None, max_shard_size: 
     in lowbit_config.json. Tied tensors are stored once and recorded as aliases."""
     st, _ = _safetensors()
     limit = _parse_size(max_shard_size)
+    if config is not None and hasattr(config, "to_dict"):
+        config = config.to_dict()
+    if config is not None and not isinstance(config, dict):
+        raise TypeError(f"config must be None, a dict or have to_dict(), got {type(config).__name__}")
     os.makedirs(path, exist_ok=True)
     modules = {fqn: _module_meta(m) for fqn, m in model.named_modules() if isinstance(m, QuantLinear)}
 
     tensors: Dict[str, torch.Tensor] = {}
     aliases: Dict[str, str] = {}
+    copy = set()  # views of a storage already saved under another name: safetensors refuses shared memory
     seen: Dict[Tuple, str] = {}
     storages = set()
     for name, t in model.state_dict().items():
@@ -122,10 +127,14 @@ def save_quantized(model: nn.Module, path: str, *, config=None, max_shard_size: 
             continue
         seen[ident] = name
         ptr = (t.device, t.untyped_storage().data_ptr())
-        shared = t.numel() and ptr in storages
+        if t.numel() and ptr in storages:
+            copy.add(name)
         storages.add(ptr)
-        t = t.to("cpu")
-        tensors[name] = t.clone() if shared or not t.is_contiguous() else t  # safetensors refuses shared memory
+        tensors[name] = t
+
+    def to_cpu(name):  # one shard at a time, so a GPU model is never copied to the host whole
+        t = tensors[name].to("cpu")
+        return t.clone() if name in copy else t.contiguous()
 
     shards: List[List[str]] = [[]]
     size = 0
@@ -139,15 +148,13 @@ def save_quantized(model: nn.Module, path: str, *, config=None, max_shard_size: 
     files = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     weight_map = {}
     for file, names in zip(files, shards):
-        st.save_file({n: tensors[n] for n in names}, os.path.join(path, file), metadata={"format": "pt"})
+        st.save_file({n: to_cpu(n) for n in names}, os.path.join(path, file), metadata={"format": "pt"})
         weight_map.update({n: file for n in names})
     for stale in os.listdir(path):
         if SHARD_PATTERN.fullmatch(stale) and stale not in files:
             os.remove(os.path.join(path, stale))
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     _atomic_write_json({"metadata": {"total_size": total}, "weight_map": weight_map}, os.path.join(path, INDEX_NAME))
-    if config is not None and hasattr(config, "to_dict"):
-        config = config.to_dict()
     from . import __version__
 
     _atomic_write_json(
@@ -163,7 +170,7 @@ def _read_json(file: str, path: str) -> Dict:
         with open(file, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
-        raise CheckpointError(path, reason=f"not a lowbit checkpoint: {os.path.basename(file)} is missing") from None
+        raise CheckpointError(path, reason=f"{os.path.basename(file)} is missing (not a lowbit checkpoint?)") from None
     except (OSError, ValueError) as e:
         raise CheckpointError(path, reason=f"cannot read {os.path.basename(file)}: {e}") from None
 
