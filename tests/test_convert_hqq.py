@@ -84,3 +84,13 @@ def test_errors_name_the_problem():
     w_q, meta = Quantizer.quantize(torch.randn(N, K), nbits=4, group_size=16, optimize=False, axis=1, device="cpu")
     with pytest.raises(FormatError, match="multiple of 32"):
         hqq_to_intx(w_q, meta)
+
+
+def test_unpacked_and_default_packing():
+    w = torch.randn(N, K, generator=torch.Generator().manual_seed(8))
+    w_q, meta = Quantizer.quantize(w, nbits=4, group_size=64, optimize=False, axis=1, device="cpu", bitpack=False)
+    assert meta["packing"] is None  # codes stored unpacked, as floats
+    assert torch.equal(hqq_to_intx(w_q, meta).dequantize(), oracle(w_q, meta))
+    w_q, meta = real_hqq(4, 64)
+    del meta["packing"]  # absent: HQQ's default packing for nbits
+    assert torch.equal(hqq_to_intx(w_q, meta).dequantize(), oracle(w_q, dict(meta, packing="4bit_u8")))

@@ -5,7 +5,6 @@ packer, AutoAWQ's GEMM packer), converted, run through ``QuantLinear`` / ``Permu
 compared with the packer project's own dequantization (fp32) times x. The full shapes run on the
 GPU only; the CPU runs the same code at shapes scaled down 32x (Triton interpreter).
 """
-import math
 import warnings
 
 import pytest

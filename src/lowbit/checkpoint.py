@@ -77,7 +77,10 @@ def _parse_size(size: Union[int, str]) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]I?B|B)?\s*", str(size).upper())
     if not m:
         raise ValueError(f"max_shard_size must be a positive int (bytes) or like '5GB', '500MB', got {size!r}")
-    return int(float(m.group(1)) * _UNITS[m.group(2) or ""])
+    limit = int(float(m.group(1)) * _UNITS[m.group(2) or ""])
+    if limit <= 0:
+        raise ValueError(f"max_shard_size must be positive, got {size!r}")
+    return limit
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

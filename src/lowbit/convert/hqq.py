@@ -40,7 +40,6 @@ PACKINGS = {
 }
 NBITS_PACKING = {8: "8bit_u8", 6: "8bit_u8", 5: "8bit_u8", 4: "4bit_u8", 3: "3bit_32", 2: "2bit_u8",
                  1.58: "2bit_u8", 1: "1bit_u8"}
-_DTYPES = {str(d): d for d in (torch.float16, torch.bfloat16, torch.float32, torch.uint8, torch.int32)}
 
 
 def _value(meta: Mapping, key: str, kind: str, default=None):
@@ -106,7 +105,8 @@ def hqq_to_intx(w_q: torch.Tensor, meta: Mapping) -> IntxWeight:
         raise FormatError(f"HQQ group_size={gs} does not divide K={k}: its groups would straddle output channels")
     rows, cols = (n * k // gs, gs) if (gs is not None and channel_wise) else (n, k)
 
-    packing = _value(meta, "packing", "str")
+    # An absent "packing" means HQQ's default for nbits; an explicit None means bitpack=False.
+    packing = _value(meta, "packing", "str") if "packing" in meta else NBITS_PACKING[nbits]
     if packing is None:
         if w_q.is_floating_point() and not torch.equal(w_q, w_q.round()):
             raise FormatError("unpacked HQQ W_q (packing=None) must hold integer codes")
