@@ -25,8 +25,8 @@ Quantizer = hqq_quantize.Quantizer
 N, K = 64, 256
 
 
-def real_hqq(nbits, group_size, view_as_float=False, dtype=torch.float16, seed=0):
-    w = torch.randn(N, K, generator=torch.Generator().manual_seed(seed))
+def real_hqq(nbits, group_size, view_as_float=False, dtype=torch.float16, seed=0, k=K):
+    w = torch.randn(N, k, generator=torch.Generator().manual_seed(seed))
     w_q, meta = Quantizer.quantize(w, nbits=nbits, group_size=group_size, optimize=True, axis=1,
                                    device="cpu", view_as_float=view_as_float, compute_dtype=dtype)
     meta["scale"], meta["zero"] = meta["scale"].to(dtype), meta["zero"].to(dtype)  # as HQQLinear stores them
@@ -94,3 +94,11 @@ def test_unpacked_and_default_packing():
     w_q, meta = real_hqq(4, 64)
     del meta["packing"]  # absent: HQQ's default packing for nbits
     assert torch.equal(hqq_to_intx(w_q, meta).dequantize(), oracle(w_q, dict(meta, packing="4bit_u8")))
+
+
+@pytest.mark.parametrize("nbits", [4, 3])
+def test_odd_group_count(nbits):
+    w_q, meta = real_hqq(nbits, 64, k=192, seed=nbits)  # 3 groups per channel
+    weight = hqq_to_intx(w_q, meta)
+    assert weight.num_groups == 3 and weight.in_features == 192
+    assert torch.equal(weight.dequantize(), oracle(w_q, meta))
