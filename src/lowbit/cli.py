@@ -1,4 +1,5 @@
-"""``lowbit`` command line: ``run`` (the main job), ``bench`` (benchmark suite), ``tune`` (configs)."""
+"""``lowbit`` command line: ``run`` (the main job), ``bench`` (benchmark suite), ``tune`` (configs),
+``report`` (per-layer roofline of a model)."""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +23,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .tuning.tune import main as tune_main
 
         return tune_main(argv[1:])
+    if argv and argv[0] == "report":
+        from .bench.report_roofline import main as report_main
+
+        return report_main(argv[1:])
     parser = argparse.ArgumentParser(prog="lowbit", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="quantize a Llama-style model in every format; report size, error (and speed on a GPU)")
@@ -31,6 +36,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     run.set_defaults(func=_run)
     sub.add_parser("bench", help="benchmark suite (see `lowbit bench --help`)")
     sub.add_parser("tune", help="offline kernel-config search, writes a table (see `lowbit tune --help`)")
+    sub.add_parser("report", help="per-linear-layer roofline of a model config (see `lowbit report --help`)")
     args = parser.parse_args(argv)
     return args.func(args)
 

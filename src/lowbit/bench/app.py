@@ -20,6 +20,7 @@ EPILOG = """examples:
   lowbit bench --op wxa16 --bits 3 --shapes llama3-8b-tp4,6144x4096 --m 1,16,256
   lowbit bench --op fp8 --shapes llama3-8b
   lowbit bench warmup --op w4a16 --shapes 4096x4096
+  lowbit bench e2e --model llama3-8b --formats bf16,tinygemm,w4a16 --batch 1,8,32,128   (see docs/e2e.md)
 Set LOWBIT_BENCH_FAKE_TIMER=1 to run the harness with a fake timer and fake ceilings (no GPU needed).
 """
 
@@ -121,6 +122,10 @@ def main(argv: Optional[Sequence[str]] = None, *, timer: Optional[Timer] = None,
         from .warmup import main as warmup_main
 
         return warmup_main(argv[1:])
+    if argv and argv[0] == "e2e":
+        from .e2e import main as e2e_main
+
+        return e2e_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         spec = _spec(args)
