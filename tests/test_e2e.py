@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from helpers import gpu_only
 from lowbit import ops
 from lowbit.bench import main as bench_main
 from lowbit.bench.report_roofline import PRESETS, load_ceilings
@@ -71,8 +72,13 @@ def test_e2e_timed_path_resume_and_ratios(tmp_path, reference_backend):
     assert set(by2) == {(f, b) for f in ("bf16", "w4a16") for b in (1, 2, 3)}
     assert by2[("w4a16", 1)]["decode_s"] == by[("w4a16", 1)]["decode_s"]
     assert doc2["formats"]["w4a16"]["accuracy"] == doc["formats"]["w4a16"]["accuracy"]
-    assert bench_main(args[:-2] + ["--prompt", "6", "--resume", "--out", str(tmp_path)]) == 0  # other setup: rerun
-    assert {p["prompt"] for p in read(tmp_path)["points"]} == {6}
+    assert bench_main(args[:-2] + ["--prompt", "6", "--resume", "--time-budget", "0", "--out", str(tmp_path)]) == 0
+    doc3 = read(tmp_path)  # another setup: nothing reused; the budget is spent, so every point is SKIP
+    assert {(p["prompt"], p["status"]) for p in doc3["points"]} == {(6, "SKIP")}
+    assert doc3["formats"]["w4a16"]["status"] == "SKIP" and "accuracy" not in doc3["formats"]["w4a16"]
+    (tmp_path / "e2e_tiny.txt").unlink()
+    assert bench_main(["e2e", "--render", str(tmp_path / "e2e_tiny.json")]) == 0  # tables + plot from the JSON
+    assert "time budget" in (tmp_path / "e2e_tiny.txt").read_text()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU: the Triton interpreter path")
@@ -136,3 +142,22 @@ def test_report_llama3_8b_bounds_and_ceilings_file(tmp_path):
     assert steps[("w2a16", 1)]["x_first"] > steps[("w3a16", 1)]["x_first"] > steps[("w4a16", 1)]["x_first"]
     assert steps[("w4a16", 8192)]["x_first"] == pytest.approx(1.0, rel=0.02)  # compute-bound: no gain
     assert cli_main(["report", "nope", "--out", str(tmp_path)]) == 2
+
+
+@gpu_only
+def test_e2e_on_the_gpu_tiny(tmp_path, monkeypatch):
+    """The timed GPU path at tiny size: every format and batch ok, layers share one compiled graph."""
+    monkeypatch.delenv("LOWBIT_BACKEND", raising=False)
+    rc = bench_main(["e2e", "--model", "tiny", "--formats", "bf16,tinygemm,w4a16,w2a16", "--batch", "1,4",
+                     "--prompt", "16", "--decode", "8", "--acc-batch", "2", "--out", str(tmp_path)])
+    assert rc == 0
+    doc = read(tmp_path)
+    assert doc["setup"]["timed"] and doc["setup"]["dtype"] == "bf16"
+    for p in doc["points"]:
+        assert p["status"] == "ok", p
+        assert p["decode_tok_s"] > 0 and p["prefill_tok_s"] > 0 and p["peak_mem_gib"] > 0
+        assert p["graphs_compiled"] == 2 and p["greedy_agree"] >= 0.5
+    f = doc["formats"]
+    assert f["w4a16"]["accuracy"]["top1_agree"] > f["w2a16"]["accuracy"]["top1_agree"]
+    assert abs(f["tinygemm"]["accuracy"]["top1_agree"] - f["w4a16"]["accuracy"]["top1_agree"]) < 0.1
+    assert (tmp_path / "e2e_tiny.png").read_bytes()[:8] == PNG

@@ -69,6 +69,7 @@ class Point:
     prefill_x_dense: Optional[float] = None
     peak_mem_gib: Optional[float] = None
     greedy_agree: Optional[float] = None
+    graphs_compiled: Optional[int] = None  # torch.compile graphs made for this point (layers share one)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/e2e")
     p.add_argument("--tag", default=None, help="file name stem (default e2e_<model>)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--render", default=None, metavar="JSON",
+                   help="only rewrite the table and plot of an earlier run's JSON (next to it), run nothing")
     p.add_argument("--time-without-gpu", action="store_true", help=argparse.SUPPRESS)  # tests: timed code path on CPU
     return p
 
@@ -140,6 +143,8 @@ def run_point(model, fmt, batch: int, args, dev: torch.device, timing: bool) -> 
     prompt = _tokens(batch, args.prompt, model.config.vocab_size, args.seed + batch, dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    stats = _dynamo_counters()
+    before = (stats["stats"]["unique_graphs"], stats["inductor"]["cudagraph_skips"])
     t0 = time.perf_counter()
     gen = Generator(model, batch, args.prompt, args.decode, args.compile)
     try:
@@ -151,6 +156,10 @@ def run_point(model, fmt, batch: int, args, dev: torch.device, timing: bool) -> 
             gen.decode(min(3, args.decode) if timing else args.decode)
         _sync(dev)
         pt.setup_s = time.perf_counter() - t0
+        if args.compile != "none":
+            pt.graphs_compiled = stats["stats"]["unique_graphs"] - before[0]
+        if stats["inductor"]["cudagraph_skips"] > before[1]:  # reduce-overhead fell back to no graphs
+            pt.note = "inductor skipped CUDA graphs (see the log)"
         if timing:
             times = []
             for _ in range(max(1, args.reps)):
@@ -169,6 +178,12 @@ def run_point(model, fmt, batch: int, args, dev: torch.device, timing: bool) -> 
     finally:
         gen.close()
     return pt
+
+
+def _dynamo_counters():
+    from torch._dynamo.utils import counters  # defaultdict(Counter): missing keys read 0
+
+    return counters
 
 
 def _derive(points: List[Point]) -> None:
@@ -331,6 +346,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.render:
+        path = Path(args.render)
+        return render(json.loads(path.read_text(encoding="utf-8")), path, not args.no_plots)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         _resolve(args, dev)
@@ -393,6 +411,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         doc["complete"] = complete
         _write_json(json_path, doc)
 
+    def over_budget() -> bool:
+        return args.time_budget is not None and time.perf_counter() - t_start > args.time_budget
+
     n_total, n_done = len(formats) * len(batches), 0
     for fmt in formats:
         label = fmt.label(dtype)
@@ -417,16 +438,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             doc["formats"][fmt.name] = prev
             n_done += len(batches)
             continue
+        if over_budget():
+            why = f"time budget {args.time_budget:.0f} s"
+            entry.update(status=SKIP, note=why)
+            doc["points"] += [asdict(Point(fmt.name, label, b, args.prompt, args.decode, SKIP, why)) for b in todo]
+            n_done += len(batches)
+            checkpoint()
+            continue
         model = None
         try:
+            ref = None if prev.get("accuracy") else reference()  # first: never two models in memory at once
             t = time.perf_counter()
             model = apply_format(build_model(cfg, dev, dtype, args.seed), fmt, args.quantize_lm_head)
             entry["weight_bytes"] = weight_bytes(model)
             entry["quantize_s"] = time.perf_counter() - t
-            if prev.get("accuracy"):
+            if ref is None:
                 entry["accuracy"] = prev["accuracy"]
             else:
-                ref = reference()
                 entry["accuracy"] = compare_logits(ref, teacher_forced_logits(model, acc_tokens, args.prompt))
             a = entry["accuracy"]
             _log(f"{label}: {_size(entry['weight_bytes'])}, top-1 agree {a['top1_agree']:.3f}, "
@@ -445,8 +473,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             n_done += 1
             if b not in todo:
                 continue
-            elapsed = time.perf_counter() - t_start
-            if args.time_budget is not None and elapsed > args.time_budget:
+            if over_budget():
                 pt = Point(fmt.name, label, b, args.prompt, args.decode, SKIP, f"time budget {args.time_budget:.0f} s")
             else:
                 try:
@@ -455,6 +482,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     traceback.print_exc()
                     pt = Point(fmt.name, label, b, args.prompt, args.decode, ERROR, f"{type(e).__name__}: {e}"[:300])
                     model.clear_caches()
+                    torch._dynamo.reset()
                     _free(dev)
             doc["points"].append(asdict(pt))
             speed = (f"prefill {_f(pt.prefill_tok_s, '.0f')} tok/s, decode {_f(pt.decode_tok_s, '.1f')} tok/s "
@@ -468,23 +496,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _free(dev)
 
     checkpoint(complete=True)
+    rc = render(doc, json_path, not args.no_plots)
+    print(f"elapsed {time.perf_counter() - t_start:.1f} s")
+    return rc
+
+
+def render(doc: Dict[str, object], json_path: Path, plots: bool = True) -> int:
+    """Print the tables, write ``<stem>.txt`` (and ``.png``) next to ``json_path``; the exit code."""
+    from . import report
+
     tabs = tables(doc)
-    header = (f"lowbit bench e2e: {cfg.name} on {meta['gpu'].get('name', dev.type)}, {args.dtype}, "
-              f"--compile {args.compile}")
-    txt = out / f"{stem}.txt"
-    txt.write_text(f"{meta['command']}\n\n{header}\n" + report.render_plain(tabs)
-                   + "".join(f"note: {n}\n" for n in notes), encoding="utf-8")
+    s = doc["setup"]
+    header = (f"lowbit bench e2e: {s['model']['name']} on {doc['meta']['gpu'].get('name', s['device'])}, "
+              f"{s['dtype']}, --compile {s['compile']}" + ("" if doc.get("complete") else " [INCOMPLETE run]"))
+    txt = json_path.with_suffix(".txt")
+    txt.write_text(f"{doc['meta']['command']}\n\n{header}\n" + report.render_plain(tabs)
+                   + "".join(f"note: {n}\n" for n in doc["notes"]), encoding="utf-8")
     report.print_tables(tabs, header)
     written = [json_path, txt]
-    if not args.no_plots:
+    if plots:
         try:
-            written.append(write_png(doc, out / f"{stem}.png"))
+            written.append(write_png(doc, json_path.with_suffix(".png")))
         except Exception as e:  # noqa: BLE001 - the numbers are already on disk
             print(f"lowbit bench e2e: plot skipped ({type(e).__name__}: {e})", file=sys.stderr)
-    for n in notes:
+    for n in doc["notes"]:
         print(f"note: {n}")
     print("wrote " + ", ".join(str(p) for p in written))
-    print(f"elapsed {time.perf_counter() - t_start:.1f} s")
     bad = [p for p in doc["points"] if p["status"] == ERROR] + [f for f in doc["formats"].values()
                                                                   if f.get("status") == ERROR]
     return 1 if bad else 0

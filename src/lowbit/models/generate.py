@@ -19,7 +19,7 @@ Without CUDA there is no graph: ``graph`` runs eager and the compile modes trace
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import torch
 
@@ -180,8 +180,8 @@ def compare_logits(ref: torch.Tensor, test: torch.Tensor, chunk: int = 64) -> Di
     n = ref2.shape[0]
     agree, kl, kl_max = 0, 0.0, 0.0
     for i in range(0, n, chunk):
-        r = ref2[i:i + chunk].float()
-        t = test2[i:i + chunk].to(r.device, torch.float32)
+        t = test2[i:i + chunk].float()
+        r = ref2[i:i + chunk].to(t.device, torch.float32)  # on the test's device (the GPU when there is one)
         lr, lt = torch.log_softmax(r, -1), torch.log_softmax(t, -1)
         k = (lr.exp() * (lr - lt)).sum(-1).clamp_min(0)
         agree += int((r.argmax(-1) == t.argmax(-1)).sum())
