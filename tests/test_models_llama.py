@@ -135,3 +135,31 @@ def test_load_config_from_json_file_string_and_hf_dict(tmp_path):
         load_config("llama9-1t")
     with pytest.raises(ValueError, match="multiple"):
         LlamaConfig(num_attention_heads=6, num_key_value_heads=4)
+
+
+def test_matches_transformers_llama_and_quantize_works_on_both(monkeypatch):
+    """Same weights in transformers' LlamaForCausalLM and ours: same logits, before and after quantize_."""
+    transformers = pytest.importorskip("transformers")
+    import lowbit
+    from lowbit.models import load_hf_state_dict
+
+    monkeypatch.setenv("LOWBIT_BACKEND", "reference")
+    hc = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0,
+                                  max_position_embeddings=64)
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(hc).eval()
+    with torch.no_grad():
+        for p in hf.parameters():  # HF's init (std 0.02) makes near-zero logits: use ours' scale
+            p.normal_(0.0, 1.0 / math.sqrt(p.shape[-1])) if p.dim() == 2 else p.fill_(1.0)
+    ours = build_model(from_hf_config(hc.to_dict()), "cpu", torch.float32)
+    load_hf_state_dict(ours, hf.state_dict())
+    tokens = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(tokens), hf(tokens).logits, rtol=1e-4, atol=1e-4)
+        cfg = lowbit.Int4WeightOnlyConfig(group_size=32)
+        keep = lambda m, fqn: isinstance(m, torch.nn.Linear) and "lm_head" not in fqn  # noqa: E731
+        lowbit.quantize_(hf, cfg, keep)
+        lowbit.quantize_(ours, cfg, keep)
+        assert sum(isinstance(m, lowbit.QuantLinear) for m in hf.modules()) == 7 * 2
+        torch.testing.assert_close(ours(tokens), hf(tokens).logits, rtol=1e-4, atol=1e-4)
