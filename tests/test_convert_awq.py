@@ -14,7 +14,7 @@ from lowbit.convert import awq_to_intx
 from lowbit.convert.awq import awq_deinterleave
 from lowbit.ops import intx_linear
 
-from helpers import assert_close_matmul
+from helpers import DEVICE, assert_close_matmul
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -37,8 +37,12 @@ def real_awq_layer(bits, group_size, k=384, n=64, seed=0):
     lin.weight.data = torch.randn(n, k, generator=torch.Generator().manual_seed(seed))
     s, z = _min_max(lin.weight.data, group_size, bits)
     if bits == 4:
-        return awq_gemm.WQLinear_GEMM.from_linear(lin, 4, group_size, scales=s, zeros=z), awq_packing.dequantize_gemm
-    return ar_awq.WQLinear_GEMM.from_linear(lin, bits, group_size, scales=s, zeros=z), ar_awq.dequantize_gemm
+        layer, deq = awq_gemm.WQLinear_GEMM.from_linear(lin, 4, group_size, scales=s, zeros=z), awq_packing.dequantize_gemm
+    else:
+        layer, deq = ar_awq.WQLinear_GEMM.from_linear(lin, bits, group_size, scales=s, zeros=z), ar_awq.dequantize_gemm
+    for name in ("qweight", "qzeros", "scales"):  # the packers may leave buffers on the GPU when there is one
+        setattr(layer, name, getattr(layer, name).cpu())
+    return layer, deq
 
 
 def oracle(layer, deq, bits, group_size, scale_dtype=torch.float32):
@@ -78,9 +82,9 @@ def test_converted_weights_run_through_kernels(bits, monkeypatch):
     monkeypatch.setenv("LOWBIT_BACKEND", "triton")
     layer, deq = real_awq_layer(bits, 128, seed=11)
     weight = awq_to_intx(layer.qweight, layer.qzeros, layer.scales, bits=bits, group_size=128)
-    w = oracle(layer, deq, bits, 128)
-    x = torch.randn(3, 384, generator=torch.Generator().manual_seed(2)).half()
-    assert_close_matmul(intx_linear(x, weight), x.float() @ w.t(), x, w, torch.float16)
+    w = oracle(layer, deq, bits, 128).to(DEVICE)
+    x = torch.randn(3, 384, generator=torch.Generator().manual_seed(2)).half().to(DEVICE)
+    assert_close_matmul(intx_linear(x, weight.to(DEVICE)), x.float() @ w.t(), x, w, torch.float16)
 
 
 def test_errors_name_the_problem():

@@ -15,7 +15,7 @@ from lowbit import FormatError
 from lowbit.convert import PermutedQuantLinear, gptq_to_intx, quant_linear
 from lowbit.ops import intx_linear
 
-from helpers import assert_close_matmul
+from helpers import DEVICE, assert_close_matmul
 
 qlinear_v1 = pytest.importorskip("auto_round_extension.torch.qlinear_torch_zp", reason="needs auto-round (test extra)")
 qlinear_v2 = pytest.importorskip("auto_round_extension.torch.qlinear_torch", reason="needs auto-round (test extra)")
@@ -58,10 +58,12 @@ def oracle(layer):
 
 
 def run_kernels(weight, perm, w_dense, monkeypatch, m=3):
-    """intx kernels (Triton interpreter on CPU) on the converted weight vs the fp32 reference."""
+    """intx kernels (Triton interpreter on CPU, the GPU when there is one) vs the fp32 reference."""
     monkeypatch.setenv("LOWBIT_BACKEND", "triton")
     k = w_dense.shape[1]
-    x = torch.randn(m, k, generator=torch.Generator().manual_seed(1)).half()
+    weight, w_dense = weight.to(DEVICE), w_dense.to(DEVICE)
+    perm = None if perm is None else perm.to(DEVICE)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(1)).half().to(DEVICE)
     module = quant_linear(weight, perm)
     y = module(x)
     ref = x.float() @ w_dense.t()

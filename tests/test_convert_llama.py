@@ -70,8 +70,10 @@ def awq_layer(n, k, group_size, seed):
     lin.weight.data = torch.randn(n, k, generator=torch.Generator().manual_seed(seed)) * 0.02
     s, z = _scales_zeros(lin.weight.data, group_size)
     layer = awq_gemm.WQLinear_GEMM.from_linear(lin, 4, group_size, scales=s.t().contiguous(), zeros=z.t().contiguous())
-    tensors = {"qweight": layer.qweight, "qzeros": layer.qzeros, "scales": layer.scales}
-    dense = awq_packing.dequantize_gemm(layer.qweight, layer.qzeros, layer.scales.float(), 4, group_size).t()
+    # the packer may leave its buffers on the GPU when there is one: compare on the CPU
+    tensors = {"qweight": layer.qweight.cpu(), "qzeros": layer.qzeros.cpu(), "scales": layer.scales.cpu()}
+    dense = awq_packing.dequantize_gemm(tensors["qweight"], tensors["qzeros"], tensors["scales"].float(), 4,
+                                        group_size).t()
     return tensors, dense
 
 
