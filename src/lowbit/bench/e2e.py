@@ -373,6 +373,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              "device": dev.type, "timed": timing}
     meta = report.collect_meta(["e2e", *argv])
     meta["env"] = {k: os.environ.get(k) for k in ("LOWBIT_BACKEND", "TRITON_INTERPRET")}
+    if dev.type == "cuda" and hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
+        # one attention kernel family for every format and mode: memory-efficient SDPA (boolean mask)
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        meta["sdpa"] = "cuDNN SDPA disabled (memory-efficient attention with the boolean mask)"
     out = Path(args.out)
     stem = args.tag or f"e2e_{cfg.name}"
     json_path = out / f"{stem}.json"
