@@ -105,10 +105,10 @@ def gemv_wxa16_kernel(
     acc2 = tl.zeros((BLOCK_M, BLOCK_N, max(BLOCK_K * P2 // 32, 1)), dtype=tl.float32)
 
     t0, t1 = split_k_tiles(K, pid_k, BLOCK_K, SPLIT_K)
-    # Triton's pipeliner streams the words through shared memory with cp.async, NUM_STAGES deep
-    # (tuned): more bytes in flight and half the registers of a hand-written register prefetch
-    # PREFETCH (the older variant, still best for some shapes): load the next tile's words into
-    # registers by hand before unpacking this one, no pipeliner (NUM_STAGES = 1).
+    # Default: Triton's pipeliner streams the words through shared memory with cp.async, NUM_STAGES
+    # deep (tuned): more bytes in flight and half the registers of a register prefetch.
+    # PREFETCH (older variant, still best for W8 at M=1): load the next tile's words into registers
+    # by hand before unpacking this one, no pipeliner (NUM_STAGES = 1).
     if PREFETCH:
         w0, w1, w2 = load_codes_nk(qw_ptr, t0 * BLOCK_K, offs_n, mask_n, stride_qk, Kp,
                                    tl.where(t0 < t1, Kp, 0), P0, P1, P2, BLOCK_K)
