@@ -3,30 +3,16 @@
 The rigorous harness is ``lowbit bench``; this is the short loop used while tuning kernels.
 """
 import argparse
-import statistics
 
 import torch
 
 from lowbit import IntxFormat, ops
+from lowbit.bench.timing import Cost, CudaTimer
 
 
-def cold_us(fn_per_copy, copies, replays=10):
-    g = torch.cuda.CUDAGraph()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for f in fn_per_copy[:2]:
-            f()
-    torch.cuda.current_stream().wait_stream(s)
-    with torch.cuda.graph(g):
-        for f in fn_per_copy:
-            f()
-    times = []
-    for _ in range(replays):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); g.replay(); b.record(); b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / copies)
-    return statistics.median(times)
+def cold_us(fn_per_copy):
+    """Cold kernel time per call: the benchmark harness's CUDA-graph timer (median of 10 replays)."""
+    return CudaTimer(replays=10).kernel_us(fn_per_copy, Cost("quick_perf", 0, 0))
 
 
 def main():
@@ -49,8 +35,8 @@ def main():
                 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
                 ref = x.float() @ qw.dequantize().t()
                 err = ((ops.intx_linear(x, qw).float() - ref).norm() / ref.norm()).item()
-                t_ours = cold_us([lambda q=q: ops.intx_linear(x, q) for q in qws], R)
-                t_bf16 = cold_us([lambda wb=wb: torch.nn.functional.linear(x, wb) for wb in ws], Rb)
+                t_ours = cold_us([lambda q=q: ops.intx_linear(x, q) for q in qws])
+                t_bf16 = cold_us([lambda wb=wb: torch.nn.functional.linear(x, wb) for wb in ws])
                 gbs = (n * k * bits / 8) / t_ours / 1e3
                 print(f"W{bits} {shape:>11} M={m:5d}  ours {t_ours:8.1f} us  bf16 {t_bf16:8.1f} us  "
                       f"speedup {t_bf16 / t_ours:5.2f}x  weight GB/s {gbs:7.0f}  relerr {err:.1e}", flush=True)
