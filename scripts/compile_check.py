@@ -21,11 +21,11 @@ from lowbit.kernels.unpack import plane_constexprs
 SIG = {"x_ptr": "*fp16", "qw_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*u8", "b_ptr": "*fp16", "y_ptr": "*fp16",
        "ws_ptr": "*fp32", "cnt_ptr": "*i32",
        "M": "i32", "N": "i32", "K": "i32", "Kp": "i32", "stride_xm": "i32", "stride_xk": "i32",
-       "stride_qk": "i32", "stride_sg": "i32", "stride_ws": "i32", "stride_ym": "i32"}
+       "stride_qk": "i32", "stride_sg": "i32", "stride_ws": "i32", "stride_ym": "i32", "magic": "i32"}
 
 
 def compile_kernel(fn, constexprs, num_warps, num_stages, dtype="fp16"):
-    sig = dict(SIG)
+    sig = {k: v for k, v in SIG.items() if k in fn.arg_names}
     for k in ("x_ptr", "s_ptr", "b_ptr", "y_ptr"):
         sig[k] = f"*{dtype}"
     sig.update({k: "constexpr" for k in constexprs})
@@ -64,8 +64,9 @@ def main():
     a = p.parse_args()
     ce = dict(GROUP_LEN=a.group, **plane_constexprs(a.bits), HAS_ZEROS=True, SYM_ZERO=8.0, HAS_BIAS=False,
               BLOCK_M=a.block_m, BLOCK_N=a.block_n, BLOCK_K=a.block_k, SPLIT_K=a.split_k)
+    ce["stride_xk"] = 1  # contiguous x: Triton specialises an int argument equal to 1 on the GPU too
     if a.kernel == "gemv":
-        ce.update(NUM_STAGES=1 if a.prefetch else a.stages, PREFETCH=a.prefetch)
+        ce.update(NUM_STAGES=1 if a.prefetch else a.stages, PREFETCH=a.prefetch, EVEN_K=True)
     if a.kernel == "gemm":
         ce.update(GROUP_M=8, INT_ZERO=True, PREFETCH=False)
     fn = gemv_wxa16_kernel if a.kernel == "gemv" else gemm_wxa16_kernel
