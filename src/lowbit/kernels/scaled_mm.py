@@ -168,7 +168,7 @@ NUM_SMS_GUESS = 132
 def heuristic_config(m: int, n: int, k: int, k_step: int = 128) -> ScaledMMConfig:
     """Hand-chosen tiles per M bucket (no tuning on the call path). ``k_step``: the largest BLOCK_K
     the scales allow (the K length of a scale block / group, <= 128)."""
-    bk = min(128, k_step)
+    bk = min(128, k_step & -k_step)  # a power of two dividing the scale block / group
     if m <= 64:  # swap-AB: tokens on the MMA's N side; weights stream, split K to fill the GPU
         bm = 16 if m <= 16 else 32 if m <= 32 else 64
         bn = 64 if m <= 16 else 128
