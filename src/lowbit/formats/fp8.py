@@ -48,8 +48,23 @@ def quantize_blocks_2d(w: torch.Tensor, block: int = BLOCK):
     return q.view(nb * block, kb * block)[:n, :k].contiguous(), s
 
 
+class DenseRowsWeight:
+    """Shared by the (N, K) 8-bit weights: ``qweight`` rows are output channels."""
+
+    @property
+    def out_features(self) -> int:
+        return self.qweight.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.qweight.shape[1]
+
+    def ideal_nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
+
 @dataclass
-class Fp8Weight:
+class Fp8Weight(DenseRowsWeight):
     """A quantized fp8 weight; see the module docstring for the layout."""
 
     qweight: torch.Tensor  # float8_e4m3fn (N, K)
@@ -66,14 +81,6 @@ class Fp8Weight:
         if self.scales.dtype != torch.float32 or tuple(self.scales.shape) != self.scale_shape:
             raise FormatError(f"scales must be fp32 of shape {self.scale_shape} for {self.granularity} "
                               f"granularity, got {self.scales.dtype} {tuple(self.scales.shape)}")
-
-    @property
-    def out_features(self) -> int:
-        return self.qweight.shape[0]
-
-    @property
-    def in_features(self) -> int:
-        return self.qweight.shape[1]
 
     @property
     def scale_shape(self):
@@ -94,9 +101,6 @@ class Fp8Weight:
     def meta(self) -> Dict[str, object]:
         return {"format": "fp8", "layout_version": LAYOUT_VERSION, "granularity": self.granularity,
                 "in_features": self.in_features, "out_features": self.out_features}
-
-    def ideal_nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
     def to(self, device) -> "Fp8Weight":
         return Fp8Weight(self.qweight.to(device), self.scales.to(device), self.granularity)

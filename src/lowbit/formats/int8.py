@@ -26,7 +26,7 @@ import torch
 from ..errors import FormatError
 from .act8 import quantize_rows
 from .base import register_format
-from .fp8 import check_weight
+from .fp8 import DenseRowsWeight, check_weight
 
 LAYOUT_VERSION = 1
 
@@ -41,7 +41,7 @@ def smooth_factors(weight: torch.Tensor, act_amax: torch.Tensor, alpha: float) -
 
 
 @dataclass
-class Int8Weight:
+class Int8Weight(DenseRowsWeight):
     """A quantized int8 weight; see the module docstring for the layout."""
 
     qweight: torch.Tensor  # int8 (N, K)
@@ -60,14 +60,6 @@ class Int8Weight:
             raise FormatError(f"inv_smooth must be fp32 ({k},), got {self.inv_smooth.dtype} "
                               f"{tuple(self.inv_smooth.shape)}")
 
-    @property
-    def out_features(self) -> int:
-        return self.qweight.shape[0]
-
-    @property
-    def in_features(self) -> int:
-        return self.qweight.shape[1]
-
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The original-space weight q * s / m (N, K)."""
         w = self.qweight.float() * self.scales[:, None]
@@ -84,9 +76,6 @@ class Int8Weight:
     def meta(self) -> Dict[str, object]:
         return {"format": "int8", "layout_version": LAYOUT_VERSION, "smoothed": self.inv_smooth is not None,
                 "in_features": self.in_features, "out_features": self.out_features}
-
-    def ideal_nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
     def to(self, device) -> "Int8Weight":
         inv = None if self.inv_smooth is None else self.inv_smooth.to(device)
