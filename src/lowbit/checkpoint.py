@@ -108,6 +108,7 @@ def save_quantized(model: nn.Module, path: str, *, config=None, max_shard_size: 
     """Write ``model`` (QuantLinear modules and everything else in its state dict) to directory
     ``path``. ``config``: the quantization config (an object with ``to_dict()`` or a dict), recorded
     in lowbit_config.json. Tied tensors are stored once and recorded as aliases."""
+    _reject_a8_modules(model)
     st, _ = _safetensors()
     limit = _parse_size(max_shard_size)
     if config is not None and hasattr(config, "to_dict"):
@@ -396,3 +397,13 @@ def _st_dtype(name: str) -> str:
     return {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64", "I8": "int8", "U8": "uint8",
             "I16": "int16", "I32": "int32", "I64": "int64", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn",
             "F8_E5M2": "float8_e5m2"}.get(name, name)
+
+
+def _reject_a8_modules(model: nn.Module) -> None:
+    """The checkpoint format records intx QuantLinear modules only (layout version 1)."""
+    from .nn_a8 import W4A8Linear, _W8A8Linear
+
+    for fqn, m in model.named_modules():
+        if isinstance(m, (_W8A8Linear, W4A8Linear)):
+            raise CheckpointError(f"{fqn}: save_quantized does not support {type(m).__name__} (8-bit activation "
+                                  "modules) yet; keep the float model and quantize_ it after loading")

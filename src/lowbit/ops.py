@@ -113,3 +113,9 @@ def intx_linear(x: torch.Tensor, weight: IntxWeight, bias: Optional[torch.Tensor
         x, weight.qweight, weight.scales, weight.zeros, bias, weight.bits, weight.group_size or 0,
         weight.in_features,
     )
+
+
+# 8-bit activation ops (lowbit::quantize_act, lowbit::linear_w8a8, lowbit::linear_w4a8_fp8) live in ops_a8.
+from .ops_a8 import (  # noqa: E402,F401
+    linear_w4a8_fp8, linear_w4a8_fp8_auto, linear_w8a8, linear_w8a8_auto, quantize_act,
+)
