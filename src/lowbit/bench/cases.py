@@ -182,6 +182,7 @@ def unregister(name: str) -> None:
 def load_builtin_cases() -> None:
     """Import the modules that register the built-in cases (idempotent)."""
     from . import cases_gemm, cases_wxa16  # noqa: F401
+    from . import cases_lut  # noqa: F401
 
 
 def select_cases(spec: OpSpec, baselines: Optional[List[str]]) -> List[Case]:
