@@ -36,16 +36,16 @@ def lut_formats(group_size: int = 64) -> Dict[str, object]:
 
 
 def make_weight(dist: str, n: int, k: int, seed: int = 0, device="cpu") -> torch.Tensor:
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     if dist == "gaussian":
-        w = torch.randn(n, k, generator=gen)
+        w = torch.randn(n, k, generator=gen, device=device)
     elif dist == "student_t":  # t(3) = N / sqrt(chi2(3) / 3), from the seeded generator
-        z = torch.randn(n, k, generator=gen)
-        chi2 = torch.randn(3, n, k, generator=gen).pow(2).sum(0)
+        z = torch.randn(n, k, generator=gen, device=device)
+        chi2 = torch.randn(3, n, k, generator=gen, device=device).pow(2).sum(0)
         w = z / (chi2 / 3).sqrt()
     else:
         raise ValueError(f"dist must be 'gaussian' or 'student_t', got {dist!r}")
-    return (w * 0.02).to(device)
+    return w * 0.02
 
 
 def error_table(shapes: Iterable[Tuple[str, int, int]], dists: Sequence[str] = ("gaussian", "student_t"),

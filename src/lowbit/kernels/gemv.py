@@ -12,7 +12,7 @@ word-row (a tile may span several groups: BLOCK_K is free of the group size).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -224,6 +224,10 @@ def gemv_wxa16(
     m, k = x.shape
     cfg = config or resolve_config("gemv", GemvConfig, heuristic_config, m, out_features, k, bits, group_len, x)
     grid = (triton.cdiv(out_features, cfg.block_n), cfg.split_k)
+    if table is not None and not cfg.prefetch:
+        # LUT: Triton's pipeliner would turn every table gather into a 4-byte cp.async + an LDS
+        # (compile_check SASS: LDGSTS per element); the register-prefetch loop keeps them plain L1 LDGs.
+        cfg = replace(cfg, prefetch=True)
     return launch_intx(gemv_wxa16_kernel, grid, x, qweight, scales, zeros, bias, bits, group_len, sym_zero,
                        out_features, cfg.split_k, BLOCK_M=max(1, triton.next_power_of_2(m)),
                        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
