@@ -10,7 +10,7 @@ import torch
 from lowbit import IntxFormat, ops
 from lowbit.bench.timing import Cost, CudaTimer
 from lowbit.formats.lut import CodebookFormat, Fp4Format, NF4Format
-from lowbit.kernels import gemm as gemm_mod, gemv as gemv_mod
+from lowbit.kernels import gemv as gemv_mod
 from lowbit.kernels.launch import resolve_config
 from lowbit.ops_lut import lut_linear
 

@@ -11,7 +11,7 @@ import lowbit
 from lowbit import dispatch
 from lowbit.api import CodebookWeightOnlyConfig, Fp4WeightOnlyConfig, NF4WeightOnlyConfig, config_from_dict
 from lowbit.errors import FormatError, UnsupportedError
-from lowbit.formats.lut import CodebookFormat, Fp4Format, LutWeight, NF4Format
+from lowbit.formats.lut import CodebookFormat, Fp4Format, NF4Format
 from lowbit.kernels.dequant import dequant_matmul_wxa16, dequantize_intx
 from lowbit.kernels.gemm import GemmConfig, gemm_wxa16
 from lowbit.kernels.gemv import GemvConfig, gemv_wxa16

@@ -22,10 +22,8 @@ class LutLinear(nn.Module):
         self.out_features = weight.out_features
         self.bits = weight.bits
         self.group_size = weight.group_size
-        self.register_buffer("qweight", weight.qweight)
-        self.register_buffer("scales", weight.scales)
-        self.register_buffer("table", weight.table)
-        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        for name, t in {**weight.tensors(), "bias": None if bias is None else bias.detach().clone()}.items():
+            self.register_buffer(name, t)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, fmt) -> "LutLinear":

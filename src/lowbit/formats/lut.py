@@ -54,7 +54,7 @@ import torch
 
 from ..errors import FormatError
 from .base import register_format
-from .intx import SCALE_DTYPES, _check_bits, _round_scale_up, check_group_size, pack, padded_k, unpack
+from .intx import SCALE_DTYPES, IntxWeight, _check_bits, _round_scale_up, check_group_size, pack, padded_k
 
 LAYOUT_VERSION = 1
 TABLE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -132,29 +132,16 @@ class LutWeight:
     def __post_init__(self) -> None:
         check_lut_tensors(self.qweight, self.scales, self.table, self.bits, self.group_size, self.in_features)
 
-    @property
-    def out_features(self) -> int:
-        return self.qweight.shape[1]
-
-    @property
-    def padded_in_features(self) -> int:
-        return self.qweight.shape[0] * 32 // self.bits
-
-    @property
-    def group_len(self) -> int:
-        return self.padded_in_features if self.group_size is None else self.group_size
-
-    @property
-    def num_groups(self) -> int:
-        return self.padded_in_features // self.group_len
+    # the packed codes are intx's: same geometry and unpacking
+    out_features = IntxWeight.out_features
+    padded_in_features = IntxWeight.padded_in_features
+    group_len = IntxWeight.group_len
+    num_groups = IntxWeight.num_groups
+    codes = IntxWeight.codes
 
     @property
     def granularity(self) -> str:
         return table_granularity(self.table, self.num_groups, self.out_features)
-
-    def codes(self) -> torch.Tensor:
-        """Unpacked codes (N, Kp) uint8."""
-        return unpack(self.qweight, self.bits, self.padded_in_features)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Dense (N, K): table[q] * s in fp32, then cast to ``dtype``."""
