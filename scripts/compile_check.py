@@ -2,6 +2,7 @@
 shared memory and a SASS instruction histogram (needs the cuobjdump that Triton ships).
 
     PYTHONPATH=src python scripts/compile_check.py gemv --bits 4 --block-m 1 --block-n 64 --block-k 256
+    PYTHONPATH=src python scripts/compile_check.py gemv --lut --prefetch   # lookup-table mode (LUT_TABLE=fp16: table dtype)
 """
 import argparse
 import collections
