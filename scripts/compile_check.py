@@ -2,6 +2,7 @@
 shared memory and a SASS instruction histogram (needs the cuobjdump that Triton ships).
 
     PYTHONPATH=src python scripts/compile_check.py gemv --bits 4 --block-m 1 --block-n 64 --block-k 256
+    PYTHONPATH=src python scripts/compile_check.py gemv --lut --prefetch   # lookup-table mode (LUT_TABLE=fp16: table dtype)
 """
 import argparse
 import collections
@@ -18,10 +19,11 @@ from lowbit.kernels.gemm import gemm_wxa16_kernel
 from lowbit.kernels.gemv import gemv_wxa16_kernel
 from lowbit.kernels.unpack import plane_constexprs
 
-SIG = {"x_ptr": "*fp16", "qw_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*u8", "b_ptr": "*fp16", "y_ptr": "*fp16",
-       "ws_ptr": "*fp32", "cnt_ptr": "*i32",
+SIG = {"x_ptr": "*fp16", "qw_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*u8", "t_ptr": "*" + os.environ.get("LUT_TABLE", "fp32"), "b_ptr": "*fp16",
+       "y_ptr": "*fp16", "ws_ptr": "*fp32", "cnt_ptr": "*i32",
        "M": "i32", "N": "i32", "K": "i32", "Kp": "i32", "stride_xm": "i32", "stride_xk": "i32",
-       "stride_qk": "i32", "stride_sg": "i32", "stride_ws": "i32", "stride_ym": "i32", "magic": "i32"}
+       "stride_qk": "i32", "stride_sg": "i32", "stride_tg": "i32", "stride_tn": "i32", "stride_ws": "i32",
+       "stride_ym": "i32", "magic": "i32"}
 
 
 def compile_kernel(fn, constexprs, num_warps, num_stages, dtype="fp16"):
@@ -60,9 +62,10 @@ def main():
     p.add_argument("--stages", type=int, default=2)
     p.add_argument("--dtype", default="fp16")
     p.add_argument("--prefetch", action="store_true")
+    p.add_argument("--lut", action="store_true", help="lookup-table codes (lowbit.formats.lut): LUT=True, no zeros")
     p.add_argument("--sass", action="store_true")
     a = p.parse_args()
-    ce = dict(GROUP_LEN=a.group, **plane_constexprs(a.bits), HAS_ZEROS=True, SYM_ZERO=8.0, HAS_BIAS=False,
+    ce = dict(GROUP_LEN=a.group, **plane_constexprs(a.bits), HAS_ZEROS=not a.lut, SYM_ZERO=8.0, HAS_BIAS=False, LUT=a.lut,
               BLOCK_M=a.block_m, BLOCK_N=a.block_n, BLOCK_K=a.block_k, SPLIT_K=a.split_k)
     ce["stride_xk"] = 1  # contiguous x: Triton specialises an int argument equal to 1 on the GPU too
     if a.kernel == "gemv":

@@ -39,7 +39,7 @@ def category(name: str) -> str:
 
 
 def profile_point(model, batch, prompt_len, steps, dev):
-    gen = Generator(model, batch, prompt_len, steps + 8, "compile-graph")
+    gen = Generator(model, batch, prompt_len, 2 * steps + 8, "compile-graph")  # warm-up + timed + profiled steps
     try:
         prompt = torch.randint(0, model.config.vocab_size, (batch, prompt_len), device=dev,
                                generator=torch.Generator(device=dev).manual_seed(batch))
@@ -66,7 +66,7 @@ def profile_point(model, batch, prompt_len, steps, dev):
         pos = torch.tensor([prompt_len], device=dev)
         tok = prompt[:, -1:]
         gen.load(prompt)
-        gen.prefill()
+        gen.prefill()  # resets the position: the decode below writes cache slot prompt_len only
         eager = model(tok, pos).float()
         from lowbit.models.llama import call_layer
         compiled = model(tok, pos, layer_fn=torch.compile(call_layer, fullgraph=True, dynamic=False)).float()

@@ -208,3 +208,83 @@ def quantize_smooth_(model: nn.Module, config: Int8DynamicActivationInt8WeightCo
     cfg = Int8DynamicActivationInt8WeightConfig(config.smooth_alpha)
     cfg._act_amax_by_module = {id(m): act_amax[f] for f, m in model.named_modules() if f in act_amax}
     return quantize_(model, cfg, filter_fn)
+
+
+# --- lookup-table (non-uniform) weight-only formats: lowbit.formats.lut, LutLinear ---
+
+def _lut_dtype(name_or_dtype, what: str, allowed) -> str:
+    name = str(name_or_dtype).replace("torch.", "")
+    if _DTYPE_NAMES.get(name) not in allowed:
+        raise FormatError(f"{what} must be one of {list(_DTYPE_NAMES)}, got {name_or_dtype!r}")
+    return name
+
+
+@dataclass
+class NF4WeightOnlyConfig:
+    """NF4 (QLoRA normal-float 4-bit table) with absmax group scales; activations stay 16-bit."""
+
+    group_size: Optional[int] = 64
+    scale_dtype: str = "bfloat16"
+
+    def __post_init__(self) -> None:
+        check_group_size(self.group_size)
+        self.scale_dtype = _lut_dtype(self.scale_dtype, "scale_dtype", SCALE_DTYPES)
+
+    def format(self):
+        from .formats.lut import NF4Format
+
+        return NF4Format(self.group_size, _dtype(self.scale_dtype))
+
+    def to_dict(self) -> Dict:
+        return {"type": type(self).__name__, **asdict(self)}
+
+
+@dataclass
+class Fp4WeightOnlyConfig(NF4WeightOnlyConfig):
+    """FP4 e2m1 with group scales: ``scale_kind`` "e8m0" (MX-style power of two, block 32) or "float"."""
+
+    group_size: Optional[int] = 32
+    scale_kind: str = "e8m0"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.format()  # validates scale_kind and its storage dtype
+
+    def format(self):
+        from .formats.lut import Fp4Format
+
+        return Fp4Format(self.group_size, self.scale_kind, _dtype(self.scale_dtype))
+
+
+@dataclass
+class CodebookWeightOnlyConfig(NF4WeightOnlyConfig):
+    """Learned 2**bits-entry codebooks (k-means, seeded) per row or per group, with group scales."""
+
+    bits: int = 4
+    group_size: Optional[int] = 128
+    granularity: str = "row"
+    table_dtype: str = "float32"
+    iters: int = 25
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.table_dtype = _lut_dtype(self.table_dtype, "table_dtype", SCALE_DTYPES)
+        self.format()  # validates bits, granularity, iters
+
+    def format(self):
+        from .formats.lut import CodebookFormat
+
+        return CodebookFormat(self.bits, self.group_size, self.granularity, _dtype(self.scale_dtype),
+                              _dtype(self.table_dtype), self.iters, self.seed)
+
+
+def _quantize_linear_lut(module: nn.Linear, config) -> nn.Module:
+    from .nn_lut import LutLinear
+
+    return LutLinear.from_linear(module, config.format())
+
+
+for _cls in (NF4WeightOnlyConfig, Fp4WeightOnlyConfig, CodebookWeightOnlyConfig):
+    CONFIGS[_cls.__name__] = _cls
+    _HANDLERS[_cls] = _quantize_linear_lut

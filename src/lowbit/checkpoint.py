@@ -110,6 +110,7 @@ def save_quantized(model: nn.Module, path: str, *, config=None, max_shard_size: 
     in lowbit_config.json. Tied tensors are stored once and recorded as aliases."""
     _reject_a8_modules(model)
     st, _ = _safetensors()
+    _reject_unsupported_modules(model)
     limit = _parse_size(max_shard_size)
     if config is not None and hasattr(config, "to_dict"):
         config = config.to_dict()
@@ -407,3 +408,17 @@ def _reject_a8_modules(model: nn.Module) -> None:
         if isinstance(m, (_W8A8Linear, W4A8Linear)):
             raise CheckpointError(f"{fqn}: save_quantized does not support {type(m).__name__} (8-bit activation "
                                   "modules) yet; keep the float model and quantize_ it after loading")
+
+
+def _reject_unsupported_modules(model: nn.Module) -> None:
+    """Lookup-table layers (``LutLinear``) have no checkpoint entry yet: say so instead of writing
+    a directory that ``load_quantized`` would reject."""
+    from .errors import UnsupportedError
+    from .nn_lut import LutLinear
+
+    lut = [fqn for fqn, m in model.named_modules() if isinstance(m, LutLinear)]
+    if lut:
+        raise UnsupportedError(
+            f"save_quantized does not support LutLinear (lookup-table weights) yet: {', '.join(lut[:5])}"
+            f"{' ...' if len(lut) > 5 else ''}; save model.state_dict() (qweight, scales, table, bias) and "
+            "load it into a model quantized with the same config instead")

@@ -159,3 +159,26 @@ def select_a8(problem: A8Problem) -> str:
     """Backend for an 8-bit-activation problem: the Triton kernels, else the fp32 reference of the
     quantized operands (logged once per reason); LOWBIT_BACKEND=triton makes that an UnsupportedError."""
     return _select(problem, forced_family(), tuple(A8_BACKENDS))
+
+
+# --- lookup-table weights (lowbit::linear_luta16): the same kernels with LUT=True ---
+LUT_MAX_BITS = 4  # the kernels decode codes of at most two bit-planes (2**4 = 16 table entries)
+
+
+def _lut_ok(p: WxA16Problem, base: Callable[[WxA16Problem], Tuple[bool, str]]) -> Tuple[bool, str]:
+    if p.bits > LUT_MAX_BITS:
+        return False, f"LUT kernels take codes of at most {LUT_MAX_BITS} bits, got {p.bits}"
+    return base(p)
+
+
+LUTA16_BACKENDS: List[Backend] = [
+    Backend("triton_gemv", "triton", lambda p: _lut_ok(p, _gemv_ok)),
+    Backend("triton_gemm", "triton", lambda p: _lut_ok(p, _triton_common)),
+    Backend("triton_dequant_mm", "triton", lambda p: _lut_ok(p, _triton_common)),
+    Backend("reference", "reference", lambda p: (True, "")),
+]
+
+
+def select_lut(problem: WxA16Problem) -> str:
+    """``select`` for lookup-table weights (same kernel choice as intx of the same bits)."""
+    return _select(problem, forced_family(), tuple(LUTA16_BACKENDS))

@@ -184,7 +184,7 @@ def unregister(name: str) -> None:
 
 def load_builtin_cases() -> None:
     """Import the modules that register the built-in cases (idempotent)."""
-    from . import cases_a8, cases_gemm, cases_wxa16  # noqa: F401
+    from . import cases_a8, cases_gemm, cases_lut, cases_wxa16  # noqa: F401
 
 
 def select_cases(spec: OpSpec, baselines: Optional[List[str]]) -> List[Case]:

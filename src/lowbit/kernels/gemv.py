@@ -16,7 +16,7 @@ LOP3 (mask + OR into a float's mantissa), one FADD, one FFMA, everything else am
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -25,7 +25,7 @@ import triton.language as tl
 
 from .epilogue import split_k_tiles, write_output
 from .launch import launch_intx, resolve_config
-from .unpack import group_params, load_codes_nk
+from .unpack import align_plane_rows, group_params, load_codes_nk, lut_lookup, table_base
 
 
 @dataclass(frozen=True)
@@ -95,12 +95,49 @@ def _row_params(s_ptr, z_ptr, k0, offs_n, mask_n, Kp, stride_sg, GROUP_LEN: tl.c
 
 
 @triton.jit
+def _row_table(k0, offs_n, mask_n, Kp, stride_tg, stride_tn, GROUP_LEN: tl.constexpr, P: tl.constexpr,
+               BLOCK_K: tl.constexpr):
+    """Table base offset and gather mask of every word-row of plane 0 ([BLOCK_N, 1] when the tile
+    lies in one group, else [BLOCK_N, ROWS]); the LUT counterpart of ``_row_params``."""
+    if GROUP_LEN % BLOCK_K == 0:
+        return table_base(k0 // GROUP_LEN, offs_n, stride_tg, stride_tn)[:, None], mask_n[:, None]
+    else:
+        PER: tl.constexpr = 32 // P
+        rows_k = k0 + tl.arange(0, BLOCK_K // PER) * PER
+        base = table_base((rows_k // GROUP_LEN)[None, :], offs_n[:, None], stride_tg, stride_tn)
+        return base, mask_n[:, None] & (rows_k < Kp)[None, :]
+
+
+@triton.jit
+def _lut_tile(w0, w1, w2, t_ptr, tbase, tmask, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk,
+              P0: tl.constexpr, P1: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """sum_j x[m, k0 + r*PER + j] * table[tbase + q(n, r, j)] -> fp32 [BLOCK_M, BLOCK_N, ROWS], q the
+    whole code (plane 0 field | plane 1 field << P0; codes of <= 4 bits have at most two planes)."""
+    PER: tl.constexpr = 32 // P0
+    ROWS: tl.constexpr = BLOCK_K // PER
+    r = tl.arange(0, ROWS)
+    if P1 > 0:
+        hi = align_plane_rows(w1, P0 // P1)
+    tile = tl.zeros((BLOCK_M, w0.shape[0], ROWS), dtype=tl.float32)
+    for j in tl.static_range(PER):
+        q = (w0 >> (j * P0)) & ((1 << P0) - 1)
+        if P1 > 0:
+            q |= ((hi >> (j * P1)) & ((1 << P1) - 1)) << P0
+        v = lut_lookup(t_ptr, tbase, q, tmask)
+        kk = k0 + r * PER + j
+        xj = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :] * stride_xk,
+                     mask=mask_m[:, None] & (kk < K)[None, :], other=0.0).to(tl.float32)
+        tile += xj[:, None, :] * v[None, :, :]
+    return tile
+
+
+@triton.jit
 def gemv_wxa16_kernel(
-    x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
+    x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     M, N, K, Kp,
-    stride_xm, stride_xk, stride_qk, stride_sg, stride_ws, stride_ym, magic,
+    stride_xm, stride_xk, stride_qk, stride_sg, stride_tg, stride_tn, stride_ws, stride_ym, magic,
     GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
-    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, LUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, PREFETCH: tl.constexpr, EVEN_K: tl.constexpr,
 ):
@@ -132,16 +169,22 @@ def gemv_wxa16_kernel(
             w0, w1, w2 = load_codes_nk(qw_ptr, k0, offs_n, mask_n, stride_qk, Kp, Kp, P0, P1, P2, BLOCK_K)
         s0, z0 = _row_params(s_ptr, z_ptr, k0, offs_n, mask_n, Kp, stride_sg, GROUP_LEN, HAS_ZEROS, SYM_ZERO,
                              P0, BLOCK_K)
-        part, xsum = _plane_tile(w0, magic, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk, P0, 0,
-                                 BLOCK_M, BLOCK_K, EVEN_K)
-        acc0 += (part - xsum[:, None, :] * z0) * s0  # the zero-point term rides on plane 0's rows
-        if P1 > 0:
+        if LUT:  # whole codes through the table: no per-plane linearity
+            tb, tm = _row_table(k0, offs_n, mask_n, Kp, stride_tg, stride_tn, GROUP_LEN, P0, BLOCK_K)
+            part = _lut_tile(w0, w1, w2, t_ptr, tb, tm, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk,
+                             P0, P1, BLOCK_M, BLOCK_K)
+            acc0 += part * s0
+        else:
+            part, xsum = _plane_tile(w0, magic, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk, P0, 0,
+                                     BLOCK_M, BLOCK_K, EVEN_K)
+            acc0 += (part - xsum[:, None, :] * z0) * s0  # the zero-point term rides on plane 0's rows
+        if P1 > 0 and not LUT:
             s1, _ = _row_params(s_ptr, z_ptr, k0, offs_n, mask_n, Kp, stride_sg, GROUP_LEN, HAS_ZEROS,
                                 SYM_ZERO, P1, BLOCK_K)
             part, _ = _plane_tile(w1, magic, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk, P1, P0,
                                   BLOCK_M, BLOCK_K, EVEN_K)
             acc1 += part * s1
-        if P2 > 0:
+        if P2 > 0 and not LUT:
             s2, _ = _row_params(s_ptr, z_ptr, k0, offs_n, mask_n, Kp, stride_sg, GROUP_LEN, HAS_ZEROS,
                                 SYM_ZERO, P2, BLOCK_K)
             part, _ = _plane_tile(w2, magic, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk, P2, P0 + P1,
@@ -187,15 +230,20 @@ def heuristic_config(m: int, n: int, k: int, group_len: int, num_sms: int = 132)
 def gemv_wxa16(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
     bias: Optional[torch.Tensor], bits: int, group_len: int, sym_zero: float, out_features: int,
-    config: Optional[GemvConfig] = None,
+    config: Optional[GemvConfig] = None, table: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """x (M <= 8, K) fp16/bf16 -> (M, N). Inputs already validated by ``lowbit.ops``."""
+    """x (M <= 8, K) fp16/bf16 -> (M, N). Inputs already validated by ``lowbit.ops``; ``table``
+    (``lowbit.formats.lut``) switches to lookup-table dequantization (``zeros`` must be None)."""
     m, k = x.shape
     cfg = config or resolve_config("gemv", GemvConfig, heuristic_config, m, out_features, k, bits, group_len, x)
     grid = (triton.cdiv(out_features, cfg.block_n), cfg.split_k)
+    if table is not None and not cfg.prefetch:
+        # LUT: Triton's pipeliner would turn every table gather into a 4-byte cp.async + an LDS
+        # (compile_check SASS: LDGSTS per element); the register-prefetch loop keeps them plain L1 LDGs.
+        cfg = replace(cfg, prefetch=True)
     return launch_intx(gemv_wxa16_kernel, grid, x, qweight, scales, zeros, bias, bits, group_len, sym_zero,
                        out_features, cfg.split_k, BLOCK_M=max(1, triton.next_power_of_2(m)),
                        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                        NUM_STAGES=1 if cfg.prefetch else cfg.num_stages, PREFETCH=cfg.prefetch,
                        EVEN_K=k % cfg.block_k == 0, magic=FLOAT_2_23_BITS,
-                       num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                       num_warps=cfg.num_warps, num_stages=cfg.num_stages, table=table)
