@@ -36,8 +36,8 @@ class LowbitConfig(QuantizationConfigMixin):
     """``from_pretrained(path, quantization_config=LowbitConfig(Int4WeightOnlyConfig()))`` quantizes on load.
 
     quant_config: a weight-only lowbit config (``IntxWeightOnlyConfig`` / ``Int4WeightOnlyConfig``
-    object or its ``to_dict()``). modules_to_not_convert: names, suffixes or regexes of modules to
-    keep dense; None = the output embedding (lm_head) and MoE routers (``*.gate``, ``*.router``).
+    object or its ``to_dict()``). modules_to_not_convert: modules to keep dense, each a run of
+    dotted name components matched anywhere (``lm_head``, ``mlp``, ``layers.0``) or a regex of the full name; None = the output embedding (lm_head) and MoE routers (``*.gate``, ``*.router``).
     """
 
     def __init__(
@@ -94,6 +94,9 @@ class LowbitConfig(QuantizationConfigMixin):
             "layout_version": self.layout_version,
             "lowbit_version": __version__,
         }
+
+    def to_diff_dict(self) -> Dict[str, Any]:
+        return self.to_dict()
 
     def __iter__(self):
         yield from self.to_dict().items()

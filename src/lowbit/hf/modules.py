@@ -21,9 +21,10 @@ REQUIRED = ("qweight", "qzeros", "scales")
 
 
 def skip_matches(fqn: str, patterns: Optional[Iterable[str]]) -> bool:
-    """``fqn`` equals a pattern, ends with ``.pattern``, lies under ``pattern.`` or fully matches it as a regex."""
+    """A pattern matches whole dotted components of ``fqn`` anywhere (``lm_head``, ``mlp.gate``,
+    ``layers.3``: not ``gate_proj``), or the whole ``fqn`` as a regex."""
     for p in patterns or ():
-        if fqn == p or fqn.endswith("." + p) or fqn.startswith(p + "."):
+        if f".{p}." in f".{fqn}.":
             return True
         try:
             if re.fullmatch(p, fqn):

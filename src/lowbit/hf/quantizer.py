@@ -261,6 +261,7 @@ class LowbitHfQuantizer(HfQuantizer):
             raise CheckpointError(getattr(model.config, "_name_or_path", "?"), missing=meta)
         qc.modules = module_entries(model)
         qc.checkpoint_format = "lowbit"
+        model.config.quantization_config = qc  # transformers 4.x gave the model a copy made before loading
         return model
 
     def _convert_stages(self, model) -> None:
