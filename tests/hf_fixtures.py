@@ -84,17 +84,18 @@ def gptq_checkpoint(model, path, bits=4, group_size=32, act_order_layer=None):
         dense = torch.nn.Linear(k, n, bias=False)
         dense.weight.data = w.clone()
         layer = qlinear.QuantLinear(bits, group_size, k, n, False, g_idx=True)
-        layer.pack(dense, s, z)
+        layer.pack(dense, s.t(), z.t())  # this packer takes (N, G)
         if fqn == act_order_layer:  # our act-order g_idx on the real packed tensors (the packer ignores g_idx)
             layer.g_idx = _act_order_g_idx(k, group_size, seed=3)
-        fp16_scales = layer.scales
-        layer.scales = fp16_scales.float()
+        packed = {name: getattr(layer, name) for name in ("qweight", "qzeros", "scales", "g_idx")}
+        layer.scales = packed["scales"].float()
+        if fqn != act_order_layer:
+            # its g_idx-aware forward slices scales by K (wrong when N > K): use its group-order formula
+            del layer.g_idx
         with torch.no_grad():
             lin.weight.data = layer(torch.eye(k)).t().to(lin.weight.dtype)
-        layer.scales = fp16_scales
         del tensors[f"{fqn}.weight"]
-        for name in ("qweight", "qzeros", "scales", "g_idx"):
-            tensors[f"{fqn}.{name}"] = getattr(layer, name)
+        tensors.update({f"{fqn}.{name}": t for name, t in packed.items()})
     qc = {"quant_method": "gptq", "bits": bits, "group_size": group_size, "desc_act": act_order_layer is not None,
           "sym": False, "checkpoint_format": "gptq", "damp_percent": 0.1, "true_sequential": True}
     write_checkpoint(model, path, tensors, qc)
