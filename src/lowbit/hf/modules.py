@@ -15,7 +15,7 @@ from ..formats.intx import IntxFormat, IntxWeight
 from ..nn import QuantLinear
 
 DEFAULT_SKIPS = ("lm_head", "gate", "router")  # output head; MoE routers (``mlp.gate``, ``*.router``)
-CHUNK_ELEMENTS = 1 << 24  # rows quantized at a time: ~16M weights (64 MB of fp32 temporaries)
+CHUNK_ELEMENTS = 1 << 22  # weights quantized at a time (rows of one layer): ~4M, ~160 MB of temporaries
 STAGED = ("qweight", "qzeros", "scales", "g_idx", "bias")
 REQUIRED = ("qweight", "qzeros", "scales")
 
