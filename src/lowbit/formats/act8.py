@@ -58,7 +58,9 @@ def quantize_rows(t: torch.Tensor, kind: str, block: Optional[int] = None) -> Tu
         tp[:, :c] = tf
         tf = tp.view(r, nb, block)
     amax = tf.abs().amax(dim=-1, keepdim=True)  # propagates NaN
-    s = amax.clamp_min(AMAX_FLOOR) / qm  # clamp_min keeps NaN
+    # tensor / tensor: an IEEE division on every device (CUDA torch turns "/ python float" into a
+    # multiplication by the reciprocal, 1 ulp off at times -- the kernels use div_rn)
+    s = amax.clamp_min(AMAX_FLOOR) / torch.full_like(amax, qm)  # clamp_min keeps NaN
     v = (tf / s).clamp(-qm, qm)
     q = torch.round(v).to(dt) if kind == "int8" else v.to(dt)
     if block is not None:
