@@ -34,6 +34,42 @@ class GemmConfig:
 
 
 @triton.jit
+def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, K, Kp, t0, t1,
+                    stride_xm, stride_xk, stride_qk, stride_sg,
+                    GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
+                    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, INT_ZERO: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr):
+    """Y^T tile [BLOCK_N, BLOCK_M] (fp32) over the K tiles [t0, t1): rows ``offs_m`` of X (any row
+    indices: the grouped kernel passes gathered token rows) times output channels ``offs_n`` of W."""
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    # software pipelining by hand: the next tile's words are in flight while this one is used
+    w0, w1, w2 = load_codes_nk(qw_ptr, t0 * BLOCK_K, offs_n, mask_n, stride_qk, Kp, tl.where(t0 < t1, Kp, 0),
+                               P0, P1, P2, BLOCK_K)
+    for t in range(t0, t1):
+        k0 = t * BLOCK_K
+        if PREFETCH:
+            n0, n1, n2 = load_codes_nk(qw_ptr, k0 + BLOCK_K, offs_n, mask_n, stride_qk, Kp,
+                                       tl.where(t + 1 < t1, Kp, 0), P0, P1, P2, BLOCK_K)
+        else:
+            w0, w1, w2 = load_codes_nk(qw_ptr, k0, offs_n, mask_n, stride_qk, Kp, Kp, P0, P1, P2, BLOCK_K)
+            n0, n1, n2 = w0, w1, w2
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None] * stride_xk,
+                     mask=mask_m[None, :] & (offs_k[:, None] < K), other=0.0)  # [BLOCK_K, BLOCK_M]
+        q = codes_from_words_nk(w0, w1, w2, P0, P1, P2, BLOCK_N, BLOCK_K)
+        w0, w1, w2 = n0, n1, n2
+        if GROUP_LEN % BLOCK_K == 0:
+            s, z = group_params(s_ptr, z_ptr, k0 // GROUP_LEN, offs_n, mask_n, stride_sg, HAS_ZEROS, SYM_ZERO)
+            w = dequant_tile(q, s[:, None], z[:, None], INT_ZERO, x_ptr.dtype.element_ty)
+        else:
+            s, z = group_params(s_ptr, z_ptr, (offs_k // GROUP_LEN)[None, :], offs_n[:, None],
+                                mask_n[:, None] & (offs_k < Kp)[None, :], stride_sg, HAS_ZEROS, SYM_ZERO)
+            w = dequant_tile(q, s, z, INT_ZERO, x_ptr.dtype.element_ty)
+        acc += tl.dot(w, xt)
+    return acc
+
+
+@triton.jit
 def gemm_wxa16_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     M, N, K, Kp,
@@ -61,33 +97,10 @@ def gemm_wxa16_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < N
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-
     t0, t1 = split_k_tiles(K, pid_k, BLOCK_K, SPLIT_K)
-    # software pipelining by hand: the next tile's words are in flight while this one is used
-    w0, w1, w2 = load_codes_nk(qw_ptr, t0 * BLOCK_K, offs_n, mask_n, stride_qk, Kp, tl.where(t0 < t1, Kp, 0),
-                               P0, P1, P2, BLOCK_K)
-    for t in range(t0, t1):
-        k0 = t * BLOCK_K
-        if PREFETCH:
-            n0, n1, n2 = load_codes_nk(qw_ptr, k0 + BLOCK_K, offs_n, mask_n, stride_qk, Kp,
-                                       tl.where(t + 1 < t1, Kp, 0), P0, P1, P2, BLOCK_K)
-        else:
-            w0, w1, w2 = load_codes_nk(qw_ptr, k0, offs_n, mask_n, stride_qk, Kp, Kp, P0, P1, P2, BLOCK_K)
-            n0, n1, n2 = w0, w1, w2
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None] * stride_xk,
-                     mask=mask_m[None, :] & (offs_k[:, None] < K), other=0.0)  # [BLOCK_K, BLOCK_M]
-        q = codes_from_words_nk(w0, w1, w2, P0, P1, P2, BLOCK_N, BLOCK_K)
-        w0, w1, w2 = n0, n1, n2
-        if GROUP_LEN % BLOCK_K == 0:
-            s, z = group_params(s_ptr, z_ptr, k0 // GROUP_LEN, offs_n, mask_n, stride_sg, HAS_ZEROS, SYM_ZERO)
-            w = dequant_tile(q, s[:, None], z[:, None], INT_ZERO, x_ptr.dtype.element_ty)
-        else:
-            s, z = group_params(s_ptr, z_ptr, (offs_k // GROUP_LEN)[None, :], offs_n[:, None],
-                                mask_n[:, None] & (offs_k < Kp)[None, :], stride_sg, HAS_ZEROS, SYM_ZERO)
-            w = dequant_tile(q, s, z, INT_ZERO, x_ptr.dtype.element_ty)
-        acc += tl.dot(w, xt)
+    acc = gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, K, Kp, t0, t1,
+                          stride_xm, stride_xk, stride_qk, stride_sg, GROUP_LEN, P0, P1, P2, HAS_ZEROS, SYM_ZERO,
+                          INT_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH)
 
     mask = mask_n[:, None] & mask_m[None, :]
     bias = tl.zeros((BLOCK_N, 1), dtype=tl.float32)
