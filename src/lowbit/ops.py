@@ -113,3 +113,7 @@ def intx_linear(x: torch.Tensor, weight: IntxWeight, bias: Optional[torch.Tensor
         x, weight.qweight, weight.scales, weight.zeros, bias, weight.bits, weight.group_size or 0,
         weight.in_features,
     )
+
+
+# mixture-of-experts ops live in their own module; re-exported here (the one door to the kernels)
+from .ops_moe import grouped_gemm, grouped_gemm_wxa16, moe_align  # noqa: E402,F401

@@ -45,14 +45,16 @@ def int_zero(zeros: Optional[torch.Tensor], sym_zero: float) -> bool:
 
 
 def dequantize_intx(qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor], bits: int,
-                    group_len: int, sym_zero: float, in_features: int, dtype: torch.dtype) -> torch.Tensor:
-    """Dense (N, K) weight in ``dtype`` (fp16/bf16) on the weight's device."""
+                    group_len: int, sym_zero: float, in_features: int, dtype: torch.dtype,
+                    out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Dense (N, K) weight in ``dtype`` (fp16/bf16) on the weight's device (written into ``out``,
+    an (N, K) tensor with unit stride along K, when given)."""
     n = qweight.shape[1]
     kp = qweight.shape[0] * 32 // bits
     block_k = 128
     while group_len % block_k:
         block_k //= 2
-    w = torch.empty((n, in_features), device=qweight.device, dtype=dtype)
+    w = torch.empty((n, in_features), device=qweight.device, dtype=dtype) if out is None else out
     grid = (triton.cdiv(n, 64), triton.cdiv(in_features, block_k))
     dequantize_intx_kernel[grid](
         qweight, scales, zeros if zeros is not None else scales, w,
