@@ -154,6 +154,10 @@ def heuristic_config(rows: int, experts: int, n: int, k: int, group_len: int, nu
     else:
         bm = 16 if per_expert <= 16 else 32 if per_expert <= 32 else 64 if per_expert <= 64 else 128
         cfg = dict(mma=True, block_m=bm, block_n=64)
+        if bm >= 32:  # sm_90 compile check: 4 warps spill registers from BLOCK_M 32 on, 8 do not
+            cfg.update(num_warps=8)
+        if bm == 128:  # ... and at BLOCK_M 128 only with BLOCK_K 64
+            block_k = min(block_k, 64)
     programs = active * triton.cdiv(per_expert, cfg["block_m"]) * triton.cdiv(n, cfg["block_n"])
     k_tiles = triton.cdiv(k, block_k)
     split = max(1, min(16, k_tiles, int(-(-6 * num_sms // programs))))
