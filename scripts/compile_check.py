@@ -84,7 +84,7 @@ def main():
         ce.update(GROUP_M=8, INT_ZERO=True, PREFETCH=False)
     base_sig = None
     if a.kernel == "grouped":
-        ce.update(INT_ZERO=True, HAS_IDS=a.ids, TOPK=2, SCATTER=a.scatter, HAS_ROW_WEIGHTS=a.row_weights,
+        ce.update(INT_ZERO=True, HAS_IDS=a.ids, TOPK=2, GATHER=a.ids, SCATTER=a.scatter, HAS_ROW_WEIGHTS=a.row_weights,
                   E_POW2=triton.next_power_of_2(a.experts), NUM_TILES=64, MMA=not a.gemv, GROUP_M=8,
                   NUM_STAGES=a.stages)
         base_sig = GROUPED_SIG

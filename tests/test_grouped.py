@@ -153,11 +153,26 @@ def test_gather_without_scatter_keeps_sorted_order():
     x = _x(3)
     sorted_ids, offsets = ops.moe_align(ids, E)
     y = torch.ops.lowbit.grouped_gemm_wxa16(x, w.qweight, w.scales, w.zeros, None, 4, 64, K, offsets, sorted_ids,
-                                            2, False, None)
-    ref = reference_grouped(x, w.qweight, w.scales, w.zeros, None, 4, 64, K, offsets, sorted_ids, 2, False, None)
+                                            2, True, False, None)
+    ref = reference_grouped(x, w.qweight, w.scales, w.zeros, None, 4, 64, K, offsets, sorted_ids, 2, True, False,
+                            None)
     _assert_close(y, ref.float(), x, w, torch.float16)
     xs = x[(sorted_ids // 2).long()]
     _assert_close(y, _oracle(xs, w, [2, 2, 2, 0]), x, w, torch.float16)
+
+
+def test_sorted_input_scattered_output_with_routing_weights():
+    """The MoE block's second GEMM: rows already in expert order, written back in pair order, weighted."""
+    w = _weights()
+    ids = torch.tensor([[2, 0], [0, 1], [2, 1]], device=DEVICE)
+    sorted_ids, offsets = ops.moe_align(ids, E)
+    xs = _x(6)
+    rw = torch.rand(6, generator=torch.Generator().manual_seed(5)).to(DEVICE, torch.float16)
+    y = torch.ops.lowbit.grouped_gemm_wxa16(xs, w.qweight, w.scales, w.zeros, None, 4, 64, K, offsets, sorted_ids,
+                                            2, False, True, rw)
+    ref_sorted = _oracle(xs, w, [2, 2, 2, 0], row_weights=rw[sorted_ids.long()])
+    ref = torch.zeros_like(ref_sorted).index_copy_(0, sorted_ids.long(), ref_sorted)
+    _assert_close(y, ref, xs, w, torch.float16)
 
 
 def test_moe_align():
@@ -203,8 +218,8 @@ def test_reference_backend_matches_triton(monkeypatch):
 def _bad(**over):
     w = _weights()
     args = dict(x=_x(6), qweight=w.qweight, scales=w.scales, zeros=w.zeros, bias=None, bits=4, group_size=64,
-                in_features=K, expert_offsets=_offsets([1, 2, 3, 0]), sorted_ids=None, topk=1, scatter=False,
-                row_weights=None)
+                in_features=K, expert_offsets=_offsets([1, 2, 3, 0]), sorted_ids=None, topk=1, gather=False,
+                scatter=False, row_weights=None)
     args.update(over)
     return torch.ops.lowbit.grouped_gemm_wxa16(**args)
 
@@ -215,7 +230,8 @@ def _bad(**over):
     (dict(group_size=48), FormatError, "group_size"),
     (dict(expert_offsets=torch.zeros(4, dtype=torch.int32)), InputError, "E \\+ 1"),
     (dict(bias=torch.zeros(N, dtype=torch.float16)), InputError, "bias"),
-    (dict(sorted_ids=torch.zeros(5, dtype=torch.int32), topk=2), InputError, "sorted_ids"),
+    (dict(sorted_ids=torch.zeros(5, dtype=torch.int32), topk=2, gather=True), InputError, "sorted_ids"),
+    (dict(gather=True), InputError, "gather"),
     (dict(row_weights=torch.zeros(5, dtype=torch.float16)), InputError, "row_weights"),
     (dict(topk=0), InputError, "topk"),
 ])
@@ -246,7 +262,7 @@ def test_opcheck_and_compile():
     ids = torch.tensor([[0, 2], [1, 2], [2, 3], [0, 1], [3, 2]], device=DEVICE)
     sorted_ids, offsets = ops.moe_align(ids, E)
     rw = torch.rand(10).to(DEVICE, torch.float16)
-    args = (x, w.qweight, w.scales, w.zeros, None, 4, 64, K, offsets, sorted_ids, 2, True, rw)
+    args = (x, w.qweight, w.scales, w.zeros, None, 4, 64, K, offsets, sorted_ids, 2, True, True, rw)
     torch.library.opcheck(torch.ops.lowbit.grouped_gemm_wxa16.default, args,
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
     torch._dynamo.reset()
@@ -269,7 +285,7 @@ def test_gpu_moe_shapes(dtype, bits, t, topk, e):
     y = ops.grouped_gemm(x, w, topk_ids=ids, topk_weights=wts)
     sorted_ids, offsets = ops.moe_align(ids, e)
     ref = reference_grouped(x, w.qweight, w.scales, w.zeros, None, bits, 128, k, offsets, sorted_ids, topk, True,
-                            wts.flatten()).float().view(t, topk, n).sum(1)
+                            True, wts.flatten()).float().view(t, topk, n).sum(1)
     _assert_close(y, ref, x, w, dtype)
 
 

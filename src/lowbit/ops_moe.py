@@ -1,16 +1,18 @@
 """Mixture-of-experts ops: grouped low-bit GEMM over experts (torch.library custom ops + fakes).
 
 ``grouped_gemm_wxa16(x, qweight, scales, zeros, bias, bits, group_size, in_features, expert_offsets,
-sorted_ids, topk, scatter, row_weights)`` -> Y (P, N), for stacked expert weights
+sorted_ids, topk, gather, scatter, row_weights)`` -> Y (P, N), for stacked expert weights
 (``lowbit.formats.intx_experts``: qweight (E, Kp*bits/32, N), scales/zeros (E, G, N), bias (E, N)):
 
 * ``sorted_ids`` None: x (P, K) is sorted by expert, expert e owns rows [offsets[e], offsets[e+1])
   (offsets (E+1,) int, offsets[0] = 0); Y[p] = (x[p] @ W_e^T + b_e) * row_weights[p]. Rows past
   offsets[E] are not written (undefined).
 * ``sorted_ids`` (P = T*topk,): the sorted position p holds the pair id ``sorted_ids[p]`` of a
-  (T, topk) routing (token ``sorted_ids[p] // topk``); x (T, K) is gathered by token; Y row p
+  (T, topk) routing (token ``sorted_ids[p] // topk``). ``gather`` True: x (T, K) in token order,
+  row p reads x[sorted_ids[p] // topk]; False: x (P, K) already in sorted order. Y row p
   (``scatter`` False: expert-sorted) or row ``sorted_ids[p]`` (``scatter`` True: pair order);
-  ``row_weights`` (P,) are indexed by pair id (``topk_weights.flatten()``).
+  ``row_weights`` (P,) are indexed by pair id (``topk_weights.flatten()``). An MoE MLP is
+  gate_up with gather (sorted output), activation, down with scatter + routing weights.
 
 ``moe_align(topk_ids, num_experts)`` -> (sorted_ids, expert_offsets): sort + searchsorted on the
 device, no host sync. ``grouped_gemm(x, weights, expert_offsets=..., | topk_ids=..., topk_weights=...)``
@@ -40,7 +42,7 @@ DEQUANT_GROUPED_MIN_ROWS = 256  # rows per active expert from which dequantize +
 
 
 def _validate_grouped(x, qweight, scales, zeros, bias, bits, group_size, in_features, expert_offsets, sorted_ids,
-                      topk, row_weights) -> None:
+                      topk, gather, row_weights) -> None:
     if not 1 <= bits <= 8:
         raise FormatError(f"bits must be in 1..8, got {bits}")
     if group_size < 0 or group_size % 32:
@@ -66,13 +68,18 @@ def _validate_grouped(x, qweight, scales, zeros, bias, bits, group_size, in_feat
     if topk < 1:
         raise InputError(f"topk must be >= 1, got {topk}")
     rows = x.shape[0]
+    if gather and sorted_ids is None:
+        raise InputError("gather=True needs sorted_ids")
     if sorted_ids is not None:
-        if sorted_ids.dim() != 1 or sorted_ids.is_floating_point() or sorted_ids.numel() != x.shape[0] * topk:
-            raise InputError(f"sorted_ids must be an integer tensor of shape (T * topk,) = ({x.shape[0] * topk},), "
-                             f"got {sorted_ids.dtype} {tuple(sorted_ids.shape)}")
+        pairs = x.shape[0] * topk if gather else x.shape[0]
+        if sorted_ids.dim() != 1 or sorted_ids.is_floating_point() or sorted_ids.numel() != pairs:
+            raise InputError(f"sorted_ids must be an integer tensor of shape ({'T * topk' if gather else 'P'},) = "
+                             f"({pairs},), got {sorted_ids.dtype} {tuple(sorted_ids.shape)}")
         rows = sorted_ids.numel()
-    if row_weights is not None and (row_weights.dim() != 1 or row_weights.numel() != rows):
-        raise InputError(f"row_weights must have shape ({rows},), got {tuple(row_weights.shape)}")
+    if row_weights is not None and (row_weights.dim() != 1 or row_weights.numel() != rows
+                                    or not row_weights.is_floating_point()):
+        raise InputError(f"row_weights must be float of shape ({rows},), got {row_weights.dtype} "
+                         f"{tuple(row_weights.shape)}")
     for name, t in (("qweight", qweight), ("scales", scales), ("zeros", zeros), ("bias", bias),
                     ("expert_offsets", expert_offsets), ("sorted_ids", sorted_ids), ("row_weights", row_weights)):
         if t is not None and t.device != x.device:
@@ -80,12 +87,12 @@ def _validate_grouped(x, qweight, scales, zeros, bias, bits, group_size, in_feat
 
 
 def reference_grouped(x, qweight, scales, zeros, bias, bits, group_size, in_features, expert_offsets, sorted_ids,
-                      topk, scatter, row_weights) -> torch.Tensor:
+                      topk, gather, scatter, row_weights) -> torch.Tensor:
     """Per-expert fp32 dequantize-then-matmul (the oracle and the CPU backend; reads offsets on the host).
     Rows no expert owns are 0."""
     rows = x.shape[0] if sorted_ids is None else sorted_ids.numel()
     ids = None if sorted_ids is None else sorted_ids.long()
-    xs = x if ids is None else x[ids // topk]
+    xs = x[ids // topk] if gather else x
     y = torch.zeros(rows, qweight.shape[2], dtype=torch.float32, device=x.device)
     offs = expert_offsets.tolist()
     for e in range(qweight.shape[0]):
@@ -168,10 +175,10 @@ def select_grouped(p: GroupedProblem, family: str) -> str:
 
 
 def grouped_gemm_wxa16_eager(x, qweight, scales, zeros, bias, bits, group_size, in_features, expert_offsets,
-                             sorted_ids=None, topk=1, scatter=False, row_weights=None) -> torch.Tensor:
+                             sorted_ids=None, topk=1, gather=False, scatter=False, row_weights=None) -> torch.Tensor:
     """The op's implementation without the torch.library dispatch (eager fast path)."""
     _validate_grouped(x, qweight, scales, zeros, bias, bits, group_size, in_features, expert_offsets, sorted_ids,
-                      topk, row_weights)
+                      topk, gather, row_weights)
     rows = x.shape[0] if sorted_ids is None else sorted_ids.numel()
     n = qweight.shape[2]
     if rows == 0:
@@ -180,26 +187,26 @@ def grouped_gemm_wxa16_eager(x, qweight, scales, zeros, bias, bits, group_size, 
     backend = select_grouped(p, forced_family())
     if backend == "reference":
         return reference_grouped(x, qweight, scales, zeros, bias, bits, group_size, in_features, expert_offsets,
-                                 sorted_ids, topk, scatter, row_weights)
+                                 sorted_ids, topk, gather, scatter, row_weights)
     return _LAUNCHERS[backend](x, qweight, scales, zeros, bias, bits, group_size or PER_CHANNEL_GROUP_LEN,
-                               symmetric_zero(bits), expert_offsets, sorted_ids, topk, scatter, row_weights)
+                               symmetric_zero(bits), expert_offsets, sorted_ids, topk, gather, scatter, row_weights)
 
 
 @torch.library.custom_op("lowbit::grouped_gemm_wxa16", mutates_args=())
 def grouped_gemm_wxa16(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
     bias: Optional[torch.Tensor], bits: int, group_size: int, in_features: int, expert_offsets: torch.Tensor,
-    sorted_ids: Optional[torch.Tensor], topk: int, scatter: bool, row_weights: Optional[torch.Tensor],
+    sorted_ids: Optional[torch.Tensor], topk: int, gather: bool, scatter: bool, row_weights: Optional[torch.Tensor],
 ) -> torch.Tensor:
     return grouped_gemm_wxa16_eager(x, qweight, scales, zeros, bias, bits, group_size, in_features, expert_offsets,
-                                    sorted_ids, topk, scatter, row_weights)
+                                    sorted_ids, topk, gather, scatter, row_weights)
 
 
 @grouped_gemm_wxa16.register_fake
-def _(x, qweight, scales, zeros, bias, bits, group_size, in_features, expert_offsets, sorted_ids, topk, scatter,
-      row_weights):
+def _(x, qweight, scales, zeros, bias, bits, group_size, in_features, expert_offsets, sorted_ids, topk, gather,
+      scatter, row_weights):
     _validate_grouped(x, qweight, scales, zeros, bias, bits, group_size, in_features, expert_offsets, sorted_ids,
-                      topk, row_weights)
+                      topk, gather, row_weights)
     rows = x.shape[0] if sorted_ids is None else sorted_ids.numel()
     return x.new_empty((rows, qweight.shape[2]))
 
@@ -244,7 +251,7 @@ def grouped_gemm(
     meta = (weights.bits, weights.group_size or 0, weights.in_features)
     if expert_offsets is not None:
         return grouped_gemm_wxa16_auto(x, *_weights_args(weights), bias, *meta, expert_offsets, None, 1, False,
-                                       row_weights)
+                                       False, row_weights)
     if topk_ids.dim() != 2 or topk_ids.shape[0] != x.shape[0]:
         raise InputError(f"topk_ids must be (T, k) with T = x's rows {x.shape[0]}, got {tuple(topk_ids.shape)}")
     t, k = topk_ids.shape
@@ -252,5 +259,5 @@ def grouped_gemm(
         raise InputError(f"topk_weights must have shape {(t, k)}, got {tuple(topk_weights.shape)}")
     sorted_ids, offsets = moe_align(topk_ids, weights.num_experts)
     rw = None if topk_weights is None else topk_weights.reshape(-1)
-    y = grouped_gemm_wxa16_auto(x, *_weights_args(weights), bias, *meta, offsets, sorted_ids, k, True, rw)
+    y = grouped_gemm_wxa16_auto(x, *_weights_args(weights), bias, *meta, offsets, sorted_ids, k, True, True, rw)
     return y.view(t, k, -1).sum(dim=1)

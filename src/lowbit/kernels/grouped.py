@@ -3,7 +3,7 @@
 Weights: ``lowbit.formats.intx_experts`` (qweight (E, Kp*bits/32, N), scales/zeros (E, G, N)).
 Rows: expert e owns the sorted rows [offsets[e], offsets[e+1]) (``offsets`` (E+1,) on the device,
 never read on the host). Optionally a sorted row p stands for the pair ``ids[p]`` of a (T, topk)
-routing (token ``ids[p] // TOPK``): X is then read at that token row (GATHER) and Y written at row
+routing (token ``ids[p] // TOPK``): X may be read at that token row (GATHER), Y written at row
 ``ids[p]`` (SCATTER), and a routing weight ``rw[ids[p]]`` scales the row in the epilogue.
 
 Grid, sized on the host for the worst case without knowing the per-expert counts: axis 0 covers
@@ -73,7 +73,8 @@ def grouped_wxa16_kernel(
     stride_xm, stride_xk, stride_qe, stride_qk, stride_se, stride_sg, stride_be, stride_ws, stride_ym,
     GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
     HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, INT_ZERO: tl.constexpr,
-    HAS_IDS: tl.constexpr, TOPK: tl.constexpr, SCATTER: tl.constexpr, HAS_ROW_WEIGHTS: tl.constexpr,
+    HAS_IDS: tl.constexpr, TOPK: tl.constexpr, GATHER: tl.constexpr, SCATTER: tl.constexpr,
+    HAS_ROW_WEIGHTS: tl.constexpr,
     E_POW2: tl.constexpr, NUM_TILES: tl.constexpr, MMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, NUM_STAGES: tl.constexpr,
@@ -98,7 +99,8 @@ def grouped_wxa16_kernel(
     dst = rows  # row of Y
     if HAS_IDS:
         pair = tl.load(ids_ptr + rows, mask=mask_m, other=0)
-        src = pair // TOPK
+        if GATHER:
+            src = pair // TOPK
         if SCATTER:
             dst = pair
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -169,7 +171,7 @@ def heuristic_config(rows: int, experts: int, n: int, k: int, group_len: int, nu
 def grouped_wxa16(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
     bias: Optional[torch.Tensor], bits: int, group_len: int, sym_zero: float, expert_offsets: torch.Tensor,
-    sorted_ids: Optional[torch.Tensor] = None, topk: int = 1, scatter: bool = False,
+    sorted_ids: Optional[torch.Tensor] = None, topk: int = 1, gather: bool = False, scatter: bool = False,
     row_weights: Optional[torch.Tensor] = None, config: Optional[GroupedConfig] = None,
 ) -> torch.Tensor:
     """-> Y (rows, N), rows = len(sorted_ids) or x's rows. Inputs already validated by ``lowbit.ops``."""
@@ -194,7 +196,7 @@ def grouped_wxa16(
         bias.stride(0) if bias is not None else 0, stride_ws, y.stride(0),
         GROUP_LEN=group_len, **plane_constexprs(bits), HAS_ZEROS=zeros is not None, SYM_ZERO=sym_zero,
         HAS_BIAS=bias is not None, INT_ZERO=int_zero(zeros, sym_zero), HAS_IDS=sorted_ids is not None,
-        TOPK=topk, SCATTER=scatter, HAS_ROW_WEIGHTS=row_weights is not None,
+        TOPK=topk, GATHER=gather, SCATTER=scatter, HAS_ROW_WEIGHTS=row_weights is not None,
         E_POW2=triton.next_power_of_2(e), NUM_TILES=tiles, MMA=cfg.mma,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k, GROUP_M=cfg.group_m,
         NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
@@ -205,7 +207,7 @@ def grouped_wxa16(
 def dequant_grouped_mm(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
     bias: Optional[torch.Tensor], bits: int, group_len: int, sym_zero: float, expert_offsets: torch.Tensor,
-    sorted_ids: Optional[torch.Tensor] = None, topk: int = 1, scatter: bool = False,
+    sorted_ids: Optional[torch.Tensor] = None, topk: int = 1, gather: bool = False, scatter: bool = False,
     row_weights: Optional[torch.Tensor] = None, config: Optional[GroupedConfig] = None,
 ) -> torch.Tensor:
     """Large rows per expert: every expert dequantized to a dense (E, N, K) bf16 buffer (the Triton
@@ -217,7 +219,7 @@ def dequant_grouped_mm(
     for i in range(e):
         dequantize_intx(qweight[i], scales[i], None if zeros is None else zeros[i], bits, group_len, sym_zero,
                         k, x.dtype, out=w[i])
-    xs = x if sorted_ids is None else x.index_select(0, (sorted_ids // topk).long())
+    xs = x.index_select(0, (sorted_ids // topk).long()) if gather else x
     offs = expert_offsets[1:].to(torch.int32)
     y = torch._grouped_mm(xs, w.transpose(1, 2), offs=offs)
     if bias is not None or row_weights is not None:
