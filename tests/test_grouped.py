@@ -111,6 +111,12 @@ def test_zero_token_experts(counts):
         _assert_close(y, _oracle(x[: sum(counts)], w, counts), x, w, torch.float16)
 
 
+def test_no_tokens_at_all():
+    w = _weights()
+    y = ops.grouped_gemm(_x(0), w, topk_ids=torch.zeros(0, 2, dtype=torch.long, device=DEVICE))
+    assert y.shape == (0, N)
+
+
 def test_rows_past_the_last_expert_are_ignored():
     """A fixed-size buffer (CUDA-graph style) with fewer real rows: the kernel reads none of the rest."""
     counts = [2, 0, 3, 0]
@@ -234,6 +240,7 @@ def _bad(**over):
     (dict(gather=True), InputError, "gather"),
     (dict(row_weights=torch.zeros(5, dtype=torch.float16)), InputError, "row_weights"),
     (dict(topk=0), InputError, "topk"),
+    (dict(scales=torch.zeros(4, N, 4, dtype=torch.float16).transpose(1, 2)), FormatError, "contiguous"),
 ])
 def test_bad_inputs_raise_typed_errors(over, err, match):
     over = {k: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for k, v in over.items()}
@@ -295,16 +302,12 @@ def test_gpu_moe_shapes(dtype, bits, t, topk, e):
 def test_gpu_large_rows_per_expert_paths(fused, monkeypatch):
     """4096 tokens over 8 experts: dequantize + torch._grouped_mm by default, the fused kernel forced."""
     monkeypatch.setenv("LOWBIT_GROUPED_FUSED", "1" if fused else "0")
-    from lowbit.ops_moe import select_grouped
-
-    select_grouped.cache_clear()
     w = _weights(4, 128, False, "int", torch.bfloat16, e=8, n=512, k=1024)
     counts = [1024, 0, 700, 1, 1300, 500, 300, 271]
     x = torch.randn(sum(counts), 1024, device="cuda", dtype=torch.bfloat16)
     bias = torch.randn(8, 512, device="cuda", dtype=torch.bfloat16)
     y = ops.grouped_gemm(x, w, _offsets(counts), bias=bias)
     _assert_close(y, _oracle(x, w, counts, bias), x, w, torch.bfloat16)
-    select_grouped.cache_clear()
 
 
 @pytest.mark.gpu

@@ -79,7 +79,7 @@ class QuantMoEExperts(nn.Module):
         y = grouped_gemm_wxa16_auto(a, self.down_qweight, self.down_scales, self.down_zeros, None, self.down_bits,
                                     self.down_group_size or 0, self.intermediate_dim, offsets, sorted_ids, k, False,
                                     True, rw)  # (T*k, H), pair order, routing weights applied
-        return y.view(t, k, -1).sum(dim=1)
+        return y.view(t, k, y.shape[-1]).sum(dim=1)
 
     def extra_repr(self) -> str:
         gs = "per-channel" if self.group_size is None else self.group_size

@@ -60,6 +60,9 @@ def _validate_grouped(x, qweight, scales, zeros, bias, bits, group_size, in_feat
         raise FormatError(f"scales must be float of shape ({e}, {g}, {n}), got {scales.dtype} {tuple(scales.shape)}")
     if zeros is not None and tuple(zeros.shape) != (e, g, n):
         raise FormatError(f"zeros must have shape ({e}, {g}, {n}), got {tuple(zeros.shape)}")
+    if qweight.stride(2) != 1 or scales.stride(2) != 1 or (zeros is not None and zeros.stride() != scales.stride()):
+        raise FormatError("qweight/scales/zeros must be N-contiguous, zeros with the strides of scales "
+                          "(stacked layout: lowbit.formats.intx_experts)")
     if bias is not None and tuple(bias.shape) != (e, n):
         raise InputError(f"bias must have shape (E, N) = ({e}, {n}), got {tuple(bias.shape)}")
     if expert_offsets.dim() != 1 or expert_offsets.numel() != e + 1 or expert_offsets.is_floating_point():
@@ -149,17 +152,22 @@ _LAUNCHERS = {"triton_grouped": grouped_wxa16, "triton_dequant_grouped_mm": dequ
 _logged: set = set()
 
 
-def _preferred(p: GroupedProblem) -> str:
+def _preferred(p: GroupedProblem, fused_only: bool) -> str:
     per_expert = p.rows / max(1.0, expected_active(p.rows, p.experts, p.topk))
-    if per_expert >= DEQUANT_GROUPED_MIN_ROWS and os.environ.get("LOWBIT_GROUPED_FUSED", "") in ("", "0"):
+    if per_expert >= DEQUANT_GROUPED_MIN_ROWS and not fused_only:
         return "triton_dequant_grouped_mm"
     return "triton_grouped"
 
 
+def fused_only() -> bool:
+    """LOWBIT_GROUPED_FUSED=1: never dequantize + torch._grouped_mm (measure the fused kernel)."""
+    return os.environ.get("LOWBIT_GROUPED_FUSED", "").strip() not in ("", "0")
+
+
 @functools.lru_cache(maxsize=4096)
-def select_grouped(p: GroupedProblem, family: str) -> str:
+def select_grouped(p: GroupedProblem, family: str, fused: bool = False) -> str:
     """Backend for ``p`` (the preferred one first, then priority order); typed error listing reasons."""
-    preferred = _preferred(p)
+    preferred = _preferred(p, fused)
     reasons = []
     for name, fam, can in sorted(GROUPED_BACKENDS, key=lambda b: b[0] != preferred):
         if family and fam != family:
@@ -184,7 +192,7 @@ def grouped_gemm_wxa16_eager(x, qweight, scales, zeros, bias, bits, group_size, 
     if rows == 0:
         return x.new_empty((0, n))
     p = GroupedProblem(rows, qweight.shape[0], n, in_features, bits, topk, x.dtype, x.device.type)
-    backend = select_grouped(p, forced_family())
+    backend = select_grouped(p, forced_family(), fused_only())
     if backend == "reference":
         return reference_grouped(x, qweight, scales, zeros, bias, bits, group_size, in_features, expert_offsets,
                                  sorted_ids, topk, gather, scatter, row_weights)
@@ -260,4 +268,4 @@ def grouped_gemm(
     sorted_ids, offsets = moe_align(topk_ids, weights.num_experts)
     rw = None if topk_weights is None else topk_weights.reshape(-1)
     y = grouped_gemm_wxa16_auto(x, *_weights_args(weights), bias, *meta, offsets, sorted_ids, k, True, True, rw)
-    return y.view(t, k, -1).sum(dim=1)
+    return y.view(t, k, y.shape[-1]).sum(dim=1)

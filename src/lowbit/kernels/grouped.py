@@ -188,6 +188,7 @@ def grouped_wxa16(
     y, ws, counters, stride_ws = output_buffers(rows, n, cfg.split_k, grid[0], x)
     offsets = expert_offsets if expert_offsets.dtype == torch.int32 else expert_offsets.to(torch.int32)
     ids = offsets if sorted_ids is None else sorted_ids
+    bias = None if bias is None else bias.contiguous()
     grouped_wxa16_kernel[grid](
         x, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else scales,
         y, ws, counters, offsets, ids, row_weights if row_weights is not None else scales,
@@ -219,7 +220,7 @@ def dequant_grouped_mm(
     for i in range(e):
         dequantize_intx(qweight[i], scales[i], None if zeros is None else zeros[i], bits, group_len, sym_zero,
                         k, x.dtype, out=w[i])
-    xs = x.index_select(0, (sorted_ids // topk).long()) if gather else x
+    xs = x.index_select(0, (sorted_ids // topk).long()) if gather else x.contiguous()
     offs = expert_offsets[1:].to(torch.int32)
     y = torch._grouped_mm(xs, w.transpose(1, 2), offs=offs)
     if bias is not None or row_weights is not None:
