@@ -45,7 +45,7 @@ MOE_SHAPES: Dict[str, Tuple[MoeShape, ...]] = {
     "tiny": (MoeShape("tiny", "up", 4, 2, 96, 160), MoeShape("tiny", "down", 4, 2, 160, 96)),  # CPU/harness tests
 }
 DEFAULT_TOKENS = (1, 8, 64, 512, 4096)
-METHODS = ("lowbit", "lowbit_topk", "cublas", "grouped_mm", "lowbit_loop")
+METHODS = ("lowbit", "cublas", "grouped_mm", "lowbit_loop", "lowbit_topk")
 LABELS = {"lowbit": "lowbit grouped (sorted rows, device offsets)",
           "lowbit_topk": "lowbit grouped, unsorted top-k map (align + gather + scatter + sum)",
           "cublas": "bf16 cuBLAS, loop over experts", "grouped_mm": "bf16 torch._grouped_mm",
@@ -282,20 +282,20 @@ def main(argv: Optional[Sequence[str]] = None, *, timer=None) -> int:
     t0 = time.perf_counter()
     deadline = None if a.time_budget is None else t0 + a.time_budget
     rows: List[Row] = []
-    for shape in shapes:
+    meta = report.collect_meta(["moe"] + argv)
+    meta.update(op="moe", bits=a.bits, group_size=a.group_size, dtype=a.dtype, tokens=tokens, methods=LABELS,
+                shapes=[f"{s.model}/{s.layer} E={s.experts} top{s.topk} {s.n}x{s.k}" for s in shapes], fake_timer=fake)
+    stem = a.tag or f"moe_w{a.bits}a16_g{a.group_size}_{a.dtype}"
+    out = Path(a.out)
+    for i, shape in enumerate(shapes):
         rows += run_shape(shape, tokens, methods, qcfg, dtype, device, timer, a.seed, deadline,
                           progress=lambda s: print(f"  {s}", file=sys.stderr, flush=True))
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    derive(rows, None)
-    goals = goal_table(rows)
-    meta = report.collect_meta(["moe"] + argv)
-    meta.update(op="moe", bits=a.bits, group_size=a.group_size, dtype=a.dtype, tokens=tokens, methods=LABELS,
-                shapes=[f"{s.model}/{s.layer} E={s.experts} top{s.topk} {s.n}x{s.k}" for s in shapes],
-                goals=goals, fake_timer=fake, elapsed_s=time.perf_counter() - t0)
-    stem = a.tag or f"moe_w{a.bits}a16_g{a.group_size}_{a.dtype}"
-    out = Path(a.out)
-    paths = list(report.write_all(out, stem, meta, None, rows).values())
+        derive(rows, None)
+        meta.update(goals=goal_table(rows), elapsed_s=time.perf_counter() - t0)
+        paths = list(report.write_all(out, stem, meta, None, rows, complete=i == len(shapes) - 1).values())
+    goals = meta["goals"]
     title = f"MoE grouped w{a.bits}a16 g{a.group_size} {a.dtype}" + (" [FAKE TIMER]" if fake else "")
     report.print_tables([report.tables(rows)[1], speedup_table(rows, methods)], title)
     gl = [[g["shape"], str(g["tokens"]), g["vs"], f"{g['speedup']:.2f}", f">= {g['goal']}", "yes" if g["met"] else "NO"]
