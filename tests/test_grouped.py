@@ -11,7 +11,8 @@ import torch
 from lowbit import FormatError, InputError, IntxFormat, ops
 from lowbit.formats.intx import symmetric_zero
 from lowbit.formats.intx_experts import IntxExpertWeights, quantize_experts
-from lowbit.kernels.grouped import GroupedConfig, grouped_wxa16, heuristic_config, max_tiles
+from lowbit.kernels.dequant import dequantize_intx
+from lowbit.kernels.grouped import GroupedConfig, dequant_grouped_mm, grouped_wxa16, heuristic_config, max_tiles
 from lowbit.kernels.launch import split_k_counters
 from lowbit.ops import PER_CHANNEL_GROUP_LEN
 from lowbit.ops_moe import reference_grouped
@@ -179,6 +180,31 @@ def test_sorted_input_scattered_output_with_routing_weights():
     ref_sorted = _oracle(xs, w, [2, 2, 2, 0], row_weights=rw[sorted_ids.long()])
     ref = torch.zeros_like(ref_sorted).index_copy_(0, sorted_ids.long(), ref_sorted)
     _assert_close(y, ref, xs, w, torch.float16)
+
+
+def test_stacked_dequantize_one_launch():
+    w = _weights(3, 64, False, "float")
+    d = dequantize_intx(w.qweight, w.scales, w.zeros, 3, 64, symmetric_zero(3), K, torch.float16)
+    assert d.shape == (E, N, K)
+    ref = w.dequantize()
+    assert ((d.float() - ref).abs() <= torch.finfo(torch.float16).eps * ref.abs() + 1e-6).all()
+
+
+@pytest.mark.skipif(not hasattr(torch, "_grouped_mm"), reason="torch._grouped_mm missing")
+@pytest.mark.parametrize("gather,scatter", [(False, False), (True, True), (False, True)])
+def test_dequant_grouped_mm_path(gather, scatter):
+    """The large-rows backend (dequantize every expert + torch._grouped_mm), same contract as the kernel."""
+    w = _weights(k=192)  # torch._grouped_mm wants 16-byte rows
+    ids = torch.tensor([[2, 0], [0, 1], [2, 1], [1, 0]], device=DEVICE)
+    sorted_ids, offsets = ops.moe_align(ids, E)
+    x = _x(4 if gather else 8, k=192)
+    bias = torch.randn(E, N, generator=torch.Generator().manual_seed(8)).to(DEVICE, torch.float16)
+    rw = torch.rand(8, generator=torch.Generator().manual_seed(9)).to(DEVICE, torch.float16)
+    args = (x, w.qweight, w.scales, w.zeros, bias, 4, 64, symmetric_zero(4), offsets, sorted_ids, 2, gather, scatter, rw)
+    ref = reference_grouped(x, w.qweight, w.scales, w.zeros, bias, 4, 64, 192, offsets, sorted_ids, 2, gather,
+                            scatter, rw)
+    _assert_close(dequant_grouped_mm(*args), ref.float(), x, w, torch.float16)
+    _assert_close(grouped_wxa16(*args), ref.float(), x, w, torch.float16)
 
 
 def test_moe_align():

@@ -156,9 +156,12 @@ def heuristic_config(rows: int, experts: int, n: int, k: int, group_len: int, nu
     else:
         bm = 16 if per_expert <= 16 else 32 if per_expert <= 32 else 64 if per_expert <= 64 else 128
         cfg = dict(mma=True, block_m=bm, block_n=64)
-        if bm >= 32:  # sm_90 compile check: 4 warps spill registers from BLOCK_M 32 on, 8 do not
+        # sm_90 compile check (scripts/compile_check.py grouped): with the gather/scatter epilogue,
+        # BLOCK_M 16 x BLOCK_K 128 x 4 warps spills a little (BLOCK_K 64 does not), 4 warps spill from
+        # BLOCK_M 32 on (8 do not), and BLOCK_M 128 needs BLOCK_K 64 as well
+        if bm >= 32:
             cfg.update(num_warps=8)
-        if bm == 128:  # ... and at BLOCK_M 128 only with BLOCK_K 64
+        if bm in (16, 128):
             block_k = min(block_k, 64)
     programs = active * triton.cdiv(per_expert, cfg["block_m"]) * triton.cdiv(n, cfg["block_n"])
     k_tiles = triton.cdiv(k, block_k)
@@ -214,12 +217,9 @@ def dequant_grouped_mm(
     """Large rows per expert: every expert dequantized to a dense (E, N, K) bf16 buffer (the Triton
     dequant kernel) + ``torch._grouped_mm`` (cuBLAS-class grouped GEMM, device offsets, no sync).
     Same contract as ``grouped_wxa16``; needs expert_offsets[0] == 0."""
-    e, _, n = qweight.shape
+    e = qweight.shape[0]
     k = x.shape[1]
-    w = torch.empty((e, n, k), device=x.device, dtype=x.dtype)
-    for i in range(e):
-        dequantize_intx(qweight[i], scales[i], None if zeros is None else zeros[i], bits, group_len, sym_zero,
-                        k, x.dtype, out=w[i])
+    w = dequantize_intx(qweight, scales, zeros, bits, group_len, sym_zero, k, x.dtype)  # (E, N, K), one launch
     xs = x.index_select(0, (sorted_ids // topk).long()) if gather else x.contiguous()
     offs = expert_offsets[1:].to(torch.int32)
     y = torch._grouped_mm(xs, w.transpose(1, 2), offs=offs)
