@@ -7,6 +7,8 @@ from .nn import QuantLinear
 from .warmup import warmup
 from . import convert
 from .checkpoint import CheckpointError, load_quantized, save_quantized
+from .formats.intx_experts import IntxExpertWeights
+from .nn_moe import QuantMoE, QuantMoEExperts
 
 __version__ = "0.1.0"
 
@@ -15,4 +17,5 @@ __all__ = [
     "IntxFormat", "IntxWeight", "get_format",
     "FormatError", "InputError", "LowbitError", "UnsupportedError", "__version__",
     "convert", "save_quantized", "load_quantized", "CheckpointError",
+    "IntxExpertWeights", "QuantMoE", "QuantMoEExperts",
 ]
