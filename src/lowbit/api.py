@@ -132,3 +132,183 @@ def quantize_(
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, handler(module, config))
     return model
+
+
+# ---- 8-bit activation configs (modules in ``lowbit.nn_a8``) -----------------------------------------
+
+@dataclass
+class Float8DynamicActivationFloat8WeightConfig:
+    """W8A8-fp8: e4m3 weights with per-channel (``row``) or 128x128 ``block`` scales; activations
+    quantized per token (row) or per 1x128 block (block) at run time. Needs sm_89+ for the kernels."""
+
+    granularity: str = "row"
+
+    def __post_init__(self) -> None:
+        from .formats.fp8 import GRANULARITIES
+
+        if self.granularity not in GRANULARITIES:
+            raise FormatError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+
+    def to_dict(self) -> Dict:
+        return {"type": type(self).__name__, **asdict(self)}
+
+
+@dataclass
+class Int8DynamicActivationInt8WeightConfig:
+    """W8A8-int8: int8 per-channel weights, int8 per-token activations (sm_80+). ``smooth_alpha``
+    enables SmoothQuant and needs ``act_amax`` statistics: pass ``act_amax={fqn: (K,) tensor}`` to
+    ``quantize_`` (the amax is not part of the config, so it does not go to JSON)."""
+
+    smooth_alpha: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        from .formats.int8 import Int8Format
+
+        Int8Format(self.smooth_alpha)
+
+    def to_dict(self) -> Dict:
+        return {"type": type(self).__name__, **asdict(self)}
+
+
+@dataclass
+class Int4WeightFloat8ActivationConfig:
+    """W4A8-fp8: 4-bit group-wise weights (asymmetric integer zeros unless ``symmetric``), fp8
+    per-token activations. ``group_size`` a multiple of 32 or None (per-channel)."""
+
+    group_size: Optional[int] = 128
+    symmetric: bool = False
+    scale_dtype: str = "bfloat16"
+
+    def __post_init__(self) -> None:
+        self._weight_only = IntxWeightOnlyConfig(4, self.group_size, self.symmetric, "int", self.scale_dtype)
+        self.scale_dtype = self._weight_only.scale_dtype
+
+    def format(self) -> IntxFormat:
+        return self._weight_only.format()
+
+    def to_dict(self) -> Dict:
+        return {"type": type(self).__name__, "group_size": self.group_size, "symmetric": self.symmetric,
+                "scale_dtype": self.scale_dtype}
+
+
+def _quantize_fp8(module: nn.Linear, config: Float8DynamicActivationFloat8WeightConfig) -> nn.Module:
+    from .formats.fp8 import Fp8Format
+    from .nn_a8 import Float8Linear
+
+    return Float8Linear.from_linear(module, Fp8Format(config.granularity))
+
+
+def _quantize_int8(module: nn.Linear, config: Int8DynamicActivationInt8WeightConfig) -> nn.Module:
+    from .formats.int8 import Int8Format
+    from .nn_a8 import Int8Linear
+
+    amax = getattr(config, "_act_amax_by_module", {}).get(id(module))
+    if config.smooth_alpha is not None and amax is None:
+        raise FormatError(f"smooth_alpha={config.smooth_alpha} needs the layer's activation amax (per input "
+                          "channel max |x| over calibration data): use quantize_smooth_(model, config, act_amax)")
+    return Int8Linear.from_linear(module, Int8Format(config.smooth_alpha), act_amax=amax)
+
+
+def _quantize_w4a8(module: nn.Linear, config: Int4WeightFloat8ActivationConfig) -> nn.Module:
+    from .nn_a8 import W4A8Linear
+
+    return W4A8Linear.from_linear(module, config.format())
+
+
+_A8_HANDLERS = {
+    Float8DynamicActivationFloat8WeightConfig: _quantize_fp8,
+    Int8DynamicActivationInt8WeightConfig: _quantize_int8,
+    Int4WeightFloat8ActivationConfig: _quantize_w4a8,
+}
+CONFIGS.update({c.__name__: c for c in _A8_HANDLERS})
+_HANDLERS.update(_A8_HANDLERS)
+
+
+def quantize_smooth_(model: nn.Module, config: Int8DynamicActivationInt8WeightConfig,
+                     act_amax: Dict[str, torch.Tensor],
+                     filter_fn: Optional[Callable[[nn.Module, str], bool]] = None) -> nn.Module:
+    """``quantize_`` with SmoothQuant statistics: ``act_amax[fqn]`` (K,) = max |x| per input channel of
+    that layer's inputs over calibration data. The statistics are not part of the config (or its JSON)."""
+    cfg = Int8DynamicActivationInt8WeightConfig(config.smooth_alpha)
+    cfg._act_amax_by_module = {id(m): act_amax[f] for f, m in model.named_modules() if f in act_amax}
+    return quantize_(model, cfg, filter_fn)
+
+
+# --- lookup-table (non-uniform) weight-only formats: lowbit.formats.lut, LutLinear ---
+
+def _lut_dtype(name_or_dtype, what: str, allowed) -> str:
+    name = str(name_or_dtype).replace("torch.", "")
+    if _DTYPE_NAMES.get(name) not in allowed:
+        raise FormatError(f"{what} must be one of {list(_DTYPE_NAMES)}, got {name_or_dtype!r}")
+    return name
+
+
+@dataclass
+class NF4WeightOnlyConfig:
+    """NF4 (QLoRA normal-float 4-bit table) with absmax group scales; activations stay 16-bit."""
+
+    group_size: Optional[int] = 64
+    scale_dtype: str = "bfloat16"
+
+    def __post_init__(self) -> None:
+        check_group_size(self.group_size)
+        self.scale_dtype = _lut_dtype(self.scale_dtype, "scale_dtype", SCALE_DTYPES)
+
+    def format(self):
+        from .formats.lut import NF4Format
+
+        return NF4Format(self.group_size, _dtype(self.scale_dtype))
+
+    def to_dict(self) -> Dict:
+        return {"type": type(self).__name__, **asdict(self)}
+
+
+@dataclass
+class Fp4WeightOnlyConfig(NF4WeightOnlyConfig):
+    """FP4 e2m1 with group scales: ``scale_kind`` "e8m0" (MX-style power of two, block 32) or "float"."""
+
+    group_size: Optional[int] = 32
+    scale_kind: str = "e8m0"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.format()  # validates scale_kind and its storage dtype
+
+    def format(self):
+        from .formats.lut import Fp4Format
+
+        return Fp4Format(self.group_size, self.scale_kind, _dtype(self.scale_dtype))
+
+
+@dataclass
+class CodebookWeightOnlyConfig(NF4WeightOnlyConfig):
+    """Learned 2**bits-entry codebooks (k-means, seeded) per row or per group, with group scales."""
+
+    bits: int = 4
+    group_size: Optional[int] = 128
+    granularity: str = "row"
+    table_dtype: str = "float32"
+    iters: int = 25
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.table_dtype = _lut_dtype(self.table_dtype, "table_dtype", SCALE_DTYPES)
+        self.format()  # validates bits, granularity, iters
+
+    def format(self):
+        from .formats.lut import CodebookFormat
+
+        return CodebookFormat(self.bits, self.group_size, self.granularity, _dtype(self.scale_dtype),
+                              _dtype(self.table_dtype), self.iters, self.seed)
+
+
+def _quantize_linear_lut(module: nn.Linear, config) -> nn.Module:
+    from .nn_lut import LutLinear
+
+    return LutLinear.from_linear(module, config.format())
+
+
+for _cls in (NF4WeightOnlyConfig, Fp4WeightOnlyConfig, CodebookWeightOnlyConfig):
+    CONFIGS[_cls.__name__] = _cls
+    _HANDLERS[_cls] = _quantize_linear_lut

@@ -108,7 +108,9 @@ def save_quantized(model: nn.Module, path: str, *, config=None, max_shard_size: 
     """Write ``model`` (QuantLinear modules and everything else in its state dict) to directory
     ``path``. ``config``: the quantization config (an object with ``to_dict()`` or a dict), recorded
     in lowbit_config.json. Tied tensors are stored once and recorded as aliases."""
+    _reject_a8_modules(model)
     st, _ = _safetensors()
+    _reject_unsupported_modules(model)
     limit = _parse_size(max_shard_size)
     if config is not None and hasattr(config, "to_dict"):
         config = config.to_dict()
@@ -396,3 +398,27 @@ def _st_dtype(name: str) -> str:
     return {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64", "I8": "int8", "U8": "uint8",
             "I16": "int16", "I32": "int32", "I64": "int64", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn",
             "F8_E5M2": "float8_e5m2"}.get(name, name)
+
+
+def _reject_a8_modules(model: nn.Module) -> None:
+    """The checkpoint format records intx QuantLinear modules only (layout version 1)."""
+    from .nn_a8 import W4A8Linear, _W8A8Linear
+
+    for fqn, m in model.named_modules():
+        if isinstance(m, (_W8A8Linear, W4A8Linear)):
+            raise CheckpointError(f"{fqn}: save_quantized does not support {type(m).__name__} (8-bit activation "
+                                  "modules) yet; keep the float model and quantize_ it after loading")
+
+
+def _reject_unsupported_modules(model: nn.Module) -> None:
+    """Lookup-table layers (``LutLinear``) have no checkpoint entry yet: say so instead of writing
+    a directory that ``load_quantized`` would reject."""
+    from .errors import UnsupportedError
+    from .nn_lut import LutLinear
+
+    lut = [fqn for fqn, m in model.named_modules() if isinstance(m, LutLinear)]
+    if lut:
+        raise UnsupportedError(
+            f"save_quantized does not support LutLinear (lookup-table weights) yet: {', '.join(lut[:5])}"
+            f"{' ...' if len(lut) > 5 else ''}; save model.state_dict() (qweight, scales, table, bias) and "
+            "load it into a model quantized with the same config instead")

@@ -105,7 +105,7 @@ def select(problem: WxA16Problem) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _select(problem: WxA16Problem, family: str, backends: Tuple[Backend, ...] = tuple(WXA16_BACKENDS)) -> str:
-    preferred = preferred_backend(problem) if family != "reference" else None
+    preferred = preferred_backend(problem) if family != "reference" and isinstance(problem, WxA16Problem) else None
     reasons = []
     for b in sorted(backends, key=lambda b: b.name != preferred):  # stable: priority order otherwise
         if family and b.family != family:
@@ -120,3 +120,65 @@ def _select(problem: WxA16Problem, family: str, backends: Tuple[Backend, ...] = 
             return b.name
         reasons.append(f"{b.name}: {why}")
     raise UnsupportedError(f"no lowbit backend can run {problem}: " + "; ".join(reasons))
+
+
+# ---- 8-bit activations (fp8 / int8 / W4A8): ``lowbit.ops_a8`` --------------------------------------
+
+A8_MIN_CAPABILITY = {"fp8": (8, 9), "w4a8": (8, 9), "int8": (8, 0)}
+
+
+@dataclass(frozen=True)
+class A8Problem:
+    kind: str  # "fp8" | "int8" | "w4a8"
+    m: int
+    n: int
+    k: int
+    dtype: torch.dtype
+    device_type: str
+    capability: Tuple[int, int] = (0, 0)  # of the CUDA device; (0, 0) elsewhere
+
+
+def _a8_triton_ok(p: A8Problem) -> Tuple[bool, str]:
+    ok, why = _triton_common(p)
+    if not ok:
+        return ok, why
+    need = A8_MIN_CAPABILITY[p.kind]
+    if p.device_type == "cuda" and p.capability < need:
+        return False, (f"{p.kind} tensor cores need CUDA capability >= {need[0]}.{need[1]}, "
+                       f"got {p.capability[0]}.{p.capability[1]}")
+    return True, ""
+
+
+A8_BACKENDS: List[Backend] = [
+    Backend("triton_scaled_mm", "triton", _a8_triton_ok),
+    Backend("reference", "reference", lambda p: (True, "")),
+]
+
+
+def select_a8(problem: A8Problem) -> str:
+    """Backend for an 8-bit-activation problem: the Triton kernels, else the fp32 reference of the
+    quantized operands (logged once per reason); LOWBIT_BACKEND=triton makes that an UnsupportedError."""
+    return _select(problem, forced_family(), tuple(A8_BACKENDS))
+
+
+# --- lookup-table weights (lowbit::linear_luta16): the same kernels with LUT=True ---
+LUT_MAX_BITS = 4  # the kernels decode codes of at most two bit-planes (2**4 = 16 table entries)
+
+
+def _lut_ok(p: WxA16Problem, base: Callable[[WxA16Problem], Tuple[bool, str]]) -> Tuple[bool, str]:
+    if p.bits > LUT_MAX_BITS:
+        return False, f"LUT kernels take codes of at most {LUT_MAX_BITS} bits, got {p.bits}"
+    return base(p)
+
+
+LUTA16_BACKENDS: List[Backend] = [
+    Backend("triton_gemv", "triton", lambda p: _lut_ok(p, _gemv_ok)),
+    Backend("triton_gemm", "triton", lambda p: _lut_ok(p, _triton_common)),
+    Backend("triton_dequant_mm", "triton", lambda p: _lut_ok(p, _triton_common)),
+    Backend("reference", "reference", lambda p: (True, "")),
+]
+
+
+def select_lut(problem: WxA16Problem) -> str:
+    """``select`` for lookup-table weights (same kernel choice as intx of the same bits)."""
+    return _select(problem, forced_family(), tuple(LUTA16_BACKENDS))

@@ -29,7 +29,7 @@ Set LOWBIT_BENCH_FAKE_TIMER=1 to run the harness with a fake timer and fake ceil
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lowbit bench", description="Time lowbit ops against baselines with speed-of-light.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--op", default="w4a16", choices=["w4a16", "wxa16", "fp8", "int8"])
+    p.add_argument("--op", default="w4a16", choices=["w4a16", "wxa16", "fp8", "int8", "w4a8"])
     p.add_argument("--bits", type=int, default=None, help="weight bits for --op wxa16 (1..8)")
     p.add_argument("--group-size", default="128", help="group size (multiple of 32) or 'none' for per-channel")
     p.add_argument("--sym", action="store_true", help="symmetric weights (no stored zeros)")
@@ -63,6 +63,8 @@ def _spec(args: argparse.Namespace) -> OpSpec:
         if args.bits is None:
             raise ValueError("--op wxa16 needs --bits N (1..8)")
         bits = args.bits
+    elif args.op == "w4a8":
+        bits = 4 if args.bits is None else args.bits
     else:
         bits = 8
     op = "wxa16" if args.op in ("w4a16", "wxa16") else args.op
@@ -231,4 +233,6 @@ def _stem(args: argparse.Namespace, spec: OpSpec) -> str:
     if spec.op == "wxa16":
         g = "pc" if spec.group_size is None else f"g{spec.group_size}"
         return f"w{spec.bits}a16_{g}_{spec.dtype_name}"
+    if spec.op == "w4a8":
+        return f"w{spec.bits}a8_{'pc' if spec.group_size is None else f'g{spec.group_size}'}_{spec.dtype_name}"
     return f"{spec.op}_{spec.dtype_name}"

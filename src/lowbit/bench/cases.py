@@ -17,7 +17,7 @@ import torch
 from ..formats.intx import IntxFormat, IntxWeight
 from .shapes import LinearShape
 
-OPS = ("wxa16", "fp8", "int8")
+OPS = ("wxa16", "fp8", "int8", "w4a8")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 OURS, BASELINE, PEER = "ours", "baseline", "peer"
 
@@ -48,6 +48,9 @@ class OpSpec:
             g = "per-channel" if self.group_size is None else f"g{self.group_size}"
             sym = "sym" if self.symmetric else "asym"
             return f"w{self.bits}a16 {g} {sym} {self.dtype_name}"
+        if self.op == "w4a8":
+            g = "per-channel" if self.group_size is None else f"g{self.group_size}"
+            return f"w{self.bits}a8-fp8 {g} {'sym' if self.symmetric else 'asym'} (activations {self.dtype_name})"
         return f"{self.op} (activations {self.dtype_name})"
 
 
@@ -109,7 +112,7 @@ class ShapeData:
 def make_shape_data(shape: LinearShape, spec: OpSpec, device: torch.device, seed: int = 0) -> ShapeData:
     gen = torch.Generator(device=device).manual_seed(seed)
     w = torch.randn(shape.n, shape.k, generator=gen, device=device) * 0.02
-    if spec.op == "wxa16":
+    if spec.op in ("wxa16", "w4a8"):
         fmt = IntxFormat(bits=spec.bits, group_size=spec.group_size, symmetric=spec.symmetric,
                          zero_kind="int", scale_dtype=spec.dtype)
         qw = fmt.quantize(w)
@@ -181,7 +184,7 @@ def unregister(name: str) -> None:
 
 def load_builtin_cases() -> None:
     """Import the modules that register the built-in cases (idempotent)."""
-    from . import cases_gemm, cases_wxa16  # noqa: F401
+    from . import cases_a8, cases_gemm, cases_lut, cases_wxa16  # noqa: F401
 
 
 def select_cases(spec: OpSpec, baselines: Optional[List[str]]) -> List[Case]:

@@ -22,9 +22,10 @@ def _run(cmd: Sequence[str], cwd: Optional[str] = None) -> Optional[str]:
 
 
 def git_info() -> Dict[str, object]:
-    """Commit of the source tree; ``LOWBIT_GIT_COMMIT`` stands in where there is no .git (copied trees)."""
+    """Commit of the source tree. ``LOWBIT_GIT_COMMIT`` wins when set: copied trees (the GPU machine)
+    may carry no .git, or a stale one from the checkout the copy was made from."""
     here = str(Path(__file__).resolve().parent)
-    commit = _run(["git", "rev-parse", "HEAD"], cwd=here)
+    commit = None if os.environ.get("LOWBIT_GIT_COMMIT") else _run(["git", "rev-parse", "HEAD"], cwd=here)
     if commit is None:
         return {"commit": os.environ.get("LOWBIT_GIT_COMMIT"), "dirty": None, "source": "LOWBIT_GIT_COMMIT"}
     status = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here)

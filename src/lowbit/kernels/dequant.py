@@ -13,16 +13,20 @@ import torch
 import triton
 import triton.language as tl
 
-from .unpack import codes_from_words_nk, dequant_tile, group_params, load_codes_nk, plane_constexprs
+from ..errors import UnsupportedError
+from .launch import table_strides
+from .unpack import (
+    codes_from_words_nk, dequant_tile, group_params, load_codes_nk, lut_dequant_tile, plane_constexprs, table_base,
+)
 
 
 @triton.jit
 def dequantize_intx_kernel(
-    qw_ptr, s_ptr, z_ptr, w_ptr,
+    qw_ptr, s_ptr, z_ptr, t_ptr, w_ptr,
     N, K, Kp,
-    stride_qk, stride_sg, stride_wn, stride_qe, stride_se, stride_we,
+    stride_qk, stride_sg, stride_tg, stride_tn, stride_wn, stride_qe, stride_se, stride_we,
     GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
-    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, INT_ZERO: tl.constexpr,
+    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, INT_ZERO: tl.constexpr, LUT: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -39,7 +43,11 @@ def dequantize_intx_kernel(
     w0, w1, w2 = load_codes_nk(qw_ptr, k0, offs_n, mask_n, stride_qk, Kp, Kp, P0, P1, P2, BLOCK_K)
     q = codes_from_words_nk(w0, w1, w2, P0, P1, P2, BLOCK_N, BLOCK_K)
     s, z = group_params(s_ptr, z_ptr, k0 // GROUP_LEN, offs_n, mask_n, stride_sg, HAS_ZEROS, SYM_ZERO)
-    w = dequant_tile(q, s[:, None], z[:, None], INT_ZERO, w_ptr.dtype.element_ty)
+    if LUT:
+        tb = table_base(k0 // GROUP_LEN, offs_n, stride_tg, stride_tn)[:, None]
+        w = lut_dequant_tile(q, t_ptr, tb, s[:, None], mask_n[:, None], w_ptr.dtype.element_ty)
+    else:
+        w = dequant_tile(q, s[:, None], z[:, None], INT_ZERO, w_ptr.dtype.element_ty)
     tl.store(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :], w,
              mask=mask_n[:, None] & (offs_k < K)[None, :])
 
@@ -50,10 +58,13 @@ def int_zero(zeros: Optional[torch.Tensor], sym_zero: float) -> bool:
 
 
 def dequantize_intx(qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor], bits: int,
-                    group_len: int, sym_zero: float, in_features: int, dtype: torch.dtype) -> torch.Tensor:
-    """Dense (N, K) weight in ``dtype`` (fp16/bf16) on the weight's device; stacked experts
-    (qweight (E, Kp*bits/32, N), scales/zeros (E, G, N)) give (E, N, K) in one launch."""
+                    group_len: int, sym_zero: float, in_features: int, dtype: torch.dtype,
+                    table: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Dense (N, K) weight in ``dtype`` (fp16/bf16) on the weight's device; ``table``: LUT codes;
+    stacked experts (qweight (E, Kp*bits/32, N), scales/zeros (E, G, N)) give (E, N, K) in one launch."""
     experts = qweight.shape[0] if qweight.dim() == 3 else 0
+    if experts and table is not None:
+        raise UnsupportedError("dequantize_intx: lookup tables are not supported for stacked experts")
     n = qweight.shape[-1]
     kp = qweight.shape[-2] * 32 // bits
     block_k = 128
@@ -62,16 +73,18 @@ def dequantize_intx(qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional
     w = torch.empty((experts, n, in_features) if experts else (n, in_features), device=qweight.device, dtype=dtype)
     grid = (triton.cdiv(n, 64), triton.cdiv(in_features, block_k), max(1, experts))
     e_strides = (qweight.stride(0), scales.stride(0), w.stride(0)) if experts else (0, 0, 0)
+    stride_tg, stride_tn = table_strides(table)
     dequantize_intx_kernel[grid](
-        qweight, scales, zeros if zeros is not None else scales, w,
-        n, in_features, kp, qweight.stride(-2), scales.stride(-2), w.stride(-2), *e_strides,
+        qweight, scales, zeros if zeros is not None else scales, table if table is not None else scales, w,
+        n, in_features, kp, qweight.stride(-2), scales.stride(-2), stride_tg, stride_tn, w.stride(-2), *e_strides,
         GROUP_LEN=group_len, **plane_constexprs(bits), HAS_ZEROS=zeros is not None, SYM_ZERO=sym_zero,
-        INT_ZERO=int_zero(zeros, sym_zero), BLOCK_N=64, BLOCK_K=block_k, num_warps=4,
+        INT_ZERO=int_zero(zeros, sym_zero), LUT=table is not None, BLOCK_N=64, BLOCK_K=block_k, num_warps=4,
     )
     return w
 
 
-def dequant_matmul_wxa16(x, qweight, scales, zeros, bias, bits, group_len, sym_zero, out_features, config=None):
+def dequant_matmul_wxa16(x, qweight, scales, zeros, bias, bits, group_len, sym_zero, out_features, config=None,
+                         table=None):
     """x (M, K) -> (M, N) via a dense dequantized weight and cuBLAS (same signature as the GEMM launcher)."""
-    w = dequantize_intx(qweight, scales, zeros, bits, group_len, sym_zero, x.shape[1], x.dtype)
+    w = dequantize_intx(qweight, scales, zeros, bits, group_len, sym_zero, x.shape[1], x.dtype, table)
     return torch.nn.functional.linear(x, w, bias)

@@ -18,7 +18,7 @@ import triton.language as tl
 from .dequant import int_zero
 from .epilogue import split_k_tiles, write_output
 from .launch import launch_intx, resolve_config
-from .unpack import codes_from_words_nk, dequant_tile, group_params, load_codes_nk
+from .unpack import codes_from_words_nk, dequant_tile, group_params, load_codes_nk, lut_dequant_tile, table_base
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,10 @@ class GemmConfig:
 
 
 @triton.jit
-def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, K, Kp, t0, t1,
-                    stride_xm, stride_xk, stride_qk, stride_sg,
+def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, mask_n, K, Kp, t0, t1,
+                    stride_xm, stride_xk, stride_qk, stride_sg, stride_tg, stride_tn,
                     GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
-                    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, INT_ZERO: tl.constexpr,
+                    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, LUT: tl.constexpr, INT_ZERO: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr):
     """Y^T tile [BLOCK_N, BLOCK_M] (fp32) over the K tiles [t0, t1): rows ``offs_m`` of X (any row
     indices: the grouped kernel passes gathered token rows) times output channels ``offs_n`` of W."""
@@ -60,22 +60,32 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n,
         w0, w1, w2 = n0, n1, n2
         if GROUP_LEN % BLOCK_K == 0:
             s, z = group_params(s_ptr, z_ptr, k0 // GROUP_LEN, offs_n, mask_n, stride_sg, HAS_ZEROS, SYM_ZERO)
-            w = dequant_tile(q, s[:, None], z[:, None], INT_ZERO, x_ptr.dtype.element_ty)
+            if LUT:
+                tb = table_base(k0 // GROUP_LEN, offs_n, stride_tg, stride_tn)[:, None]
+                w = lut_dequant_tile(q, t_ptr, tb, s[:, None], mask_n[:, None], x_ptr.dtype.element_ty)
+            else:
+                w = dequant_tile(q, s[:, None], z[:, None], INT_ZERO, x_ptr.dtype.element_ty)
         else:
             s, z = group_params(s_ptr, z_ptr, (offs_k // GROUP_LEN)[None, :], offs_n[:, None],
                                 mask_n[:, None] & (offs_k < Kp)[None, :], stride_sg, HAS_ZEROS, SYM_ZERO)
-            w = dequant_tile(q, s, z, INT_ZERO, x_ptr.dtype.element_ty)
+            if LUT:
+                tb = table_base((offs_k // GROUP_LEN)[None, :], offs_n[:, None], stride_tg, stride_tn)
+                w = lut_dequant_tile(q, t_ptr, tb, s, mask_n[:, None] & (offs_k < Kp)[None, :],
+                                     x_ptr.dtype.element_ty)
+            else:
+                w = dequant_tile(q, s, z, INT_ZERO, x_ptr.dtype.element_ty)
         acc += tl.dot(w, xt)
     return acc
 
 
 @triton.jit
 def gemm_wxa16_kernel(
-    x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
+    x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     M, N, K, Kp,
-    stride_xm, stride_xk, stride_qk, stride_sg, stride_ws, stride_ym,
+    stride_xm, stride_xk, stride_qk, stride_sg, stride_tg, stride_tn, stride_ws, stride_ym,
     GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
-    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, INT_ZERO: tl.constexpr,
+    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, LUT: tl.constexpr,
+    INT_ZERO: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, PREFETCH: tl.constexpr,
 ):
@@ -98,9 +108,10 @@ def gemm_wxa16_kernel(
     mask_m = offs_m < M
     mask_n = offs_n < N
     t0, t1 = split_k_tiles(K, pid_k, BLOCK_K, SPLIT_K)
-    acc = gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, K, Kp, t0, t1,
-                          stride_xm, stride_xk, stride_qk, stride_sg, GROUP_LEN, P0, P1, P2, HAS_ZEROS, SYM_ZERO,
-                          INT_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH)
+    acc = gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, mask_n, K, Kp, t0, t1,
+                          stride_xm, stride_xk, stride_qk, stride_sg, stride_tg, stride_tn,
+                          GROUP_LEN, P0, P1, P2, HAS_ZEROS, SYM_ZERO, LUT, INT_ZERO,
+                          BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH)
 
     mask = mask_n[:, None] & mask_m[None, :]
     bias = tl.zeros((BLOCK_N, 1), dtype=tl.float32)
@@ -121,13 +132,13 @@ def heuristic_config(m: int, n: int, k: int, group_len: int) -> GemmConfig:
 def gemm_wxa16(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
     bias: Optional[torch.Tensor], bits: int, group_len: int, sym_zero: float, out_features: int,
-    config: Optional[GemmConfig] = None,
+    config: Optional[GemmConfig] = None, table: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """x (M, K) fp16/bf16 -> (M, N). Inputs already validated by ``lowbit.ops``."""
+    """x (M, K) fp16/bf16 -> (M, N). Inputs already validated by ``lowbit.ops``; ``table``: LUT mode."""
     m, k = x.shape
     cfg = config or resolve_config("gemm", GemmConfig, heuristic_config, m, out_features, k, bits, group_len, x)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(out_features, cfg.block_n), cfg.split_k)
     return launch_intx(gemm_wxa16_kernel, grid, x, qweight, scales, zeros, bias, bits, group_len, sym_zero,
                        out_features, cfg.split_k, INT_ZERO=int_zero(zeros, sym_zero), BLOCK_M=cfg.block_m,
                        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, PREFETCH=cfg.prefetch,
-                       num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                       num_warps=cfg.num_warps, num_stages=cfg.num_stages, table=table)

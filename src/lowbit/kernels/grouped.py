@@ -28,7 +28,7 @@ import triton.language as tl
 from .dequant import dequantize_intx, int_zero
 from .epilogue import split_k_tiles, write_output
 from .gemm import gemm_accumulate
-from .gemv import gemv_accumulate
+from .gemv import FLOAT_2_23_BITS, gemv_accumulate
 from .launch import MAX_SPLIT_K_TILES, output_buffers
 from .unpack import plane_constexprs
 
@@ -70,14 +70,14 @@ def expert_tile(off_ptr, tile, E, E_POW2: tl.constexpr, BLOCK_M: tl.constexpr):
 def grouped_wxa16_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, off_ptr, ids_ptr, rw_ptr,
     N, K, Kp, E,
-    stride_xm, stride_xk, stride_qe, stride_qk, stride_se, stride_sg, stride_be, stride_ws, stride_ym,
+    stride_xm, stride_xk, stride_qe, stride_qk, stride_se, stride_sg, stride_be, stride_ws, stride_ym, magic,
     GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
     HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, INT_ZERO: tl.constexpr,
     HAS_IDS: tl.constexpr, TOPK: tl.constexpr, GATHER: tl.constexpr, SCATTER: tl.constexpr,
     HAS_ROW_WEIGHTS: tl.constexpr,
     E_POW2: tl.constexpr, NUM_TILES: tl.constexpr, MMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, NUM_STAGES: tl.constexpr,
+    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, NUM_STAGES: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -110,14 +110,16 @@ def grouped_wxa16_kernel(
     s_e = s_ptr + ex * stride_se
     z_e = z_ptr + ex * stride_se
     t0, t1 = split_k_tiles(K, pid_k, BLOCK_K, SPLIT_K)
+    # affine codes only: LUT=False, so the table pointer (s_e stands in) and its strides are never read
     if MMA:
-        acc = gemm_accumulate(x_ptr, qw_e, s_e, z_e, src, mask_m, offs_n, mask_n, K, Kp, t0, t1,
-                              stride_xm, stride_xk, stride_qk, stride_sg, GROUP_LEN, P0, P1, P2, HAS_ZEROS,
-                              SYM_ZERO, INT_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, False)
+        acc = gemm_accumulate(x_ptr, qw_e, s_e, z_e, s_e, src, mask_m, offs_n, mask_n, K, Kp, t0, t1,
+                              stride_xm, stride_xk, stride_qk, stride_sg, 0, 0, GROUP_LEN, P0, P1, P2, HAS_ZEROS,
+                              SYM_ZERO, False, INT_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, False)
     else:
-        acc = tl.trans(gemv_accumulate(x_ptr, qw_e, s_e, z_e, src, mask_m, offs_n, mask_n, K, Kp, t0, t1,
-                                       stride_xm, stride_xk, stride_qk, stride_sg, GROUP_LEN, P0, P1, P2,
-                                       HAS_ZEROS, SYM_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, NUM_STAGES, False))
+        acc = tl.trans(gemv_accumulate(x_ptr, qw_e, s_e, z_e, s_e, src, mask_m, offs_n, mask_n, K, Kp, t0, t1,
+                                       stride_xm, stride_xk, stride_qk, stride_sg, 0, 0, magic, GROUP_LEN,
+                                       P0, P1, P2, HAS_ZEROS, SYM_ZERO, False, BLOCK_M, BLOCK_N, BLOCK_K,
+                                       NUM_STAGES, False, EVEN_K))
     # acc: Y^T tile [BLOCK_N, BLOCK_M]
     bias = tl.zeros((BLOCK_N, 1), dtype=tl.float32)
     if HAS_BIAS:
@@ -197,13 +199,13 @@ def grouped_wxa16(
         y, ws, counters, offsets, ids, row_weights if row_weights is not None else scales,
         n, k, qweight.shape[1] * 32 // bits, e,
         x.stride(0), x.stride(1), qweight.stride(0), qweight.stride(1), scales.stride(0), scales.stride(1),
-        bias.stride(0) if bias is not None else 0, stride_ws, y.stride(0),
+        bias.stride(0) if bias is not None else 0, stride_ws, y.stride(0), FLOAT_2_23_BITS,
         GROUP_LEN=group_len, **plane_constexprs(bits), HAS_ZEROS=zeros is not None, SYM_ZERO=sym_zero,
         HAS_BIAS=bias is not None, INT_ZERO=int_zero(zeros, sym_zero), HAS_IDS=sorted_ids is not None,
         TOPK=topk, GATHER=gather, SCATTER=scatter, HAS_ROW_WEIGHTS=row_weights is not None,
         E_POW2=triton.next_power_of_2(e), NUM_TILES=tiles, MMA=cfg.mma,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k, GROUP_M=cfg.group_m,
-        NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        NUM_STAGES=cfg.num_stages, EVEN_K=k % cfg.block_k == 0, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return y
 

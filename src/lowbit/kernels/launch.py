@@ -65,19 +65,29 @@ def resolve_config(kernel: str, config_cls, heuristic, m: int, n: int, k: int, b
 
 def launch_intx(kernel, grid, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                 zeros: Optional[torch.Tensor], bias: Optional[torch.Tensor], bits: int, group_len: int,
-                sym_zero: float, out_features: int, split_k: int, **meta) -> torch.Tensor:
+                sym_zero: float, out_features: int, split_k: int, table: Optional[torch.Tensor] = None,
+                **meta) -> torch.Tensor:
     """Allocate Y (+ split-K workspace) and launch an intx matmul kernel with the shared argument
-    order: pointers, sizes, strides, format constexprs, then the kernel's own ``meta``."""
+    order: pointers, sizes, strides, format constexprs, then the kernel's own ``meta``. ``table``
+    (Gt, Nt, E) switches the kernel to lookup-table codes (LUT=True, ``lowbit.formats.lut``)."""
     m, k = x.shape
     n = out_features
     y, ws, counters, stride_ws = output_buffers(m, n, split_k, grid[0], x)
+    stride_tg, stride_tn = table_strides(table)
     kernel[grid](
-        x, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else scales,
-        y, ws, counters,
+        x, qweight, scales, zeros if zeros is not None else scales, table if table is not None else scales,
+        bias if bias is not None else scales, y, ws, counters,
         m, n, k, qweight.shape[0] * 32 // bits,
-        x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), stride_ws, y.stride(0),
+        x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), stride_tg, stride_tn, stride_ws, y.stride(0),
         GROUP_LEN=group_len, **plane_constexprs(bits),
-        HAS_ZEROS=zeros is not None, SYM_ZERO=sym_zero, HAS_BIAS=bias is not None, SPLIT_K=split_k,
-        **meta,
+        HAS_ZEROS=zeros is not None, SYM_ZERO=sym_zero, HAS_BIAS=bias is not None, LUT=table is not None,
+        SPLIT_K=split_k, **meta,
     )
     return y
+
+
+def table_strides(table: Optional[torch.Tensor]) -> Tuple[int, int]:
+    """Element strides of a (Gt, Nt, E) lookup table along groups and channels; 0 where it broadcasts."""
+    if table is None:
+        return 0, 0
+    return (table.stride(0) if table.shape[0] > 1 else 0), (table.stride(1) if table.shape[1] > 1 else 0)

@@ -88,3 +88,37 @@ def dequant_tile(q, s, z, INT_ZERO: tl.constexpr, OUT_DTYPE: tl.constexpr):
     else:
         w = ((q.to(tl.float32) - z) * s).to(OUT_DTYPE)
     return w
+
+
+# --- lookup-table (non-uniform) codes: w = table[tg, tn, q] * s (layout: ``lowbit.formats.lut``) ---
+
+@triton.jit
+def table_base(g, offs_n, stride_tg, stride_tn):
+    """Element offset of the table row of group g (scalar or tensor) and channels offs_n; the strides
+    are 0 along an axis the table broadcasts (one global table: base 0)."""
+    return g * stride_tg + offs_n * stride_tn
+
+
+@triton.jit
+def lut_lookup(t_ptr, base, q, mask):
+    """table[base + q] -> fp32, gathered through L1 (a 16-entry fp32 table is one 64-byte line)."""
+    return tl.load(t_ptr + base + q, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def lut_dequant_tile(q, t_ptr, base, s, mask, OUT_DTYPE: tl.constexpr):
+    """table[base + q] * s in fp32 -> OUT_DTYPE (the LUT counterpart of ``dequant_tile``)."""
+    return (lut_lookup(t_ptr, base, q, mask) * s).to(OUT_DTYPE)
+
+
+@triton.jit
+def align_plane_rows(words, RATIO: tl.constexpr):
+    """Words of a narrower plane [BLOCK_N, ROWS // RATIO] -> [BLOCK_N, ROWS] aligned with plane 0's
+    word-rows: entry r holds word r // RATIO shifted right by (r % RATIO) * 32 // RATIO, so a field j
+    of plane-0 row r sits at the same j in both (RATIO in {1, 2}: LUT codes of <= 4 bits)."""
+    if RATIO == 1:
+        return words
+    else:
+        tl.static_assert(RATIO == 2, "LUT kernels take codes of at most 4 bits")
+        both = tl.join(words, words >> 16)  # [BLOCK_N, ROWS // 2, 2]: row-major order is r
+        return tl.reshape(both, (words.shape[0], words.shape[1] * 2))

@@ -29,14 +29,16 @@ DEQUANT_MM = None  # the dequantize + cuBLAS path has no config
 
 def gemv_candidates(m: int, group_len: int) -> List[GemvConfig]:
     out = []
-    for bn in (32, 64, 128):
+    for bn in (32, 64, 128, 256):
         for bk in (64, 128, 256, 512):
             area = bn * bk * max(1, m)  # fp32 accumulator elements per program ~ registers
             if not 2048 <= bn * bk <= 32768 or area > 32768:
                 continue
-            for split in (2, 4, 8):
-                for stages in (2, 3, 4, 5):
-                    out.append(GemvConfig(bn, bk, split, 4, stages))
+            # larger tiles amortise the per-tile address/mask work (the M=1 GEMV is issue-bound)
+            for warps in (4, 8) if bn * bk == 32768 else (4,):
+                for split in (2, 4, 8):
+                    for stages in (2, 3, 4, 5):
+                        out.append(GemvConfig(bn, bk, split, warps, stages))
     return out
 
 

@@ -1,0 +1,111 @@
+"""quantize_act: fused dynamic 8-bit activation quantization (amax + scale + cast) in one kernel.
+
+x (M, K) fp16/bf16/fp32 -> q (M, K) fp8 e4m3 or int8 (K contiguous) and fp32 scales, either per
+token (``block=None``: s (M,)) or per 1 x ``block`` slice of a token (s (M, ceil(K/block)), the
+DeepSeek-V3 activation layout). Semantics, rounding and the zero/NaN/Inf rules are those of the
+pure-torch oracle ``lowbit.formats.act8.quantize_rows`` (bit-exact on the GPU). An optional
+``inv_smooth`` (K,) fp32 multiplies x first (SmoothQuant, ``lowbit.formats.int8``).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from ..formats.act8 import AMAX_FLOOR, qmax, torch_dtype
+
+@triton.jit
+def row_scale(amax, any_nan, QMAX: tl.constexpr, FLOOR: tl.constexpr):
+    """s = max(amax, FLOOR) / QMAX (IEEE division), NaN when the row/block had a NaN."""
+    s = tl.math.div_rn(tl.maximum(amax, FLOOR), tl.zeros_like(amax) + QMAX)
+    return tl.where(any_nan, float("nan"), s)
+
+
+@triton.jit
+def cast_8bit(x, s, QMAX: tl.constexpr, IS_INT8: tl.constexpr, OUT_TY: tl.constexpr):
+    """clamp(x / s, -QMAX, QMAX) -> int8 (round half to even) or fp8 e4m3 (RNE cast); NaN stays NaN."""
+    v = tl.clamp(tl.math.div_rn(x, s), -QMAX, QMAX, propagate_nan=tl.PropagateNan.ALL)
+    if IS_INT8:  # (v + 1.5 * 2**23) - 1.5 * 2**23 rounds |v| < 2**22 to an integer, ties to even
+        v = (v + 12582912.0) - 12582912.0
+    return v.to(OUT_TY)
+
+
+@triton.jit
+def quantize_act_kernel(
+    x_ptr, q_ptr, s_ptr, ism_ptr,
+    M, K,
+    stride_xm, stride_qm, stride_sm,
+    HAS_SMOOTH: tl.constexpr, IS_INT8: tl.constexpr, QMAX: tl.constexpr, FLOOR: tl.constexpr,
+    BLOCK: tl.constexpr, CHUNK: tl.constexpr,
+):
+    """One program per token row. BLOCK == 0: per-row scale, two passes over the row in CHUNK
+    pieces (amax, then cast; the second read hits L2). BLOCK > 0: CHUNK // BLOCK scale blocks per
+    step, one pass."""
+    row = tl.program_id(0)
+    x_row = x_ptr + row.to(tl.int64) * stride_xm
+    q_row = q_ptr + row.to(tl.int64) * stride_qm
+    out_ty = q_ptr.dtype.element_ty
+    if BLOCK == 0:
+        amax = tl.zeros((CHUNK,), dtype=tl.float32)
+        nan = tl.zeros((CHUNK,), dtype=tl.int32)
+        for k0 in range(0, K, CHUNK):
+            offs = k0 + tl.arange(0, CHUNK)
+            x = _smoothed(x_row, ism_ptr, offs, offs < K, HAS_SMOOTH)
+            amax = tl.maximum(amax, tl.abs(x))
+            nan = tl.maximum(nan, (x != x).to(tl.int32))
+        s = row_scale(tl.max(amax, axis=0), tl.max(nan, axis=0) > 0, QMAX, FLOOR)
+        tl.store(s_ptr + row * stride_sm, s)
+        for k0 in range(0, K, CHUNK):
+            offs = k0 + tl.arange(0, CHUNK)
+            x = _smoothed(x_row, ism_ptr, offs, offs < K, HAS_SMOOTH)
+            tl.store(q_row + offs, cast_8bit(x, s, QMAX, IS_INT8, out_ty), mask=offs < K)
+    else:
+        NB: tl.constexpr = CHUNK // BLOCK
+        for k0 in range(0, K, CHUNK):
+            offs = k0 + tl.arange(0, NB)[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]  # [NB, BLOCK]
+            x = _smoothed(x_row, ism_ptr, offs, offs < K, HAS_SMOOTH)
+            amax = tl.max(tl.abs(x), axis=1)
+            nan = tl.max((x != x).to(tl.int32), axis=1) > 0
+            s = row_scale(amax, nan, QMAX, FLOOR)
+            blk = k0 // BLOCK + tl.arange(0, NB)
+            tl.store(s_ptr + row * stride_sm + blk, s, mask=blk * BLOCK < K)
+            tl.store(q_row + offs, cast_8bit(x, s[:, None], QMAX, IS_INT8, out_ty), mask=offs < K)
+
+
+@triton.jit
+def _smoothed(x_row, ism_ptr, offs, mask, HAS_SMOOTH: tl.constexpr):
+    """x[offs] in fp32, times inv_smooth[offs] when SmoothQuant factors are folded in."""
+    x = tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_SMOOTH:
+        x = x * tl.load(ism_ptr + offs, mask=mask, other=1.0)
+    return x
+
+
+def act_scale_shape(m: int, k: int, block: Optional[int]):
+    return (m,) if block is None else (m, triton.cdiv(k, block))
+
+
+def quantize_act(x: torch.Tensor, kind: str, block: Optional[int] = None,
+                 inv_smooth: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """x (M, K) with K contiguous -> (q (M, K) fp8/int8, s fp32 (M,) or (M, ceil(K/block))).
+
+    Inputs are validated by ``lowbit.ops``; ``block`` is a power of two >= 16 or None.
+    """
+    m, k = x.shape
+    q = torch.empty((m, k), device=x.device, dtype=torch_dtype(kind))
+    s = torch.empty(act_scale_shape(m, k, block), device=x.device, dtype=torch.float32)
+    if m == 0:
+        return q, s
+    if block is None:
+        chunk = min(4096, triton.next_power_of_2(k))
+    else:
+        chunk = block * max(1, min(4096, triton.next_power_of_2(k)) // block)
+    quantize_act_kernel[(m,)](
+        x, q, s, inv_smooth if inv_smooth is not None else s,
+        m, k, x.stride(0), q.stride(0), s.stride(0),
+        HAS_SMOOTH=inv_smooth is not None, IS_INT8=kind == "int8", QMAX=qmax(kind), FLOOR=AMAX_FLOOR,
+        BLOCK=block or 0, CHUNK=chunk, num_warps=4 if chunk <= 1024 else 8,
+    )
+    return q, s

@@ -1,0 +1,243 @@
+"""scaled_mm: 8-bit tensor-core GEMM with scales, Y = (Xq Wq^T) * sx * sw (+ bias), fp16/bf16 out.
+
+One kernel family (constexprs, no copies) covers:
+
+* W8A8 fp8 e4m3 (fp32 accumulate) and W8A8 int8 (exact int32 accumulate), per-token act scales
+  sx (M,) and per-channel weight scales sw (N,), both applied once in the epilogue;
+* fp8 block scales (DeepSeek-V3): sx (M, ceil(K/128)) per 1 x 128 act block and sw
+  (ceil(N/128), ceil(K/128)) per 128 x 128 weight block; each BLOCK_K step's partial product
+  (fresh fp32 accumulator) is multiplied by sx[m, kb] * sw[n // 128, kb] and added to the running
+  accumulator (BLOCK_K divides 128);
+* W4A8 (``P0 > 0``): intx codes (``lowbit.formats.intx`` layout) unpacked in registers with the
+  shared helpers of ``kernels/unpack.py``; q - z is an integer in [-(2^bits - 1), 2^bits - 1],
+  exact in e4m3 for bits <= 4 (and in int8 up to 7 bits), so the MMA sees exact integer weights.
+  The group scale s[g, n] is applied per K step to the partial product (BLOCK_K divides the group;
+  per-channel: in the epilogue); sx (per token) in the epilogue. So
+  y[m, n] = sx[m] * sum_g s[g, n] * sum_{k in g} qx[m, k] * (q[n, k] - z[g, n]).
+
+Memory layout: Xq (M, K) and dense Wq (N, K) are K-contiguous, so both MMA operands are K-major
+(what Hopper's fp8/int8 wgmma needs). ``SWAP_AB`` computes the tile transposed,
+Y^T[BLOCK_N, BLOCK_M] = W X^T, so tokens are the MMA's N side and wgmma runs at BLOCK_M = 16
+(an A operand of fewer than 64 rows would not). Split-K is reduced in the same launch
+(``epilogue.write_output``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .epilogue import split_k_tiles, write_output
+from .launch import split_k_counters
+from .unpack import codes_from_words_nk, load_codes_nk, plane_constexprs
+
+
+@dataclass(frozen=True)
+class ScaledMMConfig:
+    block_m: int = 128
+    block_n: int = 128
+    block_k: int = 128
+    split_k: int = 1
+    group_m: int = 8
+    num_warps: int = 8
+    num_stages: int = 3
+    swap_ab: bool = False
+
+
+@triton.jit
+def _outer(vn, vm, SWAP_AB: tl.constexpr):
+    """[BLOCK_N] x [BLOCK_M] -> the accumulator's orientation ([N, M] when swapped, else [M, N])."""
+    if SWAP_AB:
+        r = vn[:, None] * vm[None, :]
+    else:
+        r = vm[:, None] * vn[None, :]
+    return r
+
+
+@triton.jit
+def _weight_tile(w_ptr, z_ptr, k0, offs_n, mask_n, offs_k, K, Kp, stride_wn, stride_wk, z_offs,
+                 P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, HAS_ZEROS: tl.constexpr,
+                 SYM_ZERO: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, OP_TY: tl.constexpr):
+    """[BLOCK_N, BLOCK_K] weight operand in OP_TY: loaded as is (P0 == 0) or intx codes -> q - z."""
+    if P0 == 0:
+        w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk,
+                    mask=mask_n[:, None] & (offs_k < K)[None, :], other=0.0)
+    else:
+        w0, w1, w2 = load_codes_nk(w_ptr, k0, offs_n, mask_n, stride_wk, Kp, Kp, P0, P1, P2, BLOCK_K)
+        q = codes_from_words_nk(w0, w1, w2, P0, P1, P2, BLOCK_N, BLOCK_K)
+        if HAS_ZEROS:
+            q = q - tl.load(z_ptr + z_offs, mask=mask_n, other=0).to(tl.int32)[:, None]
+        else:
+            q = q - SYM_ZERO
+        w = q.to(tl.float32).to(OP_TY)  # small integers: exact in e4m3 / int8
+    return w
+
+
+@triton.jit
+def scaled_mm_kernel(
+    x_ptr, w_ptr, sx_ptr, sw_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
+    M, N, K, Kp,
+    stride_xm, stride_wn, stride_wk, stride_sxm, stride_sxk, stride_swn, stride_swk, stride_ws, stride_ym,
+    X_SCALE_K: tl.constexpr, W_SCALE_N: tl.constexpr, W_SCALE_K: tl.constexpr,
+    P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACC_INT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, SWAP_AB: tl.constexpr,
+):
+    """Scale indexing: sx[m * stride_sxm + (k // X_SCALE_K) * stride_sxk] (X_SCALE_K == 0: per row, in
+    the epilogue); sw[(n // W_SCALE_N) * stride_swn + (k // W_SCALE_K) * stride_swk] (W_SCALE_K == 0:
+    per row of W, in the epilogue). Zeros (intx) share the weight scales' indexing."""
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    tiles_per_band = GROUP_M * num_n  # GROUP_M row-tiles in a band walk N together: weight tiles hit L2
+    band = pid // tiles_per_band
+    band_rows = min(num_m - band * GROUP_M, GROUP_M)
+    pid_m = band * GROUP_M + (pid % tiles_per_band) % band_rows
+    pid_n = (pid % tiles_per_band) // band_rows
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    PER_K: tl.constexpr = X_SCALE_K > 0 or W_SCALE_K > 0
+    ACC_TY: tl.constexpr = tl.int32 if ACC_INT else tl.float32
+    OP_TY: tl.constexpr = x_ptr.dtype.element_ty
+    if SWAP_AB:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32 if PER_K else ACC_TY)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32 if PER_K else ACC_TY)
+    sw_rows = (offs_n // W_SCALE_N) * stride_swn
+
+    t0, t1 = split_k_tiles(K, pid_k, BLOCK_K, SPLIT_K)
+    for t in range(t0, t1):
+        k0 = t * BLOCK_K
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                    mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
+        wk = 0
+        if W_SCALE_K > 0:
+            wk = (k0 // W_SCALE_K) * stride_swk
+        w = _weight_tile(w_ptr, z_ptr, k0, offs_n, mask_n, offs_k, K, Kp, stride_wn, stride_wk, sw_rows + wk,
+                         P0, P1, P2, HAS_ZEROS, SYM_ZERO, BLOCK_N, BLOCK_K, OP_TY)
+        if PER_K:
+            if SWAP_AB:
+                part = tl.dot(w, tl.trans(x), out_dtype=ACC_TY)
+            else:
+                part = tl.dot(x, tl.trans(w), out_dtype=ACC_TY)
+            fx = tl.full((BLOCK_M,), 1.0, tl.float32)
+            fw = tl.full((BLOCK_N,), 1.0, tl.float32)
+            if X_SCALE_K > 0:
+                fx = tl.load(sx_ptr + offs_m * stride_sxm + (k0 // X_SCALE_K) * stride_sxk, mask=mask_m, other=0.0)
+            if W_SCALE_K > 0:
+                fw = tl.load(sw_ptr + sw_rows + wk, mask=mask_n, other=0.0).to(tl.float32)
+            acc += part.to(tl.float32) * _outer(fw, fx, SWAP_AB)
+        else:
+            if SWAP_AB:
+                acc = tl.dot(w, tl.trans(x), acc, out_dtype=ACC_TY)
+            else:
+                acc = tl.dot(x, tl.trans(w), acc, out_dtype=ACC_TY)
+
+    ex = tl.full((BLOCK_M,), 1.0, tl.float32)
+    ew = tl.full((BLOCK_N,), 1.0, tl.float32)
+    if X_SCALE_K == 0:
+        ex = tl.load(sx_ptr + offs_m * stride_sxm, mask=mask_m, other=0.0)
+    if W_SCALE_K == 0:
+        ew = tl.load(sw_ptr + sw_rows, mask=mask_n, other=0.0).to(tl.float32)
+    out = acc.to(tl.float32) * _outer(ew, ex, SWAP_AB)
+    bn = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    if HAS_BIAS:
+        bn = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    bias = _outer(bn, tl.full((BLOCK_M,), 1.0, tl.float32), SWAP_AB)
+    if SWAP_AB:
+        y_offs = offs_m[None, :] * stride_ym + offs_n[:, None]
+        mask = mask_n[:, None] & mask_m[None, :]
+    else:
+        y_offs = offs_m[:, None] * stride_ym + offs_n[None, :]
+        mask = mask_m[:, None] & mask_n[None, :]
+    write_output(out, bias, y_ptr, y_offs, mask, ws_ptr, y_offs, stride_ws, cnt_ptr, pid, pid_k, SPLIT_K)
+
+
+NUM_SMS_GUESS = 132
+
+
+def heuristic_config(m: int, n: int, k: int, k_step: int = 128) -> ScaledMMConfig:
+    """Hand-chosen tiles per M bucket (no tuning on the call path). ``k_step``: the largest BLOCK_K
+    the scales allow (the K length of a scale block / group, <= 128)."""
+    bk = min(128, k_step & -k_step)  # a power of two dividing the scale block / group
+    if m <= 64:  # swap-AB: tokens on the MMA's N side; weights stream, split K to fill the GPU
+        bm = 16 if m <= 16 else 32 if m <= 32 else 64
+        bn = 64 if m <= 16 else 128
+        tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
+        k_tiles = triton.cdiv(k, bk)
+        split = 1
+        while tiles * split * 2 <= 2 * NUM_SMS_GUESS and k_tiles // (split * 2) >= 4 and split < 16:
+            split *= 2
+        return ScaledMMConfig(bm, bn, bk, split, 8, 4 if m <= 32 else 8, 4, True)
+    # 8 warps: with 4, a 64 x 128 x 128 tile spills (compile_check_a8)
+    return ScaledMMConfig(64 if m <= 256 else 128, 128, bk, 1, 8, 8, 4, False)
+
+
+def _launch(xq, sx, w, sw, z, bias, out_dtype, n, kp, strides_w, strides_sx, strides_sw, cfg: ScaledMMConfig,
+            **meta) -> torch.Tensor:
+    m, k = xq.shape
+    tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
+    y = torch.empty((m, n), device=xq.device, dtype=out_dtype)
+    if cfg.split_k > 1:
+        ws = torch.empty((cfg.split_k, m, n), device=xq.device, dtype=torch.float32)
+        cnt, stride_ws = split_k_counters(xq.device), ws.stride(0)
+        if tiles > cnt.numel():
+            raise ValueError(f"split-K over {tiles} output tiles exceeds {cnt.numel()}")
+    else:
+        ws, cnt, stride_ws = y, y, 0
+    scaled_mm_kernel[(tiles, cfg.split_k)](
+        xq, w, sx, sw, z if z is not None else sw, bias if bias is not None else sw, y, ws, cnt,
+        m, n, k, kp,
+        xq.stride(0), *strides_w, *strides_sx, *strides_sw, stride_ws, y.stride(0),
+        HAS_BIAS=bias is not None, ACC_INT=xq.dtype == torch.int8,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
+        GROUP_M=cfg.group_m, SWAP_AB=cfg.swap_ab, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **meta,
+    )
+    return y
+
+
+def _sx_strides(sx: torch.Tensor):
+    return (sx.stride(0), sx.stride(1) if sx.dim() == 2 else 0)
+
+
+def scaled_mm(xq: torch.Tensor, sx: torch.Tensor, wq: torch.Tensor, sw: torch.Tensor, bias: Optional[torch.Tensor],
+              out_dtype: torch.dtype, block: Optional[int] = None,
+              config: Optional[ScaledMMConfig] = None) -> torch.Tensor:
+    """W8A8: xq (M, K) and wq (N, K) both fp8 e4m3 or both int8. ``block`` None: sx (M,), sw (N,);
+    ``block`` B (fp8): sx (M, ceil(K/B)), sw (ceil(N/B), ceil(K/B)). Validated by ``lowbit.ops``."""
+    m, k = xq.shape
+    n = wq.shape[0]
+    cfg = config or heuristic_config(m, n, k, block or 128)
+    if block is not None and block % cfg.block_k:
+        raise ValueError(f"BLOCK_K={cfg.block_k} must divide the scale block {block}")
+    return _launch(xq, sx, wq, sw, None, bias, out_dtype, n, k, (wq.stride(0), wq.stride(1)), _sx_strides(sx),
+                   (sw.stride(0), sw.stride(1) if block else 0), cfg,
+                   X_SCALE_K=block or 0, W_SCALE_N=block or 1, W_SCALE_K=block or 0,
+                   P0=0, P1=0, P2=0, HAS_ZEROS=False, SYM_ZERO=0)
+
+
+def scaled_mm_intx(xq: torch.Tensor, sx: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                   zeros: Optional[torch.Tensor], bias: Optional[torch.Tensor], bits: int, group_len: int,
+                   sym_zero: int, out_features: int, out_dtype: torch.dtype,
+                   config: Optional[ScaledMMConfig] = None) -> torch.Tensor:
+    """W4A8 (any bits <= 4 for fp8, <= 7 for int8): xq (M, K) fp8/int8 per-token, sx (M,); intx weight
+    (``lowbit.formats.intx``, integer zeros or symmetric). ``group_len`` >= Kp means per-channel."""
+    m, k = xq.shape
+    kp = qweight.shape[0] * 32 // bits
+    per_channel = group_len >= kp
+    cfg = config or heuristic_config(m, out_features, k, 128 if per_channel else group_len)
+    if not per_channel and group_len % cfg.block_k:
+        raise ValueError(f"BLOCK_K={cfg.block_k} must divide the group size {group_len}")
+    return _launch(xq, sx, qweight, scales, zeros, bias, out_dtype, out_features, kp, (1, qweight.stride(0)),
+                   _sx_strides(sx), (scales.stride(1), scales.stride(0)), cfg,
+                   X_SCALE_K=0, W_SCALE_N=1, W_SCALE_K=0 if per_channel else group_len,
+                   **plane_constexprs(bits), HAS_ZEROS=zeros is not None, SYM_ZERO=int(sym_zero))

@@ -1,0 +1,331 @@
+"""8-bit activations: formats (fp8 row/block, int8 + SmoothQuant), quantize_act, scaled_mm (W8A8 fp8/int8,
+block scales, W4A8) vs fp32 references, ops/dispatch/modules/configs.
+
+The Triton interpreter does int8 and fp8 tl.dot exactly, but its fp32 -> fp8 cast is wrong when the
+rounding carries into the exponent (it returns half the value) and flushes subnormals, so fp8
+*quantization* is checked bit-exactly on the GPU only; on the CPU the GEMMs get torch-quantized operands.
+"""
+import json
+import math
+
+import pytest
+import torch
+
+import lowbit
+from lowbit import ops
+from lowbit.errors import FormatError, InputError, UnsupportedError
+from lowbit.formats import Fp8Format, Int8Format, IntxFormat
+from lowbit.formats.act8 import dequantize_rows, quantize_rows
+from lowbit.kernels.quant_act import quantize_act
+from lowbit.kernels.scaled_mm import ScaledMMConfig, scaled_mm, scaled_mm_intx
+from lowbit.ops_a8 import reference_w4a8, reference_w8a8
+
+from helpers import DEVICE, HAS_CUDA, KERNEL_DTYPES, gpu_only
+
+HAS_FP8_MMA = HAS_CUDA and torch.cuda.get_device_capability() >= (8, 9)
+fp8_dev = pytest.mark.skipif(HAS_CUDA and not HAS_FP8_MMA, reason="fp8 tensor cores need sm_89+")
+CONFIGS = [  # (M, config): swap-AB and plain tiles, split-K, M across tile edges
+    pytest.param(1, ScaledMMConfig(16, 32, 32, 3, 8, 4, 2, True), id="m1-swap-split3"),
+    pytest.param(17, ScaledMMConfig(16, 64, 64, 1, 8, 4, 2, True), id="m17-swap"),
+    pytest.param(33, ScaledMMConfig(32, 32, 128, 2, 2, 4, 2, False), id="m33-split2"),
+]
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _rel(y, ref):
+    return ((y.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def _ref_y(xd, wd, bias=None):
+    y = xd.double() @ wd.double().t()
+    return y if bias is None else y + bias.double()
+
+
+# ---- formats ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind,block", [("fp8", None), ("int8", None), ("fp8", 128), ("int8", 64)])
+def test_quantize_rows_bounds(kind, block):
+    t = torch.randn(5, 300, generator=_gen(0)) * 3
+    t[1] = 0
+    q, s = quantize_rows(t, kind, block)
+    assert q.shape == t.shape and s.shape == ((5,) if block is None else (5, math.ceil(300 / block)))
+    assert torch.all(q[1].float() == 0) and torch.isfinite(s).all() and (s > 0).all()
+    err = (dequantize_rows(q, s, block) - t).abs()
+    sfull = s[:, None] if block is None else s.repeat_interleave(block, 1)[:, :300]
+    # int8: |err| <= s/2; e4m3: 3 mantissa bits -> relative 2^-4 (+ subnormal spacing 2^-9 of s)
+    bound = sfull / 2 if kind == "int8" else t.abs() * 2.0**-4 + sfull * 2.0**-10
+    assert torch.all(err <= bound * (1 + 1e-6))
+
+
+def test_quantize_rows_nonfinite_propagates():
+    t = torch.randn(3, 64, generator=_gen(1))
+    t[0, 3], t[2, 5] = float("nan"), float("inf")
+    for kind in ("fp8", "int8"):
+        _, s = quantize_rows(t, kind)
+        assert torch.isnan(s[0]) and torch.isinf(s[2]) and torch.isfinite(s[1])
+
+
+@pytest.mark.parametrize("granularity", ["row", "block"])
+def test_fp8_format(granularity):
+    w = torch.randn(200, 300, generator=_gen(2)) * 0.05
+    qw = Fp8Format(granularity).quantize(w)
+    assert qw.qweight.dtype == torch.float8_e4m3fn and qw.scales.shape == qw.scale_shape
+    assert qw.scale_shape == ((200,) if granularity == "row" else (2, 3))
+    assert _rel(qw.dequantize(), w) < 0.04  # e4m3: ~2^-4 relative per element, ~0.03 rms
+    assert lowbit.get_format("fp8", granularity=granularity).quantize(w).scales.shape == qw.scales.shape
+    with pytest.raises(FormatError):
+        Fp8Format("column")
+    with pytest.raises(FormatError):
+        Fp8Format().quantize(torch.full((4, 4), float("nan")))
+
+
+def test_int8_format_and_smoothquant():
+    g = _gen(3)
+    w = torch.randn(64, 96, generator=g) * 0.05
+    x = torch.randn(32, 96, generator=g)
+    x[:, 5] *= 50  # an outlier channel
+    plain = Int8Format().quantize(w)
+    assert plain.inv_smooth is None and plain.qweight.dtype == torch.int8
+    err = (plain.dequantize() - w).abs()
+    assert torch.all(err <= plain.scales[:, None] / 2 * (1 + 1e-6))
+    sm = Int8Format(0.5).quantize(w, calib=x)
+    amax = x.abs().amax(0)
+    m = amax.sqrt() / w.abs().amax(0).sqrt()
+    torch.testing.assert_close(sm.inv_smooth, 1 / m)
+    torch.testing.assert_close(sm.dequantize(), w, atol=3 * sm.scales.max().item() * (1 / m).max().item(), rtol=0)
+    # smoothing helps the outlier case end to end (fp32 math of the quantized operands)
+    y = x @ w.t()
+    e_plain = _rel(reference_w8a8(x, plain.qweight, plain.scales, None, None, 0), y)
+    e_sm = _rel(reference_w8a8(x, sm.qweight, sm.scales, sm.inv_smooth, None, 0), y)
+    assert e_sm < e_plain
+    with pytest.raises(FormatError, match="activation statistics"):
+        Int8Format(0.5).quantize(w)
+    with pytest.raises(FormatError):
+        Int8Format(1.5)
+
+
+# ---- quantize_act kernel ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["int8", pytest.param("fp8", marks=gpu_only)])
+@pytest.mark.parametrize("block", [None, 128, 32])
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES + [torch.float32])
+def test_quantize_act_matches_oracle(kind, block, dtype):
+    """Bit-exact against the torch oracle, with an all-zero row, a NaN row and an Inf row."""
+    x = (torch.randn(6, 300, generator=_gen(4)) * 4).to(dtype)
+    x[1] = 0
+    x[2, 7] = float("nan")
+    x[3, 290] = float("inf")
+    x = x.to(DEVICE)
+    q, s = quantize_act(x, kind, block)
+    qr, sr = quantize_rows(x, kind, block)
+    assert q.dtype == qr.dtype and s.shape == sr.shape
+    torch.testing.assert_close(s, sr, rtol=0, atol=0, equal_nan=True)
+    finite = torch.isfinite(x).all(dim=1) if block is None else torch.ones(6, dtype=torch.bool, device=DEVICE)
+    if block is not None:
+        finite[2:4] = False  # rows with a non-finite block
+    assert torch.equal(q[finite].view(torch.uint8), qr[finite].view(torch.uint8))
+    assert torch.all(q[1].float() == 0)
+
+
+def test_quantize_act_smooth_int8():
+    x = torch.randn(3, 100, generator=_gen(5)).to(DEVICE, torch.float16)
+    inv = (torch.rand(100, generator=_gen(6)) + 0.5).to(DEVICE)
+    q, s = quantize_act(x, "int8", None, inv)
+    qr, sr = quantize_rows(x.float() * inv, "int8")
+    assert torch.equal(q, qr) and torch.equal(s, sr)
+
+
+# ---- scaled_mm kernels ------------------------------------------------------------------------------
+
+def _check_gemm(y, ref, k, dtype):
+    """Exact operands: only fp32 summation order and the output cast differ."""
+    assert _rel(y, ref) <= 2 * torch.finfo(dtype).eps
+
+
+@fp8_dev
+@pytest.mark.parametrize("m,config", CONFIGS)
+@pytest.mark.parametrize("kind", ["fp8", "int8"])
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+def test_scaled_mm_rowwise(kind, m, config, dtype):
+    n, k = 72, 300
+    x = torch.randn(m, k, generator=_gen(m)) * 2
+    w = torch.randn(n, k, generator=_gen(8)) * 0.05
+    bias = torch.randn(n, generator=_gen(9)).to(dtype)
+    xq, sx = quantize_rows(x, kind)
+    wq, sw = quantize_rows(w, kind)
+    y = scaled_mm(xq.to(DEVICE), sx.to(DEVICE), wq.to(DEVICE), sw.to(DEVICE), bias.to(DEVICE), dtype, None, config)
+    assert y.dtype == dtype and y.shape == (m, n)
+    ref = _ref_y(dequantize_rows(xq, sx), dequantize_rows(wq, sw), bias.float())
+    _check_gemm(y.cpu(), ref, k, dtype)
+    if kind == "int8":  # int32 accumulation is exact: y / (sx sw) recovers the integer dot products
+        exact = xq.double() @ wq.double().t()
+        y32 = (y.cpu().double() - bias.double()) / (sx.double()[:, None] * sw.double()[None, :])
+        assert (y32 - exact).abs().max() <= exact.abs().max() * 2 * torch.finfo(dtype).eps + 1
+
+
+@fp8_dev
+@pytest.mark.parametrize("m,config", CONFIGS)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+def test_scaled_mm_block_scales(m, config, dtype):
+    n, k = 200, 300  # 2 x 3 weight blocks, short edge blocks
+    x = torch.randn(m, k, generator=_gen(10))
+    x[:, 128:256] *= 30  # blocks with different scales: a wrong block index is visible
+    w = torch.randn(n, k, generator=_gen(11)) * 0.05
+    w[128:] *= 10
+    fw = Fp8Format("block").quantize(w)
+    xq, sx = quantize_rows(x, "fp8", 128)
+    cfg = ScaledMMConfig(config.block_m, config.block_n, min(config.block_k, 128), config.split_k, config.group_m,
+                         config.num_warps, config.num_stages, config.swap_ab)
+    y = scaled_mm(xq.to(DEVICE), sx.to(DEVICE), fw.qweight.to(DEVICE), fw.scales.to(DEVICE), None, dtype, 128, cfg)
+    _check_gemm(y.cpu(), _ref_y(dequantize_rows(xq, sx, 128), fw.dequantize()), k, dtype)
+
+
+@fp8_dev
+@pytest.mark.parametrize("m,config", CONFIGS)
+@pytest.mark.parametrize("group_size,symmetric", [(64, False), (32, True), (128, False), (None, False), (None, True)])
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+def test_scaled_mm_w4a8(m, config, group_size, symmetric, dtype):
+    n, k = 72, 300
+    qw = IntxFormat(4, group_size, symmetric, "int", dtype).quantize(torch.randn(n, k, generator=_gen(12)) * 0.05)
+    x = torch.randn(m, k, generator=_gen(13))
+    xq, sx = quantize_rows(x, "fp8")
+    bk = config.block_k if group_size is None else min(config.block_k, group_size)
+    cfg = ScaledMMConfig(config.block_m, config.block_n, bk, config.split_k, config.group_m, config.num_warps,
+                         config.num_stages, config.swap_ab)
+    qw = qw.to(DEVICE)
+    y = scaled_mm_intx(xq.to(DEVICE), sx.to(DEVICE), qw.qweight, qw.scales, qw.zeros, None, 4,
+                       group_size or (1 << 30), 8, n, dtype, cfg)
+    _check_gemm(y.cpu(), _ref_y(dequantize_rows(xq, sx), qw.dequantize().cpu()), k, dtype)
+
+
+# ---- ops, dispatch, modules, configs ----------------------------------------------------------------
+
+def _weights(kind, n=72, k=300, seed=14):
+    w = torch.randn(n, k, generator=_gen(seed)) * 0.05
+    if kind == "fp8":
+        return w, Fp8Format("row").quantize(w), 0
+    if kind == "fp8-block":
+        return w, Fp8Format("block").quantize(w), 128
+    return w, Int8Format().quantize(w), 0
+
+
+@pytest.mark.parametrize("kind", ["int8", pytest.param("fp8", marks=[gpu_only, fp8_dev]),
+                                  pytest.param("fp8-block", marks=[gpu_only, fp8_dev])])
+@pytest.mark.parametrize("m", [1, 40])
+def test_linear_w8a8_op_matches_reference(kind, m):
+    """The op (act quant + GEMM) against the fp32 math of the same quantized operands, and its error vs
+    the unquantized product bounded (relative Frobenius)."""
+    dtype = torch.float16
+    w, qw, block = _weights(kind)
+    x = torch.randn(2, m, 300, generator=_gen(m)).to(DEVICE, dtype)
+    b = torch.randn(72, generator=_gen(15)).to(DEVICE, dtype)
+    qw = qw.to(DEVICE)
+    y = ops.linear_w8a8(x, qw.qweight, qw.scales, None, b, block)
+    ref = reference_w8a8(x.reshape(-1, 300), qw.qweight, qw.scales, None, b, block).reshape(2, m, 72)
+    assert y.shape == (2, m, 72) and y.dtype == dtype
+    assert _rel(y.float(), ref.float()) <= 2 * torch.finfo(dtype).eps
+    exact = x.float().cpu() @ w.t() + b.float().cpu()
+    assert _rel(y.float().cpu(), exact) < (0.01 if kind == "int8" else 0.05)
+
+
+@pytest.mark.parametrize("group_size", [64, 0])
+def test_linear_w4a8_op(group_size):
+    """On the CPU the fp8 activation quantization runs in the interpreter (see the module docstring):
+    bound the error vs the fp32 product only; on an fp8 GPU also against the reference to output rounding."""
+    dtype = torch.float16
+    w = torch.randn(72, 300, generator=_gen(16)) * 0.05
+    qw = IntxFormat(4, group_size or None, False, "int", dtype).quantize(w).to(DEVICE)
+    x = torch.randn(5, 300, generator=_gen(17)).to(DEVICE, dtype)
+    y = ops.linear_w4a8_fp8(x, qw.qweight, qw.scales, qw.zeros, None, 4, group_size, 300)
+    exact = x.float().cpu() @ qw.dequantize().cpu().t()
+    assert _rel(y.float().cpu(), exact) < 0.06
+    if HAS_FP8_MMA:
+        ref = reference_w4a8(x, qw.qweight, qw.scales, qw.zeros, None, 4, group_size, 300)
+        assert _rel(y.float(), ref.float()) <= 2 * torch.finfo(dtype).eps
+
+
+def test_op_errors():
+    w, qw, _ = _weights("int8")
+    x = torch.randn(2, 300)
+    with pytest.raises(InputError):
+        ops.linear_w8a8(torch.randn(2, 299), qw.qweight, qw.scales, None, None, 0)
+    with pytest.raises(FormatError, match="fp8 only"):
+        ops.linear_w8a8(x, qw.qweight, qw.scales, None, None, 128)
+    with pytest.raises(FormatError, match="scales"):
+        ops.linear_w8a8(x, qw.qweight, qw.scales[:-1], None, None, 0)
+    with pytest.raises(FormatError):
+        ops.linear_w8a8(x, qw.qweight.float(), qw.scales, None, None, 0)
+    iw = IntxFormat(8, 64).quantize(w)
+    with pytest.raises(UnsupportedError, match="bits <= 4"):
+        ops.linear_w4a8_fp8(x, iw.qweight, iw.scales, iw.zeros, None, 8, 64, 300)
+    fw = IntxFormat(4, 64, False, "float").quantize(w)
+    with pytest.raises(UnsupportedError, match="float"):
+        ops.linear_w4a8_fp8(x, fw.qweight, fw.scales, fw.zeros, None, 4, 64, 300)
+
+
+def test_dispatch_capability_reasons(monkeypatch):
+    from lowbit import dispatch
+
+    monkeypatch.setenv("LOWBIT_BACKEND", "triton")
+    p = dispatch.A8Problem("fp8", 16, 64, 64, torch.bfloat16, "cuda", (8, 0))
+    with pytest.raises(UnsupportedError, match="capability >= 8.9"):
+        dispatch.select_a8(p)
+    assert dispatch.select_a8(dispatch.A8Problem("int8", 16, 64, 64, torch.bfloat16, "cuda", (8, 0))) == \
+        "triton_scaled_mm"
+    monkeypatch.delenv("LOWBIT_BACKEND")
+    assert dispatch.select_a8(p) == "reference"  # documented fallback (logged once)
+
+
+def test_reference_backend_on_cpu(monkeypatch):
+    monkeypatch.setenv("LOWBIT_BACKEND", "reference")
+    w, qw, _ = _weights("fp8")
+    x = torch.randn(3, 300, generator=_gen(18)).to(DEVICE)
+    y = ops.linear_w8a8(x, qw.qweight.to(DEVICE), qw.scales.to(DEVICE), None, None, 0)
+    assert _rel(y.cpu(), x.cpu() @ w.t()) < 0.05
+
+
+def test_opcheck_and_compile():
+    _, qw, _ = _weights("int8", n=32, k=64)
+    x = torch.randn(3, 64, generator=_gen(19)).to(DEVICE, torch.float16)
+    args = (x, qw.qweight.to(DEVICE), qw.scales.to(DEVICE), None, None, 0)
+    torch.library.opcheck(torch.ops.lowbit.linear_w8a8.default, args)
+    torch.library.opcheck(torch.ops.lowbit.quantize_act.default, (x, "int8", 0, None))
+    f = torch.compile(lambda t: ops.linear_w8a8(t, *args[1:]), fullgraph=True, backend="eager")
+    torch.testing.assert_close(f(x), ops.linear_w8a8(*args))
+
+
+@pytest.mark.parametrize("config", [
+    lowbit.Int8DynamicActivationInt8WeightConfig(),
+    pytest.param(lowbit.Float8DynamicActivationFloat8WeightConfig("row"), marks=fp8_dev),
+    pytest.param(lowbit.Float8DynamicActivationFloat8WeightConfig("block"), marks=fp8_dev),
+    pytest.param(lowbit.Int4WeightFloat8ActivationConfig(32), marks=fp8_dev),
+])
+def test_quantize_and_config_roundtrip(config, tmp_path):
+    assert lowbit.config_from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.ReLU(), torch.nn.Linear(48, 32)).to(DEVICE).half()
+    x = torch.randn(4, 64, device=DEVICE, dtype=torch.float16)
+    dense = model(x).float()
+    lowbit.quantize_(model, config)
+    assert type(model[0]).__name__ in ("Float8Linear", "Int8Linear", "W4A8Linear")
+    assert _rel(model(x).float().cpu(), dense.cpu()) < 0.1
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
+    with pytest.raises(lowbit.CheckpointError, match="does not support"):
+        lowbit.save_quantized(model, str(tmp_path / "ckpt"))
+
+
+def test_quantize_smooth():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32))
+    x = torch.randn(16, 64)
+    x[:, 3] *= 40
+    with pytest.raises(FormatError, match="quantize_smooth_"):
+        lowbit.quantize_(torch.nn.Sequential(torch.nn.Linear(64, 32)), lowbit.Int8DynamicActivationInt8WeightConfig(0.5))
+    dense = model(x)
+    lowbit.quantize_smooth_(model, lowbit.Int8DynamicActivationInt8WeightConfig(0.5), {"0": x.abs().amax(0)})
+    assert model[0].inv_smooth is not None
+    assert _rel(model.to(DEVICE)(x.to(DEVICE)).cpu(), dense.detach()) < 0.02
