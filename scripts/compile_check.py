@@ -3,6 +3,8 @@ shared memory and a SASS instruction histogram (needs the cuobjdump that Triton 
 
     PYTHONPATH=src python scripts/compile_check.py gemv --bits 4 --block-m 1 --block-n 64 --block-k 256
     PYTHONPATH=src python scripts/compile_check.py gemv --lut --prefetch   # lookup-table mode (LUT_TABLE=fp16: table dtype)
+    PYTHONPATH=src python scripts/compile_check.py grouped --bits 4 --block-m 16 --block-n 64 --split-k 2
+    PYTHONPATH=src python scripts/compile_check.py grouped --gemv --block-m 2 --ids --scatter --row-weights
 """
 import argparse
 import collections
@@ -17,6 +19,7 @@ from triton.compiler import ASTSource
 
 from lowbit.kernels.gemm import gemm_wxa16_kernel
 from lowbit.kernels.gemv import gemv_wxa16_kernel
+from lowbit.kernels.grouped import grouped_wxa16_kernel
 from lowbit.kernels.unpack import plane_constexprs
 
 SIG = {"x_ptr": "*fp16", "qw_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*u8", "t_ptr": "*" + os.environ.get("LUT_TABLE", "fp32"), "b_ptr": "*fp16",
@@ -26,9 +29,15 @@ SIG = {"x_ptr": "*fp16", "qw_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*u8", "t_
        "stride_ym": "i32", "magic": "i32"}
 
 
-def compile_kernel(fn, constexprs, num_warps, num_stages, dtype="fp16"):
-    sig = {k: v for k, v in SIG.items() if k in fn.arg_names}
-    for k in ("x_ptr", "s_ptr", "b_ptr", "y_ptr"):
+GROUPED_SIG = {**{k: v for k, v in SIG.items() if k.endswith("_ptr")}, "off_ptr": "*i32", "ids_ptr": "*i32",
+               "rw_ptr": "*fp16", "N": "i32", "K": "i32", "Kp": "i32", "E": "i32",
+               **{k: "i32" for k in ("stride_xm", "stride_xk", "stride_qe", "stride_qk", "stride_se", "stride_sg",
+                                     "stride_be", "stride_ws", "stride_ym", "magic")}}
+
+
+def compile_kernel(fn, constexprs, num_warps, num_stages, dtype="fp16", base_sig=None):
+    sig = {k: v for k, v in (base_sig or SIG).items() if k in fn.arg_names}
+    for k in ("x_ptr", "s_ptr", "b_ptr", "y_ptr") + (("rw_ptr",) if "rw_ptr" in sig else ()):
         sig[k] = f"*{dtype}"
     sig.update({k: "constexpr" for k in constexprs})
     src = ASTSource(fn, sig, constexprs=dict(constexprs))
@@ -51,7 +60,7 @@ def sass_histogram(cubin: bytes):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("kernel", choices=["gemv", "gemm"])
+    p.add_argument("kernel", choices=["gemv", "gemm", "grouped"])
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--group", type=int, default=128)
     p.add_argument("--block-m", type=int, default=1)
@@ -64,6 +73,11 @@ def main():
     p.add_argument("--prefetch", action="store_true")
     p.add_argument("--lut", action="store_true", help="lookup-table codes (lowbit.formats.lut): LUT=True, no zeros")
     p.add_argument("--sass", action="store_true")
+    p.add_argument("--gemv", action="store_true", help="grouped: the CUDA-core (GEMV) K loop instead of tensor cores")
+    p.add_argument("--experts", type=int, default=8, help="grouped: E")
+    p.add_argument("--ids", action="store_true", help="grouped: rows gathered through sorted pair ids")
+    p.add_argument("--scatter", action="store_true", help="grouped: output scattered to pair order")
+    p.add_argument("--row-weights", action="store_true", help="grouped: routing weights in the epilogue")
     a = p.parse_args()
     ce = dict(GROUP_LEN=a.group, **plane_constexprs(a.bits), HAS_ZEROS=not a.lut, SYM_ZERO=8.0, HAS_BIAS=False, LUT=a.lut,
               BLOCK_M=a.block_m, BLOCK_N=a.block_n, BLOCK_K=a.block_k, SPLIT_K=a.split_k)
@@ -72,8 +86,15 @@ def main():
         ce.update(NUM_STAGES=1 if a.prefetch else a.stages, PREFETCH=a.prefetch, EVEN_K=True)
     if a.kernel == "gemm":
         ce.update(GROUP_M=8, INT_ZERO=True, PREFETCH=False)
-    fn = gemv_wxa16_kernel if a.kernel == "gemv" else gemm_wxa16_kernel
-    k = compile_kernel(fn, ce, a.warps, a.stages, a.dtype)
+    base_sig = None
+    if a.kernel == "grouped":
+        del ce["LUT"]  # affine codes only
+        ce.update(INT_ZERO=True, EVEN_K=True, HAS_IDS=a.ids, TOPK=2, GATHER=a.ids, SCATTER=a.scatter, HAS_ROW_WEIGHTS=a.row_weights,
+                  E_POW2=triton.next_power_of_2(a.experts), NUM_TILES=64, MMA=not a.gemv, GROUP_M=8,
+                  NUM_STAGES=a.stages)
+        base_sig = GROUPED_SIG
+    fn = {"gemv": gemv_wxa16_kernel, "gemm": gemm_wxa16_kernel, "grouped": grouped_wxa16_kernel}[a.kernel]
+    k = compile_kernel(fn, ce, a.warps, a.stages, a.dtype, base_sig)
     hist, usage, sass = sass_histogram(k.asm["cubin"])
     print(usage)
     print(" ".join(f"{op}:{c}" for op, c in hist.most_common(40)))

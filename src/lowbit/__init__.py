@@ -12,6 +12,8 @@ from .api import (  # noqa: E402  8-bit activation configs
 )
 from .nn_a8 import Float8Linear, Int8Linear, W4A8Linear
 from .checkpoint import CheckpointError, load_quantized, save_quantized
+from .formats.intx_experts import IntxExpertWeights
+from .nn_moe import QuantMoE, QuantMoEExperts
 
 __version__ = "0.1.0"
 
@@ -20,6 +22,7 @@ __all__ = [
     "IntxFormat", "IntxWeight", "get_format",
     "FormatError", "InputError", "LowbitError", "UnsupportedError", "__version__",
     "convert", "save_quantized", "load_quantized", "CheckpointError",
+    "IntxExpertWeights", "QuantMoE", "QuantMoEExperts",
     "Float8DynamicActivationFloat8WeightConfig", "Int4WeightFloat8ActivationConfig",
     "Int8DynamicActivationInt8WeightConfig", "quantize_smooth_", "Float8Linear", "Int8Linear", "W4A8Linear",
 ]

@@ -88,20 +88,44 @@ _HANDLERS: Dict[Type, Callable[[nn.Linear, object], nn.Module]] = {
 
 
 def _default_filter(module: nn.Module, fqn: str) -> bool:
-    return isinstance(module, nn.Linear)
+    return isinstance(module, nn.Linear) or _is_moe_block(module)
+
+
+def _is_moe_block(module: nn.Module) -> bool:
+    from .nn_moe import is_moe_block
+
+    return is_moe_block(module)
+
+
+def _quantize_moe_block(module: nn.Module, config) -> nn.Module:
+    """Sparse MoE block -> ``QuantMoE`` (weight-only intx configs); what it contains is handled here."""
+    from .nn_moe import QuantMoE
+
+    if not isinstance(config, IntxWeightOnlyConfig):
+        raise FormatError(f"no MoE handler for config type {type(config).__name__}")
+    return QuantMoE.from_block(module, config.format())
 
 
 def quantize_(
     model: nn.Module, config, filter_fn: Optional[Callable[[nn.Module, str], bool]] = None
 ) -> nn.Module:
     """Replace, in place, every module selected by ``filter_fn(module, fqn)`` (default: all
-    ``nn.Linear``) with its quantized counterpart for ``config``. Returns ``model``."""
+    ``nn.Linear`` and transformers sparse MoE blocks) with its quantized counterpart for ``config``
+    (MoE blocks -> ``QuantMoE``: experts and shared-expert linears quantized, router kept). Returns ``model``."""
     handler = _HANDLERS.get(type(config))
     if handler is None:
         raise FormatError(f"no quantize_ handler for config type {type(config).__name__}")
     filter_fn = filter_fn or _default_filter
     targets = [(fqn, m) for fqn, m in model.named_modules() if fqn and filter_fn(m, fqn)]
+    moe_blocks: list = []  # modules inside a replaced MoE block were converted with it
     for fqn, module in targets:
+        if any(fqn.startswith(b + ".") for b in moe_blocks):
+            continue
+        if _is_moe_block(module):
+            moe_blocks.append(fqn)
+            parent_name, _, child = fqn.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, _quantize_moe_block(module, config))
+            continue
         if not isinstance(module, nn.Linear):
             raise FormatError(f"{fqn}: quantize_ replaces nn.Linear modules, got {type(module).__name__}")
         parent_name, _, child = fqn.rpartition(".")

@@ -115,6 +115,8 @@ def intx_linear(x: torch.Tensor, weight: IntxWeight, bias: Optional[torch.Tensor
     )
 
 
+# mixture-of-experts ops live in their own module; re-exported here (the one door to the kernels)
+from .ops_moe import grouped_gemm, grouped_gemm_wxa16, moe_align  # noqa: E402,F401
 # 8-bit activation ops (lowbit::quantize_act, lowbit::linear_w8a8, lowbit::linear_w4a8_fp8) live in ops_a8.
 from .ops_a8 import (  # noqa: E402,F401
     linear_w4a8_fp8, linear_w4a8_fp8_auto, linear_w8a8, linear_w8a8_auto, quantize_act,

@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..errors import UnsupportedError
 from .launch import table_strides
 from .unpack import (
     codes_from_words_nk, dequant_tile, group_params, load_codes_nk, lut_dequant_tile, plane_constexprs, table_base,
@@ -23,13 +24,18 @@ from .unpack import (
 def dequantize_intx_kernel(
     qw_ptr, s_ptr, z_ptr, t_ptr, w_ptr,
     N, K, Kp,
-    stride_qk, stride_sg, stride_tg, stride_tn, stride_wn,
+    stride_qk, stride_sg, stride_tg, stride_tn, stride_wn, stride_qe, stride_se, stride_we,
     GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
     HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, INT_ZERO: tl.constexpr, LUT: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
+    pid_e = tl.program_id(2).to(tl.int64)  # stacked experts (lowbit.formats.intx_experts); 0 otherwise
+    qw_ptr += pid_e * stride_qe
+    s_ptr += pid_e * stride_se
+    z_ptr += pid_e * stride_se
+    w_ptr += pid_e * stride_we
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     k0 = pid_k * BLOCK_K
@@ -54,18 +60,23 @@ def int_zero(zeros: Optional[torch.Tensor], sym_zero: float) -> bool:
 def dequantize_intx(qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor], bits: int,
                     group_len: int, sym_zero: float, in_features: int, dtype: torch.dtype,
                     table: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Dense (N, K) weight in ``dtype`` (fp16/bf16) on the weight's device; ``table``: LUT codes."""
-    n = qweight.shape[1]
-    kp = qweight.shape[0] * 32 // bits
+    """Dense (N, K) weight in ``dtype`` (fp16/bf16) on the weight's device; ``table``: LUT codes;
+    stacked experts (qweight (E, Kp*bits/32, N), scales/zeros (E, G, N)) give (E, N, K) in one launch."""
+    experts = qweight.shape[0] if qweight.dim() == 3 else 0
+    if experts and table is not None:
+        raise UnsupportedError("dequantize_intx: lookup tables are not supported for stacked experts")
+    n = qweight.shape[-1]
+    kp = qweight.shape[-2] * 32 // bits
     block_k = 128
     while group_len % block_k:
         block_k //= 2
-    w = torch.empty((n, in_features), device=qweight.device, dtype=dtype)
-    grid = (triton.cdiv(n, 64), triton.cdiv(in_features, block_k))
+    w = torch.empty((experts, n, in_features) if experts else (n, in_features), device=qweight.device, dtype=dtype)
+    grid = (triton.cdiv(n, 64), triton.cdiv(in_features, block_k), max(1, experts))
+    e_strides = (qweight.stride(0), scales.stride(0), w.stride(0)) if experts else (0, 0, 0)
     stride_tg, stride_tn = table_strides(table)
     dequantize_intx_kernel[grid](
         qweight, scales, zeros if zeros is not None else scales, table if table is not None else scales, w,
-        n, in_features, kp, qweight.stride(0), scales.stride(0), stride_tg, stride_tn, w.stride(0),
+        n, in_features, kp, qweight.stride(-2), scales.stride(-2), stride_tg, stride_tn, w.stride(-2), *e_strides,
         GROUP_LEN=group_len, **plane_constexprs(bits), HAS_ZEROS=zeros is not None, SYM_ZERO=sym_zero,
         INT_ZERO=int_zero(zeros, sym_zero), LUT=table is not None, BLOCK_N=64, BLOCK_K=block_k, num_warps=4,
     )

@@ -34,37 +34,14 @@ class GemmConfig:
 
 
 @triton.jit
-def gemm_wxa16_kernel(
-    x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
-    M, N, K, Kp,
-    stride_xm, stride_xk, stride_qk, stride_sg, stride_tg, stride_tn, stride_ws, stride_ym,
-    GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
-    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, LUT: tl.constexpr,
-    INT_ZERO: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, PREFETCH: tl.constexpr,
-):
-    """Computes the tile transposed, Y^T[BLOCK_N, BLOCK_M] = W[BLOCK_N, :] @ X[BLOCK_M, :]^T: the
-    dequantized weights are the register A operand and the tokens the MMA's N side, so Hopper's
-    wgmma applies from BLOCK_M = 16 on (a [BLOCK_M < 64, ...] A operand would not)."""
-    pid = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    # grouped ordering: GROUP_M row-tiles share the weight tiles they read (L2 reuse)
-    width = GROUP_M * num_n
-    first_m = (pid // width) * GROUP_M
-    rows_in_group = min(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % rows_in_group
-    pid_n = (pid % width) // rows_in_group
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
+def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, mask_n, K, Kp, t0, t1,
+                    stride_xm, stride_xk, stride_qk, stride_sg, stride_tg, stride_tn,
+                    GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
+                    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, LUT: tl.constexpr, INT_ZERO: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr):
+    """Y^T tile [BLOCK_N, BLOCK_M] (fp32) over the K tiles [t0, t1): rows ``offs_m`` of X (any row
+    indices: the grouped kernel passes gathered token rows) times output channels ``offs_n`` of W."""
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-
-    t0, t1 = split_k_tiles(K, pid_k, BLOCK_K, SPLIT_K)
     # software pipelining by hand: the next tile's words are in flight while this one is used
     w0, w1, w2 = load_codes_nk(qw_ptr, t0 * BLOCK_K, offs_n, mask_n, stride_qk, Kp, tl.where(t0 < t1, Kp, 0),
                                P0, P1, P2, BLOCK_K)
@@ -98,6 +75,43 @@ def gemm_wxa16_kernel(
             else:
                 w = dequant_tile(q, s, z, INT_ZERO, x_ptr.dtype.element_ty)
         acc += tl.dot(w, xt)
+    return acc
+
+
+@triton.jit
+def gemm_wxa16_kernel(
+    x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
+    M, N, K, Kp,
+    stride_xm, stride_xk, stride_qk, stride_sg, stride_tg, stride_tn, stride_ws, stride_ym,
+    GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
+    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, LUT: tl.constexpr,
+    INT_ZERO: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, PREFETCH: tl.constexpr,
+):
+    """Computes the tile transposed, Y^T[BLOCK_N, BLOCK_M] = W[BLOCK_N, :] @ X[BLOCK_M, :]^T: the
+    dequantized weights are the register A operand and the tokens the MMA's N side, so Hopper's
+    wgmma applies from BLOCK_M = 16 on (a [BLOCK_M < 64, ...] A operand would not)."""
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    # grouped ordering: GROUP_M row-tiles share the weight tiles they read (L2 reuse)
+    width = GROUP_M * num_n
+    first_m = (pid // width) * GROUP_M
+    rows_in_group = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % rows_in_group
+    pid_n = (pid % width) // rows_in_group
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    t0, t1 = split_k_tiles(K, pid_k, BLOCK_K, SPLIT_K)
+    acc = gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, mask_n, K, Kp, t0, t1,
+                          stride_xm, stride_xk, stride_qk, stride_sg, stride_tg, stride_tn,
+                          GROUP_LEN, P0, P1, P2, HAS_ZEROS, SYM_ZERO, LUT, INT_ZERO,
+                          BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH)
 
     mask = mask_n[:, None] & mask_m[None, :]
     bias = tl.zeros((BLOCK_N, 1), dtype=tl.float32)

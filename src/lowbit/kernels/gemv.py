@@ -132,27 +132,19 @@ def _lut_tile(w0, w1, w2, t_ptr, tbase, tmask, x_ptr, k0, offs_m, mask_m, K, str
 
 
 @triton.jit
-def gemv_wxa16_kernel(
-    x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
-    M, N, K, Kp,
-    stride_xm, stride_xk, stride_qk, stride_sg, stride_tg, stride_tn, stride_ws, stride_ym, magic,
-    GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
-    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, LUT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    NUM_STAGES: tl.constexpr, PREFETCH: tl.constexpr, EVEN_K: tl.constexpr,
-):
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
+def gemv_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, mask_n, K, Kp, t0, t1,
+                    stride_xm, stride_xk, stride_qk, stride_sg, stride_tg, stride_tn, magic,
+                    GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
+                    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, LUT: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    NUM_STAGES: tl.constexpr, PREFETCH: tl.constexpr, EVEN_K: tl.constexpr):
+    """Y tile [BLOCK_M, BLOCK_N] (fp32) over the K tiles [t0, t1): rows ``offs_m`` of X (any row
+    indices: the grouped kernel passes gathered token rows) times output channels ``offs_n`` of W."""
     # per-plane accumulators keep the word-row axis: the cross-thread sum over it happens once
     acc0 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K * P0 // 32), dtype=tl.float32)
     acc1 = tl.zeros((BLOCK_M, BLOCK_N, max(BLOCK_K * P1 // 32, 1)), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_M, BLOCK_N, max(BLOCK_K * P2 // 32, 1)), dtype=tl.float32)
 
-    t0, t1 = split_k_tiles(K, pid_k, BLOCK_K, SPLIT_K)
     # Default: Triton's pipeliner streams the words through shared memory with cp.async, NUM_STAGES
     # deep (tuned): more bytes in flight and half the registers of a register prefetch.
     # PREFETCH (older variant, still best for W8 at M=1): load the next tile's words into registers
@@ -198,6 +190,30 @@ def gemv_wxa16_kernel(
         acc += tl.sum(acc1, axis=2)
     if P2 > 0:
         acc += tl.sum(acc2, axis=2)
+    return acc
+
+
+@triton.jit
+def gemv_wxa16_kernel(
+    x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
+    M, N, K, Kp,
+    stride_xm, stride_xk, stride_qk, stride_sg, stride_tg, stride_tn, stride_ws, stride_ym, magic,
+    GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
+    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, LUT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    NUM_STAGES: tl.constexpr, PREFETCH: tl.constexpr, EVEN_K: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    t0, t1 = split_k_tiles(K, pid_k, BLOCK_K, SPLIT_K)
+    acc = gemv_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, mask_n, K, Kp, t0, t1,
+                          stride_xm, stride_xk, stride_qk, stride_sg, stride_tg, stride_tn, magic,
+                          GROUP_LEN, P0, P1, P2, HAS_ZEROS, SYM_ZERO, LUT,
+                          BLOCK_M, BLOCK_N, BLOCK_K, NUM_STAGES, PREFETCH, EVEN_K)
     mask = mask_m[:, None] & mask_n[None, :]
     bias = tl.zeros((1, BLOCK_N), dtype=tl.float32)
     if HAS_BIAS:
