@@ -39,6 +39,16 @@ class GemvConfig:
 
 
 @triton.jit
+def _x_slice(x_ptr, kk, offs_m, mask_m, K, stride_xm, stride_xk, EVEN_K: tl.constexpr):
+    """x[offs_m, kk] -> fp32 [BLOCK_M, len(kk)]; EVEN_K (K % BLOCK_K == 0): no mask on k."""
+    if EVEN_K:
+        mask = mask_m[:, None]
+    else:
+        mask = mask_m[:, None] & (kk < K)[None, :]
+    return tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :] * stride_xk, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _plane_tile(words, magic, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk,
                 P: tl.constexpr, OFF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                 EVEN_K: tl.constexpr):
@@ -66,13 +76,7 @@ def _plane_tile(words, magic, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk
             SH = POS - 12
             field = (shifted & (MASK << SH)) | magic
         v = field.to(tl.float32, bitcast=True) - 8388608.0
-        kk = k0 + r * PER + j
-        if EVEN_K:
-            xj = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :] * stride_xk,
-                         mask=mask_m[:, None], other=0.0).to(tl.float32)
-        else:
-            xj = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :] * stride_xk,
-                         mask=mask_m[:, None] & (kk < K)[None, :], other=0.0).to(tl.float32)
+        xj = _x_slice(x_ptr, k0 + r * PER + j, offs_m, mask_m, K, stride_xm, stride_xk, EVEN_K)
         tile += (xj * ((1 << OFF) / (1 << SH)))[:, None, :] * v[None, :, :]
         xsum += xj
     return tile, xsum
@@ -124,9 +128,7 @@ def _lut_tile(w0, w1, w2, t_ptr, tbase, tmask, x_ptr, k0, offs_m, mask_m, K, str
         if P1 > 0:
             q |= ((hi >> (j * P1)) & ((1 << P1) - 1)) << P0
         v = lut_lookup(t_ptr, tbase, q, tmask)
-        kk = k0 + r * PER + j
-        xj = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :] * stride_xk,
-                     mask=mask_m[:, None] & (kk < K)[None, :], other=0.0).to(tl.float32)
+        xj = _x_slice(x_ptr, k0 + r * PER + j, offs_m, mask_m, K, stride_xm, stride_xk, False)
         tile += xj[:, None, :] * v[None, :, :]
     return tile
 
