@@ -42,6 +42,21 @@ def triton_available(device_type: str) -> Tuple[bool, str]:
     return False, f"triton kernels need a CUDA device (or TRITON_INTERPRET=1), got device {device_type!r}"
 
 
+
+def eager_unless_compiling(op: Callable, eager: Callable) -> Callable:
+    """A call that runs the torch.library custom op ``op`` while tracing/compiling (torch.compile sees
+    one opaque node) and its implementation ``eager`` otherwise (skipping ~tens of µs of torch.library
+    dispatch per call)."""
+    def call(*args):
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return op(*args)
+        return eager(*args)
+
+    name = getattr(op, "_qualname", getattr(op, "__name__", op))
+    call.__doc__ = f"``{name}`` while tracing/compiling, ``{eager.__name__}`` in eager mode."
+    return call
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str

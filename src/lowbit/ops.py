@@ -99,12 +99,7 @@ def _(x, qweight, scales, zeros, bias, bits, group_size, in_features):
     return x.new_empty((*x.shape[:-1], qweight.shape[1]))
 
 
-def linear_wxa16_auto(*args) -> torch.Tensor:
-    """The custom op while tracing/compiling (so torch.compile sees one opaque node), the plain
-    implementation in eager mode (skips ~tens of µs of torch.library dispatch per call)."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return linear_wxa16(*args)
-    return linear_wxa16_eager(*args)
+linear_wxa16_auto = dispatch.eager_unless_compiling(linear_wxa16, linear_wxa16_eager)
 
 
 def intx_linear(x: torch.Tensor, weight: IntxWeight, bias: Optional[torch.Tensor] = None) -> torch.Tensor:

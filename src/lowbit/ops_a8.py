@@ -185,18 +185,7 @@ def _(x, qweight, scales, inv_smooth, bias, block):
     return x.new_empty((*x.shape[:-1], qweight.shape[0]))
 
 
-def _auto(op, eager):
-    def call(*args):
-        if torch.compiler.is_compiling() or torch.jit.is_tracing():
-            return op(*args)
-        return eager(*args)
-
-    call.__doc__ = ("The custom op while tracing/compiling, its implementation without the torch.library "
-                    "dispatch in eager mode (as ``ops.linear_wxa16_auto``).")
-    return call
-
-
-linear_w8a8_auto = _auto(linear_w8a8, linear_w8a8_eager)
+linear_w8a8_auto = dispatch.eager_unless_compiling(linear_w8a8, linear_w8a8_eager)
 
 
 # ---- linear_w4a8_fp8 (intx weights, fp8 activations) ----------------------------------------------
@@ -248,7 +237,7 @@ def _(x, qweight, scales, zeros, bias, bits, group_size, in_features):
     return x.new_empty((*x.shape[:-1], qweight.shape[1]))
 
 
-linear_w4a8_fp8_auto = _auto(linear_w4a8_fp8, linear_w4a8_fp8_eager)
+linear_w4a8_fp8_auto = dispatch.eager_unless_compiling(linear_w4a8_fp8, linear_w4a8_fp8_eager)
 
 __all__ = ["quantize_act", "quantize_act_eager", "linear_w8a8", "linear_w8a8_eager", "linear_w8a8_auto",
            "linear_w4a8_fp8", "linear_w4a8_fp8_eager", "linear_w4a8_fp8_auto", "reference_w8a8", "reference_w4a8",

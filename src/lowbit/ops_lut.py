@@ -72,11 +72,7 @@ def _(x, qweight, scales, table, bias, bits, group_size, in_features):
     return x.new_empty((*x.shape[:-1], qweight.shape[1]))
 
 
-def linear_luta16_auto(*args) -> torch.Tensor:
-    """The custom op while tracing/compiling, the plain implementation in eager mode."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return linear_luta16(*args)
-    return linear_luta16_eager(*args)
+linear_luta16_auto = dispatch.eager_unless_compiling(linear_luta16, linear_luta16_eager)
 
 
 def lut_linear(x: torch.Tensor, weight: LutWeight, bias: Optional[torch.Tensor] = None) -> torch.Tensor:

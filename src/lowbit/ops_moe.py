@@ -30,7 +30,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .dispatch import KERNEL_DTYPES, forced_family, triton_available
+from .dispatch import KERNEL_DTYPES, eager_unless_compiling, forced_family, triton_available
 from .errors import FormatError, InputError, UnsupportedError
 from .formats.intx import IntxWeight, padded_k, symmetric_zero
 from .formats.intx_experts import IntxExpertWeights
@@ -219,11 +219,7 @@ def _(x, qweight, scales, zeros, bias, bits, group_size, in_features, expert_off
     return x.new_empty((rows, qweight.shape[2]))
 
 
-def grouped_gemm_wxa16_auto(*args) -> torch.Tensor:
-    """The custom op while tracing/compiling, the plain implementation in eager mode."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return grouped_gemm_wxa16(*args)
-    return grouped_gemm_wxa16_eager(*args)
+grouped_gemm_wxa16_auto = eager_unless_compiling(grouped_gemm_wxa16, grouped_gemm_wxa16_eager)
 
 
 def moe_align(topk_ids: torch.Tensor, num_experts: int) -> Tuple[torch.Tensor, torch.Tensor]:
