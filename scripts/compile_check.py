@@ -35,12 +35,18 @@ GROUPED_SIG = {**{k: v for k, v in SIG.items() if k.endswith("_ptr")}, "off_ptr"
                                      "stride_be", "stride_ws", "stride_ym", "magic")}}
 
 
-def compile_kernel(fn, constexprs, num_warps, num_stages, dtype="fp16", base_sig=None):
+def compile_kernel(fn, constexprs, num_warps, num_stages, dtype="fp16", base_sig=None, div16=True):
+    """div16: mark pointers and integer sizes/strides as multiples of 16, as Triton's launcher does on
+    the GPU for arguments that are (Llama shapes); without it loads are compiled for the unaligned case."""
     sig = {k: v for k, v in (base_sig or SIG).items() if k in fn.arg_names}
     for k in ("x_ptr", "s_ptr", "b_ptr", "y_ptr") + (("rw_ptr",) if "rw_ptr" in sig else ()):
         sig[k] = f"*{dtype}"
     sig.update({k: "constexpr" for k in constexprs})
-    src = ASTSource(fn, sig, constexprs=dict(constexprs))
+    attrs = {}
+    if div16:
+        attrs = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k, v in sig.items()
+                 if v != "constexpr" and k not in ("M", "magic", "stride_xk")}
+    src = ASTSource(fn, sig, constexprs=dict(constexprs), attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": num_warps, "num_stages": num_stages})
 
@@ -73,6 +79,7 @@ def main():
     p.add_argument("--prefetch", action="store_true")
     p.add_argument("--lut", action="store_true", help="lookup-table codes (lowbit.formats.lut): LUT=True, no zeros")
     p.add_argument("--sass", action="store_true")
+    p.add_argument("--asm4", action="store_true", help="gemm: packed inline-asm 4-bit dequant")
     p.add_argument("--gemv", action="store_true", help="grouped: the CUDA-core (GEMV) K loop instead of tensor cores")
     p.add_argument("--experts", type=int, default=8, help="grouped: E")
     p.add_argument("--ids", action="store_true", help="grouped: rows gathered through sorted pair ids")
@@ -85,7 +92,7 @@ def main():
     if a.kernel == "gemv":
         ce.update(NUM_STAGES=1 if a.prefetch else a.stages, PREFETCH=a.prefetch, EVEN_K=True)
     if a.kernel == "gemm":
-        ce.update(GROUP_M=8, INT_ZERO=True, PREFETCH=False)
+        ce.update(GROUP_M=8, INT_ZERO=True, PREFETCH=False, PACKED4=a.asm4, INLINE_ASM=a.asm4)
     base_sig = None
     if a.kernel == "grouped":
         del ce["LUT"]  # affine codes only

@@ -18,7 +18,10 @@ import triton.language as tl
 from .dequant import int_zero
 from .epilogue import split_k_tiles, write_output
 from .launch import launch_intx, resolve_config
-from .unpack import codes_from_words_nk, dequant_tile, group_params, load_codes_nk, lut_dequant_tile, table_base
+from .unpack import (
+    codes_from_words_nk, dequant4_packed, dequant_tile, mma_k_order, group_params, load_codes_nk, load_words_nk, lut_dequant_tile,
+    table_base,
+)
 
 
 @dataclass(frozen=True)
@@ -38,10 +41,24 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
                     stride_xm, stride_xk, stride_qk, stride_sg, stride_tg, stride_tn,
                     GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
                     HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, LUT: tl.constexpr, INT_ZERO: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr):
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr,
+                    PACKED4: tl.constexpr = False, INLINE_ASM: tl.constexpr = False):
     """Y^T tile [BLOCK_N, BLOCK_M] (fp32) over the K tiles [t0, t1): rows ``offs_m`` of X (any row
-    indices: the grouped kernel passes gathered token rows) times output channels ``offs_n`` of W."""
+    indices: the grouped kernel passes gathered token rows) times output channels ``offs_n`` of W.
+    PACKED4 (4-bit codes, integer zeros, GROUP_LEN % BLOCK_K == 0, BLOCK_K % 32 == 0): the packed
+    dequantization of ``unpack.dequant4_packed`` (PTX when INLINE_ASM), K in ``mma_k_order``."""
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    if PACKED4:
+        for t in range(t0, t1):
+            k0 = t * BLOCK_K
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            words = tl.trans(load_words_nk(qw_ptr, 0, k0, offs_n, mask_n, stride_qk, Kp, 4, BLOCK_K))
+            xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None] * stride_xk,
+                         mask=mask_m[None, :] & (offs_k[:, None] < K), other=0.0)  # [BLOCK_K, BLOCK_M]
+            s, z = group_params(s_ptr, z_ptr, k0 // GROUP_LEN, offs_n, mask_n, stride_sg, HAS_ZEROS, SYM_ZERO)
+            w = dequant4_packed(words, s, z, x_ptr.dtype.element_ty, INLINE_ASM)
+            acc += tl.dot(w, mma_k_order(xt, BLOCK_K))
+        return acc
     # software pipelining by hand: the next tile's words are in flight while this one is used
     w0, w1, w2 = load_codes_nk(qw_ptr, t0 * BLOCK_K, offs_n, mask_n, stride_qk, Kp, tl.where(t0 < t1, Kp, 0),
                                P0, P1, P2, BLOCK_K)
@@ -88,6 +105,7 @@ def gemm_wxa16_kernel(
     INT_ZERO: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, PREFETCH: tl.constexpr,
+    PACKED4: tl.constexpr = False, INLINE_ASM: tl.constexpr = False,
 ):
     """Computes the tile transposed, Y^T[BLOCK_N, BLOCK_M] = W[BLOCK_N, :] @ X[BLOCK_M, :]^T: the
     dequantized weights are the register A operand and the tokens the MMA's N side, so Hopper's
@@ -111,7 +129,7 @@ def gemm_wxa16_kernel(
     acc = gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, mask_n, K, Kp, t0, t1,
                           stride_xm, stride_xk, stride_qk, stride_sg, stride_tg, stride_tn,
                           GROUP_LEN, P0, P1, P2, HAS_ZEROS, SYM_ZERO, LUT, INT_ZERO,
-                          BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH)
+                          BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, PACKED4, INLINE_ASM)
 
     mask = mask_n[:, None] & mask_m[None, :]
     bias = tl.zeros((BLOCK_N, 1), dtype=tl.float32)
@@ -138,7 +156,16 @@ def gemm_wxa16(
     m, k = x.shape
     cfg = config or resolve_config("gemm", GemmConfig, heuristic_config, m, out_features, k, bits, group_len, x)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(out_features, cfg.block_n), cfg.split_k)
+    packed4 = use_packed4(bits, zeros, sym_zero, table, group_len, cfg)
     return launch_intx(gemm_wxa16_kernel, grid, x, qweight, scales, zeros, bias, bits, group_len, sym_zero,
                        out_features, cfg.split_k, INT_ZERO=int_zero(zeros, sym_zero), BLOCK_M=cfg.block_m,
                        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, PREFETCH=cfg.prefetch,
+                       PACKED4=packed4, INLINE_ASM=packed4 and x.is_cuda,
                        num_warps=cfg.num_warps, num_stages=cfg.num_stages, table=table)
+
+
+def use_packed4(bits: int, zeros: Optional[torch.Tensor], sym_zero: float, table: Optional[torch.Tensor],
+                group_len: int, cfg: GemmConfig) -> bool:
+    """Whether the packed 4-bit dequantization applies (``unpack.dequant4_packed``)."""
+    return (bits == 4 and table is None and int_zero(zeros, sym_zero) and group_len % cfg.block_k == 0
+            and cfg.block_k % 32 == 0 and not cfg.prefetch)

@@ -122,3 +122,111 @@ def align_plane_rows(words, RATIO: tl.constexpr):
         tl.static_assert(RATIO == 2, "LUT kernels take codes of at most 4 bits")
         both = tl.join(words, words >> 16)  # [BLOCK_N, ROWS // 2, 2]: row-major order is r
         return tl.reshape(both, (words.shape[0], words.shape[1] * 2))
+
+
+
+
+# --- packed 4-bit dequantization (PTX inline asm, GPU only; the interpreter runs ``dequant_tile``) ---
+#
+# One asm instance takes one int32 word (8 codes, code j of k = 8r + j at bits 4j..4j+3) and returns
+# four 32-bit registers, register e holding the pair (code 2e, code 2e + 1) -- the two nibbles of byte
+# e -- dequantized as 16-bit floats: ``prmt`` puts byte e of the word and of the word >> 4 at half-word
+# positions 0 and 2, ``lop3`` masks them and ORs them into the mantissas of MAGIC (1024.0 in fp16,
+# 128.0 in bf16: exact for codes < 16), and two packed fma's give ((MAGIC + q) - (MAGIC + z)) * s: the
+# subtraction is exact, so the one rounding is that of (q - z) * s in the output dtype.
+# Operands: $0..$3 out, $4 the word, $5 the scale pair (s, s), $6 the pair -(MAGIC + z).
+_DEQUANT4_ASM = """
+{
+.reg .b32 w4, h, one, nz;
+mov.b32 one, ONE;
+mov.b32 nz, 0x80008000;
+shr.u32 w4, $4, 4;
+prmt.b32 h, $4, w4, 0x0400;
+lop3.b32 h, h, 0x000F000F, MAGIC, 0xea;
+fma.rn.DT h, h, one, $6;
+fma.rn.DT $0, h, $5, nz;
+prmt.b32 h, $4, w4, 0x0501;
+lop3.b32 h, h, 0x000F000F, MAGIC, 0xea;
+fma.rn.DT h, h, one, $6;
+fma.rn.DT $1, h, $5, nz;
+prmt.b32 h, $4, w4, 0x0602;
+lop3.b32 h, h, 0x000F000F, MAGIC, 0xea;
+fma.rn.DT h, h, one, $6;
+fma.rn.DT $2, h, $5, nz;
+prmt.b32 h, $4, w4, 0x0703;
+lop3.b32 h, h, 0x000F000F, MAGIC, 0xea;
+fma.rn.DT h, h, one, $6;
+fma.rn.DT $3, h, $5, nz;
+}
+"""
+DEQUANT4_F16: tl.constexpr = tl.constexpr(
+    _DEQUANT4_ASM.replace("DT", "f16x2").replace("ONE", "0x3C003C00").replace("MAGIC", "0x64006400"))
+DEQUANT4_BF16: tl.constexpr = tl.constexpr(
+    _DEQUANT4_ASM.replace("DT", "bf16x2").replace("ONE", "0x3F803F80").replace("MAGIC", "0x43004300"))
+
+
+@triton.jit
+def _pair16(v, DT: tl.constexpr):
+    """fp32 tensor -> int32 holding (v, v) as two DT (fp16/bf16) halves."""
+    b = v.to(DT).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    return b | (b << 16)
+
+
+@triton.jit
+def _halves(pair, DT: tl.constexpr):
+    """int32 holding two DT halves -> DT [..., 2] (low half first)."""
+    lo = pair.to(tl.int16).to(DT, bitcast=True)
+    hi = (pair >> 16).to(tl.int16).to(DT, bitcast=True)
+    return tl.join(lo, hi)
+
+
+@triton.jit
+def _byte_pair(words, e: tl.constexpr, s, z, OUT_DTYPE: tl.constexpr):
+    """Plain-Triton twin of one asm output (the interpreter's path): codes 2e, 2e + 1 of every word,
+    (q - z) * s in OUT_DTYPE [..., 2]. The fp32 product of a <= 5-bit integer and a 16-bit scale is
+    exact, so its one rounding matches the asm's."""
+    lo = ((words >> (8 * e)) & 0xF).to(tl.float32)
+    hi = ((words >> (8 * e + 4)) & 0xF).to(tl.float32)
+    return tl.join(((lo - z) * s).to(OUT_DTYPE), ((hi - z) * s).to(OUT_DTYPE))
+
+
+@triton.jit
+def dequant4_packed(words, s, z, OUT_DTYPE: tl.constexpr, INLINE_ASM: tl.constexpr):
+    """4-bit words int32 [R, BLOCK_N] (``load_words_nk`` transposed), integer zero z and scale s
+    (fp32 [BLOCK_N]) -> (q - z) * s in OUT_DTYPE (fp16 / bf16) [BLOCK_N, 8 R], K columns in
+    ``mma_k_order``: every thread of an MMA A-fragment (k-pairs 2c, 2c+1 and 2c+8, 2c+9 of each 16-k
+    step, c = lane % 4) then takes whole words; column 32p + 16st + 8a + 2c + b holds code
+    4st + 2a + b of word 4p + c. X must be permuted the same way (``mma_k_order``).
+    INLINE_ASM: the packed PTX above (GPU); otherwise the same values from plain Triton ops."""
+    if INLINE_ASM:
+        if OUT_DTYPE == tl.float16:
+            e0, e1, e2, e3 = tl.inline_asm_elementwise(
+                DEQUANT4_F16, "=r,=r,=r,=r,r,r,r",
+                [words, _pair16(s, tl.float16)[None, :], _pair16(-(z + 1024.0), tl.float16)[None, :]],
+                dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
+        else:
+            e0, e1, e2, e3 = tl.inline_asm_elementwise(
+                DEQUANT4_BF16, "=r,=r,=r,=r,r,r,r",
+                [words, _pair16(s, tl.bfloat16)[None, :], _pair16(-(z + 128.0), tl.bfloat16)[None, :]],
+                dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
+        p0 = _halves(e0, OUT_DTYPE)
+        p1 = _halves(e1, OUT_DTYPE)
+        p2 = _halves(e2, OUT_DTYPE)
+        p3 = _halves(e3, OUT_DTYPE)
+    else:
+        p0 = _byte_pair(words, 0, s[None, :], z[None, :], OUT_DTYPE)
+        p1 = _byte_pair(words, 1, s[None, :], z[None, :], OUT_DTYPE)
+        p2 = _byte_pair(words, 2, s[None, :], z[None, :], OUT_DTYPE)
+        p3 = _byte_pair(words, 3, s[None, :], z[None, :], OUT_DTYPE)
+    w = tl.join(tl.join(p0, p1), tl.join(p2, p3))  # [R, BN, b, a, st]: code 4st + 2a + b
+    R: tl.constexpr = words.shape[0]
+    BN: tl.constexpr = words.shape[1]
+    w = tl.reshape(w, (R // 4, 4, BN, 2, 2, 2))  # [p, c, n, b, a, st]
+    return tl.reshape(tl.permute(w, (2, 0, 5, 4, 1, 3)), (BN, R * 8))
+
+
+@triton.jit
+def mma_k_order(t, BLOCK_K: tl.constexpr):
+    """Rows of a [BLOCK_K, ...] tile in natural k order -> the column order of ``dequant4_packed``."""
+    t = tl.reshape(t, (BLOCK_K // 32, 4, 2, 2, 2, t.shape[1]))  # [p, c, st, a, b, m]
+    return tl.reshape(tl.permute(t, (0, 2, 3, 1, 4, 5)), (BLOCK_K, t.shape[5]))
