@@ -53,6 +53,8 @@ def gemm_candidates(m: int) -> List[GemmConfig]:
                         for prefetch in (False, True):
                             out.append(GemmConfig(bm, bn, bk, split, 8, 4 if bn == 64 else 8, 4 if bk < 128 else 3,
                                                   prefetch))
+                        if bk == 128:  # a deeper cp.async pipeline for the packed 4-bit path
+                            out.append(GemmConfig(bm, bn, bk, split, 8, 4 if bn == 64 else 8, 4, False))
         else:
             for bn, bk, warps in ((64, 64, 4), (64, 128, 4), (128, 64, 8), (128, 128, 8), (256, 64, 8)):
                 out.append(GemmConfig(bm, bn, bk, 1, 8, warps, 3))
@@ -84,7 +86,8 @@ def _tasks(bits_list, shapes, ms, group) -> List[Tuple[int, int, int, int, objec
         for n, k in shapes:
             for m in ms:
                 if m <= GEMV_MAX_M:
-                    cands = gemv_candidates(m, group) + [c for c in gemm_candidates(16) if c.block_n == 64 and c.split_k >= 2]
+                    # the tensor-core GEMM with 16-row tiles competes from M = 1 on (packed 4-bit dequant)
+                    cands = gemv_candidates(m, group) + [c for c in gemm_candidates(16) if c.split_k >= 2]
                 else:
                     cands = gemm_candidates(m) + ([DEQUANT_MM] if m >= 64 else [])
                 tasks += [(bits, n, k, m, c) for c in cands]
