@@ -11,14 +11,14 @@ stamp() { echo "== [$((SECONDS - t0)) s] $*"; }
 stamp tests
 [[ ${SKIP_TESTS:-0} == 1 ]] || timeout 150 python3 -m pytest -q -n 12 -p no:cacheprovider ${TESTS:-tests/test_kernels_wxa16.py tests/test_ops.py tests/test_gpu.py} \
   2>&1 | tail -${TAIL:-4} | tee "$R/pytest.txt"
-stamp tune
+if [[ ${TUNE:-1} == 1 ]]; then stamp tune
 timeout ${TUNE_S:-150} python3 -m lowbit.tuning.tune --bits 4 --m ${MS:-1,4} --jobs 14 --out "$R/tables/gemv.json" 2>&1 \
   | grep -v "^  skip\|^compile failed" | tee "$R/tune_gemv_w4.txt"
 python3 scripts/merge_tables.py src/lowbit/tuning/configs/nvidia_h200.json "$R/tables/gemv.json" "$R/tables/nvidia_h200.json"
-export LOWBIT_CONFIG_DIR=$R/tables
-stamp bench
+export LOWBIT_CONFIG_DIR=$R/tables; fi
+if [[ ${BENCH:-1} == 1 ]]; then stamp bench
 timeout 110 python3 -m lowbit.bench --op w4a16 --shapes llama3-8b,llama3-70b --m ${BENCH_MS:-1,2,4,8} --quick --replays 10 \
-  --tag w4a16_g128_bf16_small_m --out "$R" 2>&1 | tail -25
+  --tag w4a16_g128_bf16_small_m --out "$R" 2>&1 | tail -25; fi
 if [[ ${PROFILE:-1} == 1 ]]; then stamp profile
 timeout 120 python3 scripts/e2e_profile.py --formats bf16,tinygemm,w4a16 --batch 1,32 --out "$R" 2>&1 \
   | grep -v Warning | tee "$R/e2e_profile.txt"; fi
