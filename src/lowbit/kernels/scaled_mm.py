@@ -166,6 +166,20 @@ def scaled_mm_kernel(
 
 NUM_SMS_GUESS = 132
 
+# Large-M (non-swapped) Hopper tiles for the GPU sweep (scripts/a8_sweep.py, scripts/gpu_w4a8.sh); all compile
+# to QGMMA / IGMMA without spills on sm_90 (compile_check_a8: 128x256x128 8 warps 193 registers, 144 KiB
+# shared memory at 3 stages, 192 KiB at 4). Not used on the call path until a GPU run picks one.
+LARGE_M_CANDIDATES = (
+    ScaledMMConfig(128, 128, 128, 1, 8, 8, 4, False),
+    ScaledMMConfig(128, 128, 128, 1, 16, 8, 5, False),
+    ScaledMMConfig(128, 256, 128, 1, 8, 8, 3, False),
+    ScaledMMConfig(128, 256, 128, 1, 8, 8, 4, False),
+    ScaledMMConfig(128, 256, 128, 1, 16, 8, 3, False),
+    ScaledMMConfig(256, 128, 128, 1, 8, 8, 3, False),
+    ScaledMMConfig(128, 256, 64, 1, 8, 8, 4, False),
+    ScaledMMConfig(128, 128, 128, 1, 8, 4, 4, False),
+)
+
 
 def heuristic_config(m: int, n: int, k: int, k_step: int = 128) -> ScaledMMConfig:
     """Hand-chosen tiles per M bucket (no tuning on the call path). ``k_step``: the largest BLOCK_K
