@@ -19,7 +19,8 @@ from lowbit.errors import FormatError, InputError, UnsupportedError
 from lowbit.formats import Fp8Format, Int8Format, IntxFormat
 from lowbit.formats.act8 import dequantize_rows, quantize_rows
 from lowbit.formats.intx import symmetric_zero
-from lowbit.kernels.int4_fp8 import UNPACK_MAGIC, UNPACK_PRMT, e4m3_tables, intx_operand, table_words
+from lowbit.kernels.int4_fp8 import (UNPACK_MAGIC, UNPACK_PRMT, e4m3_bytes, e4m3_tables, intx_operand, load_tables,
+                                     signed_words, table_words)
 from lowbit.kernels.quant_act import quantize_act
 from lowbit.kernels.scaled_mm import ScaledMMConfig, scaled_mm, scaled_mm_intx
 from lowbit.ops_a8 import reference_w4a8, reference_w8a8
@@ -230,6 +231,51 @@ def test_e4m3_table_words():
         want = (torch.arange(16) - z).float().to(torch.float8_e4m3fn)
         assert torch.equal(got.view(torch.float8_e4m3fn).float(), want.float()), z
         assert torch.equal(got, want.view(torch.uint8)), z
+
+
+def _prmt(a, b, c):
+    """PTX prmt.b32 (default mode): byte i of the result is byte (c >> 4i) & 7 of {b, a}; bit 3 of the
+    selector nibble would replicate that byte's sign (the unpack keeps it clear)."""
+    pool = a | b << 32
+    out = 0
+    for i in range(4):
+        sel = (c >> (4 * i)) & 0xF
+        assert sel < 8, "sign-replicate selector"
+        out |= ((pool >> (8 * sel)) & 0xFF) << (8 * i)
+    return out
+
+
+def test_prmt_sequence_emulated():
+    """The instruction sequence of ``prmt_e4m3``'s asm, emulated with PTX semantics, gives e4m3(c - z) for
+    every code in every nibble position and every zero point (the GPU test runs the real thing)."""
+    for z in range(16):
+        t0, t1, t2, t3 = table_words(z)
+        for word in (0x76543210, 0xFEDCBA98, 0x8F7E6D5C, 0x193A2B4C):
+            i = word & 0x77777777
+            s = ((word >> 1) & 0x44444444) | 0x32103210
+            lo_word = _prmt(_prmt(t0, t1, i & 0xFFFF), _prmt(t2, t3, i & 0xFFFF), s & 0xFFFF)
+            hi_word = _prmt(_prmt(t0, t1, i >> 16), _prmt(t2, t3, i >> 16), s >> 16)
+            got = torch.tensor([(lo_word | hi_word << 32) >> (8 * j) & 0xFF for j in range(8)], dtype=torch.uint8)
+            codes = torch.tensor([(word >> (4 * j)) & 0xF for j in range(8)])
+            assert torch.equal(got, e4m3_bytes(codes - z)), (z, hex(word))
+
+
+@triton.jit
+def _tables_probe(t_ptr, z_ptr, out_ptr, BLOCK_N: tl.constexpr):
+    offs = tl.arange(0, BLOCK_N)
+    t0, t1, t2, t3 = load_tables(t_ptr, tl.load(z_ptr + offs))
+    tl.store(out_ptr + offs * 4, t0)
+    tl.store(out_ptr + offs * 4 + 1, t1)
+    tl.store(out_ptr + offs * 4 + 2, t2)
+    tl.store(out_ptr + offs * 4 + 3, t3)
+
+
+def test_load_tables_order():
+    """``load_tables`` returns T0..T3 of each channel's zero point in order (what the asm indexes)."""
+    z = (torch.arange(32, dtype=torch.int32) * 7) % 16
+    out = torch.empty(32, 4, dtype=torch.int32, device=DEVICE)
+    _tables_probe[(1,)](e4m3_tables(torch.device(DEVICE)), z.to(DEVICE), out, BLOCK_N=32)
+    assert torch.equal(out.cpu(), torch.tensor([signed_words(int(v)) for v in z], dtype=torch.int32))
 
 
 @triton.jit

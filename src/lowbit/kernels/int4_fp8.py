@@ -101,9 +101,9 @@ def load_tables(t_ptr, z):
     """The table words of zero points z ([BLOCK_N] int32) from ``e4m3_tables``: one 16-byte load per
     channel, split in-thread into four [BLOCK_N] int32 tensors."""
     t = tl.load(t_ptr + z[:, None] * 4 + tl.arange(0, 4)[None, :])
-    a, b = tl.split(tl.reshape(t, (z.shape[0], 2, 2)))
-    t0, t1 = tl.split(a)
-    t2, t3 = tl.split(b)
+    even, odd = tl.split(tl.reshape(t, (z.shape[0], 2, 2)))  # split takes the last axis: words (0, 2), (1, 3)
+    t0, t2 = tl.split(even)
+    t1, t3 = tl.split(odd)
     return t0, t1, t2, t3
 
 
