@@ -5,7 +5,9 @@
     PYTHONPATH=src python scripts/compile_check_a8.py --sass ...  # plus the SASS of each
 """
 import argparse
+import collections
 import os
+import re
 import sys
 
 import triton
@@ -15,40 +17,81 @@ from triton.compiler import ASTSource
 sys.path.insert(0, os.path.dirname(__file__))
 from compile_check import sass_histogram  # noqa: E402
 
+from lowbit.kernels.int4_fp8 import UNPACK_MAGIC, UNPACK_PRMT  # noqa: E402
 from lowbit.kernels.quant_act import quantize_act_kernel  # noqa: E402
 from lowbit.kernels.scaled_mm import heuristic_config, scaled_mm_kernel  # noqa: E402
 from lowbit.kernels.unpack import plane_constexprs  # noqa: E402
 
 MM_INTS = ["M", "N", "K", "Kp", "stride_xm", "stride_wn", "stride_wk", "stride_sxm", "stride_sxk", "stride_swn",
            "stride_swk", "stride_ws", "stride_ym"]
+UNPACKS = {"prmt": UNPACK_PRMT.value, "magic": UNPACK_MAGIC.value}
 
 
 def compile_fn(fn, sig, constexprs, num_warps, num_stages):
     """Every pointer and integer argument is marked divisible by 16, as Triton specializes them at a
     launch on Llama shapes (without it no load is vectorized and nothing is pipelined)."""
     sig = dict(sig)
-    attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in sig}
+    attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in sig if name not in constexprs}
     sig.update({k: "constexpr" for k in constexprs})
     src = ASTSource(fn, sig, constexprs=dict(constexprs), attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps,
                                                                         "num_stages": num_stages})
 
 
-def scaled_mm_variant(kind, mode, m, n=4096, k=4096, out="bf16"):
-    """kind fp8|int8; mode row|block|w4a8 (w4a8: int4 g128 asym)."""
+def scaled_mm_variant(kind, mode, m, n=4096, k=4096, out="bf16", unpack="prmt", cfg=None):
+    """kind fp8|int8; mode row|block|w4a8 (w4a8: int4 g128 asym; ``unpack`` prmt|magic). Integer arguments
+    equal to 1 are constexprs, as Triton specializes them at a launch: the dense weight's stride_wk (K
+    contiguous), W4A8's stride_wn (N contiguous words)."""
     op = "fp8e4nv" if kind == "fp8" else "i8"
-    k_step = 128
-    cfg = heuristic_config(m, n, k, k_step)
+    cfg = cfg or heuristic_config(m, n, k, 128)
     w = "*i32" if mode == "w4a8" else f"*{op}"
     sig = {"x_ptr": f"*{op}", "w_ptr": w, "sx_ptr": "*fp32", "sw_ptr": "*bf16" if mode == "w4a8" else "*fp32",
-           "z_ptr": "*u8", "b_ptr": f"*{out}", "y_ptr": f"*{out}", "ws_ptr": "*fp32", "cnt_ptr": "*i32"}
+           "z_ptr": "*u8", "t_ptr": "*i32", "b_ptr": f"*{out}", "y_ptr": f"*{out}", "ws_ptr": "*fp32",
+           "cnt_ptr": "*i32"}
     sig.update({s: "i32" for s in MM_INTS})
     ce = dict(X_SCALE_K=128 if mode == "block" else 0, W_SCALE_N=128 if mode == "block" else 1,
               W_SCALE_K=0 if mode == "row" else 128, HAS_ZEROS=mode == "w4a8", SYM_ZERO=8, HAS_BIAS=False,
               ACC_INT=kind == "int8", BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-              SPLIT_K=cfg.split_k, GROUP_M=cfg.group_m, SWAP_AB=cfg.swap_ab)
+              SPLIT_K=cfg.split_k, GROUP_M=cfg.group_m, SWAP_AB=cfg.swap_ab,
+              UNPACK=UNPACKS[unpack] if mode == "w4a8" else 0)
     ce.update(plane_constexprs(4) if mode == "w4a8" else dict(P0=0, P1=0, P2=0))
+    ones = {"row": ("stride_wk", "stride_sxm", "stride_swn"), "block": ("stride_wk", "stride_sxk", "stride_swk"),
+            "w4a8": ("stride_wn", "stride_sxm", "stride_swn")}[mode] + (("M",) if m == 1 else ())
+    ce.update({name: 1 for name in ones})
+    for name in ce:
+        sig.pop(name, None)
     return cfg, compile_fn(scaled_mm_kernel, sig, ce, cfg.num_warps, cfg.num_stages)
+
+
+def loop_stats(sass):
+    """Instruction histogram of the main loop (the longest backward branch) of a SASS listing."""
+    ins = []
+    for line in sass.splitlines():
+        mt = re.search(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)[^;]*;", line)
+        if mt:
+            ins.append((int(mt.group(1), 16), mt.group(2), line))
+    best = (0, -1)
+    for addr, op, line in ins:
+        tgt = re.search(r"BRA (?:`\(\.L_x_\d+\) )?0x([0-9a-f]+)", line) if op == "BRA" else None
+        if tgt and int(tgt.group(1), 16) < addr and addr - int(tgt.group(1), 16) > best[1] - best[0]:
+            best = (int(tgt.group(1), 16), addr)
+    return collections.Counter(op for addr, op, _ in ins if best[0] <= addr <= best[1])
+
+
+def prmt_groups_ok(llir):
+    """(calls, ok): every prmt-unpack asm call must get 8 copies of one word and of each table word (the
+    8 packed elements are one word's nibbles in one thread); a layout that splits them breaks the unpack."""
+    calls = re.findall(r'asm "\{[^"]*0x77777777[^"]*"[^(]*\(([^)]*)\)', llir)
+    ok = True
+    for args in calls:
+        ops = [a.strip().split()[-1] for a in args.split(",")]
+        ok &= len(ops) == 40 and all(len(set(ops[i:i + 8])) == 1 for i in range(0, 40, 8))
+    return len(calls), ok
+
+
+def per_value(loop, cfg):
+    """Loop instructions per weight value of one thread (BLOCK_N * BLOCK_K / threads values per step)."""
+    return sum(loop.values()) / (cfg.block_n * cfg.block_k / (32 * cfg.num_warps))
 
 
 def quant_act_variant(kind, block, chunk=4096, dtype="bf16"):
@@ -63,16 +106,33 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--m", default="1,16,64,256,4096")
     p.add_argument("--sass", action="store_true")
+    p.add_argument("--loop", action="store_true", help="print the main loop's instruction histogram")
+    p.add_argument("--only", default="", help="comma list of kind:mode[:unpack], e.g. fp8:w4a8:magic")
     a = p.parse_args()
-    for kind, mode in (("fp8", "row"), ("int8", "row"), ("fp8", "block"), ("fp8", "w4a8")):
+    variants = [("fp8", "row", "prmt"), ("int8", "row", "prmt"), ("fp8", "block", "prmt"), ("fp8", "w4a8", "prmt"),
+                ("fp8", "w4a8", "magic")]
+    if a.only:
+        variants = [tuple((v.split(":") + ["prmt"])[:3]) for v in a.only.split(",")]
+    for kind, mode, unpack in variants:
         for m in map(int, a.m.split(",")):
-            cfg, kern = scaled_mm_variant(kind, mode, m)
+            cfg, kern = scaled_mm_variant(kind, mode, m, unpack=unpack)
             hist, usage, sass = sass_histogram(kern.asm["cubin"])
             mma = {op: c for op, c in hist.items() if "MMA" in op}
-            print(f"scaled_mm {kind:4s} {mode:5s} M={m:<5d} tile {cfg.block_m}x{cfg.block_n}x{cfg.block_k} "
-                  f"swap={int(cfg.swap_ab)} split={cfg.split_k} | {usage} | MMA {mma}")
+            loop = loop_stats(sass)
+            name = f"{mode}/{unpack}" if mode == "w4a8" else mode
+            print(f"scaled_mm {kind:4s} {name:11s} M={m:<5d} tile {cfg.block_m}x{cfg.block_n}x{cfg.block_k} "
+                  f"w{cfg.num_warps} s{cfg.num_stages} swap={int(cfg.swap_ab)} split={cfg.split_k} | "
+                  f"{usage.split(' SHARED')[0]} | MMA {mma} | loop {sum(loop.values())} instr, "
+                  f"{per_value(loop, cfg):.2f}/weight value")
+            if mode == "w4a8" and unpack == "prmt":
+                calls, ok = prmt_groups_ok(kern.asm["llir"])
+                print(f"    prmt asm calls {calls}, packed operands one word each: {ok}")
+            if a.loop:
+                print("   ", " ".join(f"{op}:{c}" for op, c in loop.most_common(30)))
             if a.sass:
                 print(sass)
+    if a.only:
+        return
     for kind in ("fp8", "int8"):
         for block in (0, 128):
             hist, usage, _ = sass_histogram(quant_act_variant(kind, block).asm["cubin"])

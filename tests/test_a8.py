@@ -10,12 +10,17 @@ import math
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import lowbit
 from lowbit import ops
 from lowbit.errors import FormatError, InputError, UnsupportedError
 from lowbit.formats import Fp8Format, Int8Format, IntxFormat
 from lowbit.formats.act8 import dequantize_rows, quantize_rows
+from lowbit.formats.intx import symmetric_zero
+from lowbit.kernels.int4_fp8 import (UNPACK_MAGIC, UNPACK_PRMT, e4m3_bytes, e4m3_tables, intx_operand, load_tables,
+                                     signed_words, table_words)
 from lowbit.kernels.quant_act import quantize_act
 from lowbit.kernels.scaled_mm import ScaledMMConfig, scaled_mm, scaled_mm_intx
 from lowbit.ops_a8 import reference_w4a8, reference_w8a8
@@ -24,6 +29,8 @@ from helpers import DEVICE, HAS_CUDA, KERNEL_DTYPES, gpu_only
 
 HAS_FP8_MMA = HAS_CUDA and torch.cuda.get_device_capability() >= (8, 9)
 fp8_dev = pytest.mark.skipif(HAS_CUDA and not HAS_FP8_MMA, reason="fp8 tensor cores need sm_89+")
+UNPACKS = [pytest.param(UNPACK_MAGIC.value, id="magic"),  # pure Triton: interpreter and GPU
+           pytest.param(UNPACK_PRMT.value, id="prmt", marks=gpu_only)]  # inline PTX: GPU only
 CONFIGS = [  # (M, config): swap-AB and plain tiles, split-K, M across tile edges
     pytest.param(1, ScaledMMConfig(16, 32, 32, 3, 8, 4, 2, True), id="m1-swap-split3"),
     pytest.param(17, ScaledMMConfig(16, 64, 64, 1, 8, 4, 2, True), id="m17-swap"),
@@ -187,7 +194,8 @@ def test_scaled_mm_block_scales(m, config, dtype):
 @pytest.mark.parametrize("m,config", CONFIGS)
 @pytest.mark.parametrize("group_size,symmetric", [(64, False), (32, True), (128, False), (None, False), (None, True)])
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
-def test_scaled_mm_w4a8(m, config, group_size, symmetric, dtype):
+@pytest.mark.parametrize("unpack", UNPACKS)
+def test_scaled_mm_w4a8(m, config, group_size, symmetric, dtype, unpack):
     n, k = 72, 300
     qw = IntxFormat(4, group_size, symmetric, "int", dtype).quantize(torch.randn(n, k, generator=_gen(12)) * 0.05)
     x = torch.randn(m, k, generator=_gen(13))
@@ -197,8 +205,104 @@ def test_scaled_mm_w4a8(m, config, group_size, symmetric, dtype):
                          config.num_stages, config.swap_ab)
     qw = qw.to(DEVICE)
     y = scaled_mm_intx(xq.to(DEVICE), sx.to(DEVICE), qw.qweight, qw.scales, qw.zeros, None, 4,
-                       group_size or (1 << 30), 8, n, dtype, cfg)
+                       group_size or (1 << 30), 8, n, dtype, cfg, unpack=unpack)
     _check_gemm(y.cpu(), _ref_y(dequantize_rows(xq, sx), qw.dequantize().cpu()), k, dtype)
+
+
+@fp8_dev
+@pytest.mark.parametrize("bits,symmetric", [(2, False), (3, False), (3, True)])
+def test_scaled_mm_w4a8_narrow_codes(bits, symmetric):
+    """Codes of 2/3 bits (several bit planes) take the fp16-magic unpack (the prmt table is 4-bit only)."""
+    n, k, dtype = 40, 200, torch.float16
+    qw = IntxFormat(bits, 64, symmetric, "int", dtype).quantize(torch.randn(n, k, generator=_gen(20)) * 0.05)
+    xq, sx = quantize_rows(torch.randn(5, k, generator=_gen(21)), "fp8")
+    qw = qw.to(DEVICE)
+    cfg = ScaledMMConfig(16, 32, 64, 1, 8, 4, 2, True)
+    y = scaled_mm_intx(xq.to(DEVICE), sx.to(DEVICE), qw.qweight, qw.scales, qw.zeros, None, bits, 64,
+                       int(symmetric_zero(bits)), n, dtype, cfg)
+    _check_gemm(y.cpu(), _ref_y(dequantize_rows(xq, sx), qw.dequantize().cpu()), k, dtype)
+
+
+def test_e4m3_table_words():
+    """Host side of the prmt unpack: byte c of table z is e4m3(c - z) for every code and zero point."""
+    for z in range(16):
+        words = table_words(z)
+        got = torch.tensor([(words[c // 4] >> (8 * (c % 4))) & 0xFF for c in range(16)], dtype=torch.uint8)
+        want = (torch.arange(16) - z).float().to(torch.float8_e4m3fn)
+        assert torch.equal(got.view(torch.float8_e4m3fn).float(), want.float()), z
+        assert torch.equal(got, want.view(torch.uint8)), z
+
+
+def _prmt(a, b, c):
+    """PTX prmt.b32 (default mode): byte i of the result is byte (c >> 4i) & 7 of {b, a}; bit 3 of the
+    selector nibble would replicate that byte's sign (the unpack keeps it clear)."""
+    pool = a | b << 32
+    out = 0
+    for i in range(4):
+        sel = (c >> (4 * i)) & 0xF
+        assert sel < 8, "sign-replicate selector"
+        out |= ((pool >> (8 * sel)) & 0xFF) << (8 * i)
+    return out
+
+
+def test_prmt_sequence_emulated():
+    """The instruction sequence of ``prmt_e4m3``'s asm, emulated with PTX semantics, gives e4m3(c - z) for
+    every code in every nibble position and every zero point (the GPU test runs the real thing)."""
+    for z in range(16):
+        t0, t1, t2, t3 = table_words(z)
+        for word in (0x76543210, 0xFEDCBA98, 0x8F7E6D5C, 0x193A2B4C):
+            i = word & 0x77777777
+            s = ((word >> 1) & 0x44444444) | 0x32103210
+            lo_word = _prmt(_prmt(t0, t1, i & 0xFFFF), _prmt(t2, t3, i & 0xFFFF), s & 0xFFFF)
+            hi_word = _prmt(_prmt(t0, t1, i >> 16), _prmt(t2, t3, i >> 16), s >> 16)
+            got = torch.tensor([(lo_word | hi_word << 32) >> (8 * j) & 0xFF for j in range(8)], dtype=torch.uint8)
+            codes = torch.tensor([(word >> (4 * j)) & 0xF for j in range(8)])
+            assert torch.equal(got, e4m3_bytes(codes - z)), (z, hex(word))
+
+
+@triton.jit
+def _tables_probe(t_ptr, z_ptr, out_ptr, BLOCK_N: tl.constexpr):
+    offs = tl.arange(0, BLOCK_N)
+    t0, t1, t2, t3 = load_tables(t_ptr, tl.load(z_ptr + offs))
+    tl.store(out_ptr + offs * 4, t0)
+    tl.store(out_ptr + offs * 4 + 1, t1)
+    tl.store(out_ptr + offs * 4 + 2, t2)
+    tl.store(out_ptr + offs * 4 + 3, t3)
+
+
+def test_load_tables_order():
+    """``load_tables`` returns T0..T3 of each channel's zero point in order (what the asm indexes)."""
+    z = (torch.arange(32, dtype=torch.int32) * 7) % 16
+    out = torch.empty(32, 4, dtype=torch.int32, device=DEVICE)
+    _tables_probe[(1,)](e4m3_tables(torch.device(DEVICE)), z.to(DEVICE), out, BLOCK_N=32)
+    assert torch.equal(out.cpu(), torch.tensor([signed_words(int(v)) for v in z], dtype=torch.int32))
+
+
+@triton.jit
+def _unpack_probe(w_ptr, z_ptr, t_ptr, out_ptr, UNPACK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    offs_n = tl.arange(0, BLOCK_N)
+    words = tl.load(w_ptr + offs_n[:, None] * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8)[None, :])
+    z = tl.load(z_ptr + offs_n)
+    w = intx_operand(words, words, words, z, t_ptr, 4, 0, 0, UNPACK, BLOCK_N, BLOCK_K, tl.float8e4nv)
+    tl.store(out_ptr + offs_n[:, None] * BLOCK_K + tl.arange(0, BLOCK_K)[None, :], w.to(tl.uint8, bitcast=True))
+
+
+@fp8_dev
+@pytest.mark.parametrize("unpack", UNPACKS)
+def test_unpack_all_codes_exact(unpack):
+    """Every 4-bit code under every zero point (row n has zero n % 16) -> the exact e4m3 byte of c - z,
+    with the codes in every nibble position of the word (k = 8r + j is nibble j of word r)."""
+    bn, bk = 32, 64
+    codes = (torch.arange(bn)[:, None] * 3 + torch.arange(bk)[None, :] * 5) % 16  # each row: all 16 codes
+    nib = codes.reshape(bn, bk // 8, 8).to(torch.int64)
+    words = (nib << (4 * torch.arange(8))).sum(-1)
+    words = torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
+    z = torch.arange(bn, dtype=torch.int32) % 16
+    out = torch.empty(bn, bk, dtype=torch.uint8, device=DEVICE)
+    _unpack_probe[(1,)](words.to(DEVICE), z.to(DEVICE), e4m3_tables(torch.device(DEVICE)), out, UNPACK=unpack,
+                        BLOCK_N=bn, BLOCK_K=bk)
+    want = (codes - z[:, None]).float().to(torch.float8_e4m3fn).view(torch.uint8)
+    assert torch.equal(out.cpu(), want)
 
 
 # ---- ops, dispatch, modules, configs ----------------------------------------------------------------

@@ -32,7 +32,8 @@ import triton.language as tl
 
 from .epilogue import split_k_tiles, write_output
 from .launch import split_k_counters
-from .unpack import codes_from_words_nk, load_codes_nk, plane_constexprs
+from .int4_fp8 import default_unpack, e4m3_tables, intx_operand
+from .unpack import load_codes_nk, plane_constexprs
 
 
 @dataclass(frozen=True)
@@ -58,32 +59,33 @@ def _outer(vn, vm, SWAP_AB: tl.constexpr):
 
 
 @triton.jit
-def _weight_tile(w_ptr, z_ptr, k0, offs_n, mask_n, offs_k, K, Kp, stride_wn, stride_wk, z_offs,
+def _weight_tile(w_ptr, z_ptr, t_ptr, k0, offs_n, mask_n, offs_k, K, Kp, stride_wn, stride_wk, z_offs,
                  P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, HAS_ZEROS: tl.constexpr,
-                 SYM_ZERO: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, OP_TY: tl.constexpr):
-    """[BLOCK_N, BLOCK_K] weight operand in OP_TY: loaded as is (P0 == 0) or intx codes -> q - z."""
+                 SYM_ZERO: tl.constexpr, UNPACK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 OP_TY: tl.constexpr):
+    """[BLOCK_N, BLOCK_K] weight operand in OP_TY: loaded as is (P0 == 0) or intx codes -> q - z
+    (``UNPACK``: int8 cast, fp16-magic or prmt-table e4m3, see ``kernels/int4_fp8.py``)."""
     if P0 == 0:
         w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk,
                     mask=mask_n[:, None] & (offs_k < K)[None, :], other=0.0)
     else:
         w0, w1, w2 = load_codes_nk(w_ptr, k0, offs_n, mask_n, stride_wk, Kp, Kp, P0, P1, P2, BLOCK_K)
-        q = codes_from_words_nk(w0, w1, w2, P0, P1, P2, BLOCK_N, BLOCK_K)
         if HAS_ZEROS:
-            q = q - tl.load(z_ptr + z_offs, mask=mask_n, other=0).to(tl.int32)[:, None]
+            z = tl.load(z_ptr + z_offs, mask=mask_n, other=0).to(tl.int32)
         else:
-            q = q - SYM_ZERO
-        w = q.to(tl.float32).to(OP_TY)  # small integers: exact in e4m3 / int8
+            z = tl.full((BLOCK_N,), SYM_ZERO, tl.int32)
+        w = intx_operand(w0, w1, w2, z, t_ptr, P0, P1, P2, UNPACK, BLOCK_N, BLOCK_K, OP_TY)
     return w
 
 
 @triton.jit
 def scaled_mm_kernel(
-    x_ptr, w_ptr, sx_ptr, sw_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
+    x_ptr, w_ptr, sx_ptr, sw_ptr, z_ptr, t_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
     M, N, K, Kp,
     stride_xm, stride_wn, stride_wk, stride_sxm, stride_sxk, stride_swn, stride_swk, stride_ws, stride_ym,
     X_SCALE_K: tl.constexpr, W_SCALE_N: tl.constexpr, W_SCALE_K: tl.constexpr,
     P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr,
-    HAS_BIAS: tl.constexpr, ACC_INT: tl.constexpr,
+    UNPACK: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_INT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, SWAP_AB: tl.constexpr,
 ):
@@ -122,8 +124,8 @@ def scaled_mm_kernel(
         wk = 0
         if W_SCALE_K > 0:
             wk = (k0 // W_SCALE_K) * stride_swk
-        w = _weight_tile(w_ptr, z_ptr, k0, offs_n, mask_n, offs_k, K, Kp, stride_wn, stride_wk, sw_rows + wk,
-                         P0, P1, P2, HAS_ZEROS, SYM_ZERO, BLOCK_N, BLOCK_K, OP_TY)
+        w = _weight_tile(w_ptr, z_ptr, t_ptr, k0, offs_n, mask_n, offs_k, K, Kp, stride_wn, stride_wk,
+                         sw_rows + wk, P0, P1, P2, HAS_ZEROS, SYM_ZERO, UNPACK, BLOCK_N, BLOCK_K, OP_TY)
         if PER_K:
             if SWAP_AB:
                 part = tl.dot(w, tl.trans(x), out_dtype=ACC_TY)
@@ -164,6 +166,20 @@ def scaled_mm_kernel(
 
 NUM_SMS_GUESS = 132
 
+# Large-M (non-swapped) Hopper tiles for the GPU sweep (scripts/a8_sweep.py, scripts/gpu_w4a8.sh); all compile
+# to QGMMA / IGMMA without spills on sm_90 (compile_check_a8: 128x256x128 8 warps 193 registers, 144 KiB
+# shared memory at 3 stages, 192 KiB at 4). Not used on the call path until a GPU run picks one.
+LARGE_M_CANDIDATES = (
+    ScaledMMConfig(128, 128, 128, 1, 8, 8, 4, False),
+    ScaledMMConfig(128, 128, 128, 1, 16, 8, 5, False),
+    ScaledMMConfig(128, 256, 128, 1, 8, 8, 3, False),
+    ScaledMMConfig(128, 256, 128, 1, 8, 8, 4, False),
+    ScaledMMConfig(128, 256, 128, 1, 16, 8, 3, False),
+    ScaledMMConfig(256, 128, 128, 1, 8, 8, 3, False),
+    ScaledMMConfig(128, 256, 64, 1, 8, 8, 4, False),
+    ScaledMMConfig(128, 128, 128, 1, 8, 4, 4, False),
+)
+
 
 def heuristic_config(m: int, n: int, k: int, k_step: int = 128) -> ScaledMMConfig:
     """Hand-chosen tiles per M bucket (no tuning on the call path). ``k_step``: the largest BLOCK_K
@@ -183,7 +199,7 @@ def heuristic_config(m: int, n: int, k: int, k_step: int = 128) -> ScaledMMConfi
 
 
 def _launch(xq, sx, w, sw, z, bias, out_dtype, n, kp, strides_w, strides_sx, strides_sw, cfg: ScaledMMConfig,
-            **meta) -> torch.Tensor:
+            tables=None, **meta) -> torch.Tensor:
     m, k = xq.shape
     tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
     y = torch.empty((m, n), device=xq.device, dtype=out_dtype)
@@ -195,7 +211,8 @@ def _launch(xq, sx, w, sw, z, bias, out_dtype, n, kp, strides_w, strides_sx, str
     else:
         ws, cnt, stride_ws = y, y, 0
     scaled_mm_kernel[(tiles, cfg.split_k)](
-        xq, w, sx, sw, z if z is not None else sw, bias if bias is not None else sw, y, ws, cnt,
+        xq, w, sx, sw, z if z is not None else sw, tables if tables is not None else sw,
+        bias if bias is not None else sw, y, ws, cnt,
         m, n, k, kp,
         xq.stride(0), *strides_w, *strides_sx, *strides_sw, stride_ws, y.stride(0),
         HAS_BIAS=bias is not None, ACC_INT=xq.dtype == torch.int8,
@@ -222,15 +239,16 @@ def scaled_mm(xq: torch.Tensor, sx: torch.Tensor, wq: torch.Tensor, sw: torch.Te
     return _launch(xq, sx, wq, sw, None, bias, out_dtype, n, k, (wq.stride(0), wq.stride(1)), _sx_strides(sx),
                    (sw.stride(0), sw.stride(1) if block else 0), cfg,
                    X_SCALE_K=block or 0, W_SCALE_N=block or 1, W_SCALE_K=block or 0,
-                   P0=0, P1=0, P2=0, HAS_ZEROS=False, SYM_ZERO=0)
+                   P0=0, P1=0, P2=0, HAS_ZEROS=False, SYM_ZERO=0, UNPACK=0)
 
 
 def scaled_mm_intx(xq: torch.Tensor, sx: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                    zeros: Optional[torch.Tensor], bias: Optional[torch.Tensor], bits: int, group_len: int,
                    sym_zero: int, out_features: int, out_dtype: torch.dtype,
-                   config: Optional[ScaledMMConfig] = None) -> torch.Tensor:
+                   config: Optional[ScaledMMConfig] = None, unpack: Optional[int] = None) -> torch.Tensor:
     """W4A8 (any bits <= 4 for fp8, <= 7 for int8): xq (M, K) fp8/int8 per-token, sx (M,); intx weight
-    (``lowbit.formats.intx``, integer zeros or symmetric). ``group_len`` >= Kp means per-channel."""
+    (``lowbit.formats.intx``, integer zeros or symmetric). ``group_len`` >= Kp means per-channel.
+    ``unpack``: ``int4_fp8.UNPACK_*`` (None: ``default_unpack``; the prmt table needs bits == 4 and a GPU)."""
     m, k = xq.shape
     kp = qweight.shape[0] * 32 // bits
     per_channel = group_len >= kp
@@ -238,6 +256,7 @@ def scaled_mm_intx(xq: torch.Tensor, sx: torch.Tensor, qweight: torch.Tensor, sc
     if not per_channel and group_len % cfg.block_k:
         raise ValueError(f"BLOCK_K={cfg.block_k} must divide the group size {group_len}")
     return _launch(xq, sx, qweight, scales, zeros, bias, out_dtype, out_features, kp, (1, qweight.stride(0)),
-                   _sx_strides(sx), (scales.stride(1), scales.stride(0)), cfg,
+                   _sx_strides(sx), (scales.stride(1), scales.stride(0)), cfg, e4m3_tables(xq.device),
+                   UNPACK=default_unpack(xq.dtype, bits, xq.device) if unpack is None else int(unpack),
                    X_SCALE_K=0, W_SCALE_N=1, W_SCALE_K=0 if per_channel else group_len,
                    **plane_constexprs(bits), HAS_ZEROS=zeros is not None, SYM_ZERO=int(sym_zero))
