@@ -147,6 +147,49 @@ def test_explicit_modules_to_not_convert(tmp_path):
     assert quant_names(AutoModel.from_pretrained(tmp_path / "q")) == quant_names(model)
 
 
+def _warm_up_bytes(model, expanded_device_map, hf_quantizer):
+    """What transformers' ``caching_allocator_warmup`` would allocate on an accelerator holding every
+    tensor of ``expanded_device_map``, computed by its own code: 5.x ``get_total_byte_count`` (asks
+    ``hf_quantizer.param_element_size``), 4.x (model bytes as built) * 2 / ``get_accelerator_warm_up_factor``."""
+    mu = transformers.modeling_utils
+    gpu = torch.device("cuda", 0)  # a dict key only: nothing is allocated
+    on_gpu = {name: gpu for name in expanded_device_map}
+    if hasattr(mu, "get_total_byte_count"):
+        return {q: mu.get_total_byte_count(model, on_gpu, hf)[gpu] for q, hf in (("quantized", hf_quantizer), ("dense", None))}
+    dense = sum(model.get_parameter_or_buffer(n).numel() * model.get_parameter_or_buffer(n).element_size() for n in on_gpu)
+    return {"quantized": dense * 2 // hf_quantizer.get_accelerator_warm_up_factor(), "dense": dense}
+
+
+@pytest.mark.parametrize("qcfg", [pytest.param(Int4WeightOnlyConfig(group_size=32), id="int4-g32"),
+                                  pytest.param(IntxWeightOnlyConfig(bits=3, group_size=None), id="int3-perchannel")])
+def test_allocator_warm_up_is_sized_at_the_quantized_model(tmp_path, monkeypatch, qcfg):
+    """transformers warms the CUDA caching allocator up with one allocation of the bytes the loaded model
+    will take. With quantize on load that must be the quantized model, not the dense checkpoint (on 5.17
+    it was the dense one: a Llama-3-8B warm-up of 15 GiB under a 12 GiB cap died). Computed by
+    transformers' own functions on the meta model it is about to load into (intercepted at that call)."""
+    mu = transformers.modeling_utils
+    seen = []
+    real = mu.caching_allocator_warmup
+    monkeypatch.setattr(mu, "caching_allocator_warmup",
+                        lambda model, dmap, hf: (seen.append(_warm_up_bytes(model, dmap, hf)), real(model, dmap, hf))[1])
+    src = save_dense(tiny_llama(dtype=torch.bfloat16, attention_bias=True), tmp_path / "dense")
+    model = AutoModel.from_pretrained(src, quantization_config=LowbitConfig(qcfg), dtype=torch.bfloat16, device_map="cpu")
+    assert len(seen) == 1 and quant_names(model)
+    loaded = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    dense = sum(t.numel() * t.element_size() for t in tiny_llama(dtype=torch.bfloat16, attention_bias=True).state_dict().values())
+    assert seen[0]["dense"] == dense
+    if hasattr(mu, "get_total_byte_count"):  # 5.x: per tensor, exact
+        assert seen[0]["quantized"] == loaded, (seen, loaded)
+    else:  # 4.x: one integer divisor of the dense bytes, rounded so as not to exceed the quantized model
+        assert 0.75 * loaded <= seen[0]["quantized"] <= loaded, (seen, loaded)
+    assert dense > 2 * loaded
+
+    model.save_pretrained(tmp_path / "q")  # reloading: the model is built with its final buffers
+    again = AutoModel.from_pretrained(tmp_path / "q", dtype=torch.bfloat16, device_map="cpu")
+    assert len(seen) == 2 and seen[1]["quantized"] == loaded == sum(
+        t.numel() * t.element_size() for t in again.state_dict().values())
+
+
 def test_quantize_weight_chunked_is_bit_identical():
     w = torch.randn(70, 96, generator=torch.Generator().manual_seed(0))
     for cfg in (IntxWeightOnlyConfig(bits=4, group_size=32), IntxWeightOnlyConfig(bits=3, group_size=None, symmetric=True)):
@@ -246,7 +289,11 @@ def test_core_import_does_not_need_transformers():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_layer_by_layer_peak_memory(tmp_path, monkeypatch):
     """bf16 weights loaded one tensor at a time and quantized on the GPU: the peak stays near the
-    quantized model + one dense layer + the chunked quantizer's temporaries, below the dense model."""
+    quantized model + one dense layer + the chunked quantizer's temporaries, below the dense model.
+    The peak is the larger of transformers' allocator warm-up (one allocation of what it expects the
+    model to take: ``param_element_size``, the quantized bytes = ``resident``) and, while loading,
+    the quantized layers so far + one dense weight + temporaries (<= 64 B per chunk element). On 5.17
+    before ``param_element_size`` was overridden the warm-up was the dense checkpoint (0.99 GB here)."""
     from lowbit.hf.measure import generate, measure_quantize_on_load, write_random_checkpoint
     from lowbit.hf.modules import CHUNK_ELEMENTS
 

@@ -3,6 +3,7 @@ quantization of one weight, meta-device QuantLinears of recorded shapes, and sta
 hold a GPTQ / AWQ layer's tensors between loading and conversion."""
 from __future__ import annotations
 
+import math
 import re
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -90,6 +91,13 @@ def entry_for(linear: nn.Linear, fmt: IntxFormat) -> Dict:
             "in_features": linear.in_features, "out_features": linear.out_features,
             "zero_kind": None if fmt.symmetric else fmt.zero_kind,
             "scale_dtype": str(fmt.scale_dtype).replace("torch.", ""), "bias": linear.bias is not None}
+
+
+def weight_bytes(linear: nn.Linear, fmt: IntxFormat) -> int:
+    """Bytes of the buffers holding ``linear``'s weight once quantized to ``fmt`` (qweight, scales,
+    zeros; K padding included, the bias not)."""
+    specs = _quant_specs("", entry_for(linear, fmt))
+    return sum(math.prod(shape) * dtype.itemsize for key, (shape, dtype) in specs.items() if key != "bias")
 
 
 def meta_quant_module(fqn: str, meta: Mapping, bias_dtype: torch.dtype) -> Tuple[QuantLinear, Dict]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 from typing import Dict, List
 
@@ -34,7 +35,7 @@ from ..nn import QuantLinear
 from .config import LowbitConfig, QUANT_METHOD, foreign_params
 from .modules import (
     REQUIRED, STAGED, PackedStage, checkpoint_key, default_skips, entry_for, linear_targets, meta_quant_module,
-    module_entries, quant_linear_from, read_headers, set_module,
+    module_entries, quant_linear_from, read_headers, set_module, weight_bytes,
 )
 
 log = logging.getLogger("lowbit")
@@ -89,6 +90,7 @@ class LowbitHfQuantizer(HfQuantizer):
         super().__init__(quantization_config, **kwargs)
         self._targets: set = set()
         self._foreign = None
+        self._warm_up_factor = 2
 
     # -- environment -----------------------------------------------------------------------------
     def validate_environment(self, *args, **kwargs) -> None:
@@ -102,21 +104,32 @@ class LowbitHfQuantizer(HfQuantizer):
             raise FormatError(f"checkpoint_format={qc.checkpoint_format!r} describes a quantized checkpoint, "
                               f"but this one has no quantization_config (use lowbit.hf.load_gptq_awq)")
 
-    @property
-    def quantized_element_size(self):
-        """Bytes per quantized weight (transformers 5.x sizes its allocator warm-up with it)."""
-        qc = self.quantization_config.quant_config
-        if self.pre_quantized or qc is None:
-            return None
-        fmt = qc.format()
-        scale = torch.empty(0, dtype=fmt.scale_dtype).element_size()
-        zero = 0 if fmt.symmetric else (1 if fmt.zero_kind == "int" else scale)
-        return fmt.bits / 8 + (scale + zero) / (fmt.group_size or 4096)
+    def param_element_size(self, model, param_name: str, param: torch.Tensor) -> float:
+        """Bytes per element of ``param`` once loaded. transformers 5.x sizes its allocator warm-up
+        (``caching_allocator_warmup`` -> ``get_total_byte_count``) and device_map="auto" placement
+        (``compute_module_sizes``) as ``numel * this``; the base class answers the dense dtype's size
+        (checked: 5.0.0, 5.17.0; 5.24 asks ``quantized_element_size`` first). For a weight quantized
+        on load: the QuantLinear's qweight + scales (+ zeros) bytes, padding included, per dense weight."""
+        if not self.param_needs_quantization(model, param_name):
+            return param.element_size()
+        fqn = param_name.rpartition(".")[0]
+        return weight_bytes(model.get_submodule(fqn), self.quantization_config.quant_config.format()) / param.numel()
 
     def get_accelerator_warm_up_factor(self) -> int:
-        """transformers 4.x warms the allocator up with (16-bit model bytes) * 2 / factor."""
-        qc = self.quantization_config.quant_config
-        return 4 if self.pre_quantized or qc is None else max(2, 32 // qc.bits)
+        """transformers 4.x warms the allocator up with (model bytes as built) * 2 / factor: for quantize
+        on load the factor that makes this the quantized bytes (set when the model is prepared); a
+        pre-quantized model is built with its final buffers, so 2 (its own bytes)."""
+        return self._warm_up_factor
+
+    def adjust_max_memory(self, max_memory: Dict) -> Dict:
+        """device_map="auto" places modules by their quantized size (``param_element_size``); quantize on
+        load also needs room for one dense weight and the quantizer's temporaries: keep 10% free."""
+        return max_memory if self.pre_quantized else {k: v * 0.9 for k, v in max_memory.items()}
+
+    def _loaded_bytes(self, model, quantized: bool) -> int:
+        """Bytes of ``model``'s state dict as built (dense) or once loaded with quantize on load."""
+        return sum(t.numel() * (self.param_element_size(model, k, t) if quantized else t.element_size())
+                   for k, t in model.state_dict(keep_vars=True).items())
 
     # -- before loading --------------------------------------------------------------------------
     def _process_model_before_weight_loading(self, model, **kwargs):
@@ -129,6 +142,8 @@ class LowbitHfQuantizer(HfQuantizer):
             self._targets = set(linear_targets(model, skips))
             if not self._targets:
                 log.warning("lowbit: no nn.Linear to quantize (modules_to_not_convert=%s)", qc.modules_to_not_convert)
+            quantized = self._loaded_bytes(model, quantized=True)
+            self._warm_up_factor = max(2, math.ceil(2 * self._loaded_bytes(model, quantized=False) / max(quantized, 1)))
         elif qc.checkpoint_format == "lowbit":
             self._prepare_lowbit(model, files)
         else:
