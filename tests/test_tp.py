@@ -292,3 +292,32 @@ def test_shard_model_plan_on_lowbit_llama_block():
                                      num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=1),
                          dtype=torch.float32)
         shard_model_(m2, 0, 2)
+
+
+# ---- the benchmark's shape table includes the TP shards ---------------------------------------------------
+
+def test_bench_dry_run_lists_tp_shards(capsys):
+    from lowbit.bench import main
+
+    assert main(["--shapes", "llama3-8b-tp2,llama3-70b-tp4", "--m", "1,16", "--baselines", "none", "--dry-run"]) == 0
+    rows = {tuple(line.split()[:5]) for line in capsys.readouterr().out.splitlines()}
+    for row in [("llama3-8b-tp2", "qkv", "column", "3072", "4096"), ("llama3-8b-tp2", "o", "row", "4096", "2048"),
+                ("llama3-8b-tp2", "gate_up", "column", "14336", "4096"), ("llama3-8b-tp2", "down", "row", "4096", "7168"),
+                ("llama3-70b-tp4", "qkv", "column", "2560", "8192"), ("llama3-70b-tp4", "o", "row", "8192", "2048"),
+                ("llama3-70b-tp4", "gate_up", "column", "14336", "8192"),
+                ("llama3-70b-tp4", "down", "row", "8192", "7168")]:
+        assert row in rows, row
+
+
+@pytest.mark.parametrize("model", ["llama3-8b", "llama3-70b"])
+@pytest.mark.parametrize("tp", [2, 4, 8])
+def test_bench_tp_shapes_are_what_lowbit_tp_produces(model, tp):
+    """The table's shard of every layer is the shape lowbit.tp cuts, group-aligned at g128 and 128x128
+    fp8 blocks (Llama-3 dims); checked through shard_ranges, the function every format's shard uses."""
+    from lowbit.bench.shapes import MODELS, model_shapes
+
+    for full, shard in zip(MODELS[model], model_shapes(f"{model}-tp{tp}")):
+        axis_size = full.n if full.parallel == COLUMN else full.k
+        (a, b), = shard_ranges(axis_size, tp - 1, tp, 128, "group of 128", "NK"[full.parallel == ROW])
+        assert b - a == (shard.n if full.parallel == COLUMN else shard.k)
+        assert (shard.n, shard.k) == ((b - a, full.k) if full.parallel == COLUMN else (full.n, b - a))
