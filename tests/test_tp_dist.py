@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lowbit.tp import COLUMN, ROW, shard_linear
-from tp_worker import CASES, MODES, backend_for, build_mlp, launch, make_x, sections
+from tp_worker import CASES, MODES, backend_for, build_llama, build_mlp, launch, llama_tokens, make_x, sections
 
 # 2 by default (CPU CI); scripts/gpu_tp.sh sets the GPU count for NCCL
 WORLD = int(os.environ.get("LOWBIT_TP_WORLD", "2"))
@@ -80,6 +80,14 @@ def test_shard_model_llama_mlp(tp):
     _, device, results = tp
     got = _combined(results, "mlp/shard_model_")
     _assert_close(got, build_mlp(WORLD).to(device)(make_x(device, WORLD)))
+
+
+def test_shard_model_llama_decoder(tp):
+    """A whole decoder (attention with per-rank heads, MLP, replicated embeddings / lm_head): same logits."""
+    _, device, results = tp
+    got = _combined(results, "llama/shard_model_")
+    want = build_llama(WORLD).to(device)(llama_tokens(device))
+    _assert_close(got, want)
 
 
 def test_comparison_catches_a_wrong_combination(tp):

@@ -108,6 +108,20 @@ def build_mlp(world_size: int):
     return mlp
 
 
+def build_llama(world_size: int):
+    """A one-layer lowbit.models.llama decoder (fused qkv / gate_up, GQA), every linear intx4 g64."""
+    from lowbit.api import IntxWeightOnlyConfig, quantize_
+    from lowbit.models.llama import LlamaConfig, build_model
+
+    cfg = LlamaConfig(name="t", vocab_size=256, hidden_size=size(world_size), intermediate_size=128 * world_size,
+                      num_hidden_layers=1, num_attention_heads=2 * world_size, num_key_value_heads=world_size)
+    return quantize_(build_model(cfg, dtype=DTYPE, seed=0), IntxWeightOnlyConfig(4, 64, scale_dtype="float16"))
+
+
+def llama_tokens(device) -> torch.Tensor:
+    return torch.randint(0, 256, (2, 5), generator=torch.Generator().manual_seed(5)).to(device)
+
+
 def run_rank(rank: int, world_size: int, device: torch.device) -> dict:
     """Every case's combined tensor-parallel output on this rank (or the error's traceback)."""
     x = make_x(device, world_size)
@@ -128,6 +142,8 @@ def run_rank(rank: int, world_size: int, device: torch.device) -> dict:
     record("intx4-asym-g64/qkv-sections", lambda: ColumnParallel.from_full(qkv(world_size).to(device),
                                                                       sections=sections(world_size))(x))
     record("mlp/shard_model_", lambda: shard_model_(build_mlp(world_size).to(device), rank, world_size)(x))
+    record("llama/shard_model_",
+           lambda: shard_model_(build_llama(world_size).to(device), rank, world_size)(llama_tokens(device)))
     from lowbit import dispatch  # which backend ran the intx / LUT layers (the test checks it is not the reference)
     out["_backend"] = dispatch.select(dispatch.WxA16Problem(20, x.shape[-1] // world_size, x.shape[-1], 4, 64,
                                                             DTYPE, device.type))
