@@ -18,3 +18,9 @@ class FormatError(LowbitError, ValueError):
 
 class InputError(LowbitError, ValueError):
     """An activation / bias does not match the weight (shape, dtype, device)."""
+
+
+class ShardError(FormatError):
+    """A tensor-parallel shard is impossible: the sharded dim is not divisible by the world size, or a
+    shard boundary would cut a quantization group / scale block. The message names the unit, the dim
+    and the world size."""

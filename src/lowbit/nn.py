@@ -13,9 +13,10 @@ from torch import nn
 
 from .formats.intx import IntxFormat, IntxWeight
 from .ops import linear_wxa16_auto
+from .tp import Shardable
 
 
-class QuantLinear(nn.Module):
+class QuantLinear(Shardable, nn.Module):
     def __init__(self, weight: IntxWeight, bias: Optional[torch.Tensor] = None) -> None:
         super().__init__()
         self.in_features = weight.in_features

@@ -17,9 +17,10 @@ from .formats.fp8 import BLOCK, Fp8Format, Fp8Weight
 from .formats.int8 import Int8Format, Int8Weight
 from .nn import QuantLinear
 from .ops_a8 import linear_w4a8_fp8_auto, linear_w8a8_auto
+from .tp import Shardable
 
 
-class _W8A8Linear(nn.Module):
+class _W8A8Linear(Shardable, nn.Module):
     def __init__(self, qweight, scales, inv_smooth, bias: Optional[torch.Tensor], block: int) -> None:
         super().__init__()
         self.out_features, self.in_features = qweight.shape

@@ -13,9 +13,10 @@ from torch import nn
 
 from .formats.lut import LutWeight
 from .ops_lut import linear_luta16_auto
+from .tp import Shardable
 
 
-class LutLinear(nn.Module):
+class LutLinear(Shardable, nn.Module):
     def __init__(self, weight: LutWeight, bias: Optional[torch.Tensor] = None) -> None:
         super().__init__()
         self.in_features = weight.in_features

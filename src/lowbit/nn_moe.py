@@ -25,6 +25,7 @@ from .formats.intx import IntxFormat
 from .formats.intx_experts import IntxExpertWeights, quantize_experts
 from .nn import QuantLinear
 from .ops_moe import grouped_gemm_wxa16_auto, moe_align
+from .tp import shard_weight
 
 # names of the per-expert linear layers of 4.x ModuleList experts: (gate, up, down)
 LEGACY_EXPERT_NAMES = (("w1", "w3", "w2"), ("gate_proj", "up_proj", "down_proj"))
@@ -66,6 +67,13 @@ class QuantMoEExperts(nn.Module):
     def down(self) -> IntxExpertWeights:
         return IntxExpertWeights(self.down_qweight, self.down_scales, self.down_zeros, self.down_bits,
                                  self.down_group_size, self.intermediate_dim)
+
+    def shard(self, rank: int, world_size: int) -> "QuantMoEExperts":
+        """Rank's tensor-parallel shard of every expert: gate and up column-parallel (intermediate I split),
+        down row-parallel; the output is a partial sum to all-reduce (``lowbit.tp.all_reduce_sum``)."""
+        i = self.intermediate_dim
+        return QuantMoEExperts(shard_weight(self.gate_up, rank, world_size, "column", (i, i)),
+                               shard_weight(self.down, rank, world_size, "row"))
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                 top_k_weights: Optional[torch.Tensor] = None) -> torch.Tensor:

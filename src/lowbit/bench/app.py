@@ -19,6 +19,7 @@ EPILOG = """examples:
   lowbit bench --op w4a16 --shapes llama3-8b,llama3-70b --quick
   lowbit bench --op wxa16 --bits 3 --shapes llama3-8b-tp4,6144x4096 --m 1,16,256
   lowbit bench --op fp8 --shapes llama3-8b
+  lowbit bench --op w4a16 --shapes llama3-8b-tp2,llama3-70b-tp4 --dry-run   (tensor-parallel shards; docs/tp.md)
   lowbit bench warmup --op w4a16 --shapes 4096x4096
   lowbit bench e2e --model llama3-8b --formats bf16,tinygemm,w4a16 --batch 1,8,32,128   (see docs/e2e.md)
   lowbit bench moe --shapes mixtral-8x7b,qwen1.5-moe --tokens 1,8,64,512,4096   (grouped expert GEMM)
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--tag", default=None, help="file name stem (default from op/bits/group/dtype)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the shapes x M table that would run (TP shards included) and exit; no GPU needed")
     return p
 
 
@@ -142,6 +145,8 @@ def main(argv: Optional[Sequence[str]] = None, *, timer: Optional[Timer] = None,
     except ValueError as e:
         print(f"lowbit bench: {e}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        return _dry_run(spec, shapes, ms, cases)
     fake = timer is not None or fake_requested()
     if not fake and not torch.cuda.is_available():
         print("lowbit bench: timing needs a CUDA device (torch.cuda.is_available() is False). "
@@ -236,3 +241,14 @@ def _stem(args: argparse.Namespace, spec: OpSpec) -> str:
     if spec.op == "w4a8":
         return f"w{spec.bits}a8_{'pc' if spec.group_size is None else f'g{spec.group_size}'}_{spec.dtype_name}"
     return f"{spec.op}_{spec.dtype_name}"
+
+
+def _dry_run(spec: OpSpec, shapes, ms: List[int], cases) -> int:
+    """Print the sweep's table (one line per shape: N x K and how tensor parallelism split it) and exit 0."""
+    print(f"lowbit bench (dry run): {spec.title}; M = {','.join(map(str, ms))}; "
+          f"methods: {', '.join(c.name for c in cases)}")
+    print(f"{'model':<20} {'layer':<10} {'parallel':<8} {'N':>7} {'K':>7}")
+    for s in shapes:
+        print(f"{s.model:<20} {s.layer:<10} {s.parallel:<8} {s.n:>7} {s.k:>7}")
+    print(f"{len(shapes)} shapes x {len(ms)} M x {len(cases)} methods = {len(shapes) * len(ms) * len(cases)} points")
+    return 0
