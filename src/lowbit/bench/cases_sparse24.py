@@ -31,9 +31,9 @@ class Sparse24Case(Case):
     backend of ``lowbit.kernels.sparse24`` called directly for M <= ``max_m``."""
 
     def __init__(self, name: str, label: str, role: str = PEER, launcher: Optional[str] = None,
-                 max_m: Optional[int] = None, cuda_only: bool = False) -> None:
+                 max_m: Optional[int] = None, min_m: int = 1, cuda_only: bool = False) -> None:
         super().__init__(name, label, role=role, ops=("sparse24",), default=launcher is None)
-        self.launcher, self.max_m, self.cuda_only = launcher, max_m, cuda_only
+        self.launcher, self.max_m, self.min_m, self.cuda_only = launcher, max_m, min_m, cuda_only
 
     def available(self, spec: OpSpec, device: torch.device) -> Tuple[bool, str]:
         if spec.bits != 4:
@@ -41,8 +41,8 @@ class Sparse24Case(Case):
         return needs_cuda(device) if self.cuda_only else (True, "")
 
     def supports(self, spec: OpSpec, shape: LinearShape, m: int) -> Tuple[bool, str]:
-        if self.max_m is not None and m > self.max_m:
-            return False, f"{self.name} is timed for M <= {self.max_m}"
+        if self.max_m is not None and m > self.max_m or m < self.min_m:
+            return False, f"{self.name} is timed for M in [{self.min_m}, {self.max_m or 'any'}]"
         if self.launcher == "dequant_semi_structured_sparse24":
             from ..kernels.sparse24 import semi_structured_ok
 
@@ -96,8 +96,9 @@ register(Sparse24Case("lowbit_sparse24", "lowbit linear_sparse24_wxa16 (ours, 2:
 register(DenseW4("lowbit_w4", "lowbit linear_wxa16 dense int4 (same group size)", role=BASELINE, ops=("sparse24",)))
 register(Sparse24Case("sparse24_gemv", "sparse24 GEMV forced", launcher="gemv_sparse24", max_m=16))
 register(Sparse24Case("sparse24_gemm", "sparse24 tensor-core GEMM forced", launcher="gemm_sparse24", max_m=1024))
-register(Sparse24Case("sparse24_dequant_mm", "sparse24 dequantize + cuBLAS forced", launcher="dequant_matmul_sparse24"))
+register(Sparse24Case("sparse24_dequant_mm", "sparse24 dequantize + cuBLAS forced", launcher="dequant_matmul_sparse24",
+                      min_m=32))
 register(Sparse24Case("sparse24_semi", "sparse24 dequantize + torch semi-structured 2:4 matmul",
-                      launcher="dequant_semi_structured_sparse24", cuda_only=True))
+                      launcher="dequant_semi_structured_sparse24", min_m=32, cuda_only=True))
 
 __all__ = ["Sparse24Case", "DenseW4"]
