@@ -5,6 +5,8 @@ shared memory and a SASS instruction histogram (needs the cuobjdump that Triton 
     PYTHONPATH=src python scripts/compile_check.py gemv --lut --prefetch   # lookup-table mode (LUT_TABLE=fp16: table dtype)
     PYTHONPATH=src python scripts/compile_check.py grouped --bits 4 --block-m 16 --block-n 64 --split-k 2
     PYTHONPATH=src python scripts/compile_check.py grouped --gemv --block-m 2 --ids --scatter --row-weights
+    PYTHONPATH=src python scripts/compile_check.py sparse24_gemv --block-n 128 --block-k 128 --per-weight
+    PYTHONPATH=src python scripts/compile_check.py gemv --block-n 128 --block-k 128 --per-weight   # dense, same tile
 """
 import argparse
 import collections
@@ -20,13 +22,14 @@ from triton.compiler import ASTSource
 from lowbit.kernels.gemm import gemm_wxa16_kernel
 from lowbit.kernels.gemv import gemv_wxa16_kernel
 from lowbit.kernels.grouped import grouped_wxa16_kernel
+from lowbit.kernels.sparse24 import gemm_sparse24_kernel, gemv_sparse24_kernel
 from lowbit.kernels.unpack import plane_constexprs
 
 SIG = {"x_ptr": "*fp16", "qw_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*u8", "t_ptr": "*" + os.environ.get("LUT_TABLE", "fp32"), "b_ptr": "*fp16",
        "y_ptr": "*fp16", "ws_ptr": "*fp32", "cnt_ptr": "*i32",
        "M": "i32", "N": "i32", "K": "i32", "Kp": "i32", "stride_xm": "i32", "stride_xk": "i32",
        "stride_qk": "i32", "stride_sg": "i32", "stride_tg": "i32", "stride_tn": "i32", "stride_ws": "i32",
-       "stride_ym": "i32", "magic": "i32"}
+       "stride_ym": "i32", "magic": "i32", "m_ptr": "*i32", "stride_mk": "i32"}
 
 
 GROUPED_SIG = {**{k: v for k, v in SIG.items() if k.endswith("_ptr")}, "off_ptr": "*i32", "ids_ptr": "*i32",
@@ -64,9 +67,26 @@ def sass_histogram(cubin: bytes):
     return collections.Counter(ops), usage, sass
 
 
+def loop_body(sass: str):
+    """(instructions, histogram) of the hottest loop: the longest span closed by a backward branch."""
+    lines = re.findall(r"/\*([0-9a-f]{4})\*/\s+(.*?);", sass)
+    addr = [int(a, 16) for a, _ in lines]
+    best = (0, 0)
+    for i, (_, text) in enumerate(lines):
+        m = re.search(r"BRA\S*\s+(?:`\(\.L_x_\d+\)|0x([0-9a-f]+))", text)
+        tgt = re.search(r"0x([0-9a-f]+)", text) if "BRA" in text else None
+        if m and tgt and int(tgt.group(1), 16) < addr[i]:
+            start = next(j for j, a in enumerate(addr) if a >= int(tgt.group(1), 16))
+            if i - start > best[1] - best[0]:
+                best = (start, i + 1)
+    body = [t for _, t in lines[best[0]:best[1]]]
+    ops = [re.match(r"(?:@!?U?P\w+\s+)?([A-Z0-9_]+)", t).group(1) for t in body]
+    return len(body), collections.Counter(ops)
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("kernel", choices=["gemv", "gemm", "grouped"])
+    p.add_argument("kernel", choices=["gemv", "gemm", "grouped", "sparse24_gemv", "sparse24_gemm"])
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--group", type=int, default=128)
     p.add_argument("--block-m", type=int, default=1)
@@ -85,6 +105,8 @@ def main():
     p.add_argument("--ids", action="store_true", help="grouped: rows gathered through sorted pair ids")
     p.add_argument("--scatter", action="store_true", help="grouped: output scattered to pair order")
     p.add_argument("--row-weights", action="store_true", help="grouped: routing weights in the epilogue")
+    p.add_argument("--per-weight", action="store_true",
+                   help="SASS instructions of the K loop per dense weight position (per thread)")
     a = p.parse_args()
     ce = dict(GROUP_LEN=a.group, **plane_constexprs(a.bits), HAS_ZEROS=not a.lut, SYM_ZERO=8.0, HAS_BIAS=False, LUT=a.lut,
               BLOCK_M=a.block_m, BLOCK_N=a.block_n, BLOCK_K=a.block_k, SPLIT_K=a.split_k)
@@ -100,11 +122,23 @@ def main():
                   E_POW2=triton.next_power_of_2(a.experts), NUM_TILES=64, MMA=not a.gemv, GROUP_M=8,
                   NUM_STAGES=a.stages)
         base_sig = GROUPED_SIG
-    fn = {"gemv": gemv_wxa16_kernel, "gemm": gemm_wxa16_kernel, "grouped": grouped_wxa16_kernel}[a.kernel]
+    if a.kernel.startswith("sparse24"):  # 4-bit kept values, integer zeros: no planes, no LUT
+        for key in ("P0", "P1", "P2", "LUT"):
+            ce.pop(key)
+        ce["INT_ZERO"] = True
+        ce.update(NUM_STAGES=a.stages, EVEN_K=True) if a.kernel == "sparse24_gemv" else ce.update(GROUP_M=8)
+    fn = {"gemv": gemv_wxa16_kernel, "gemm": gemm_wxa16_kernel, "grouped": grouped_wxa16_kernel,
+          "sparse24_gemv": gemv_sparse24_kernel, "sparse24_gemm": gemm_sparse24_kernel}[a.kernel]
     k = compile_kernel(fn, ce, a.warps, a.stages, a.dtype, base_sig)
     hist, usage, sass = sass_histogram(k.asm["cubin"])
     print(usage)
     print(" ".join(f"{op}:{c}" for op, c in hist.most_common(40)))
+    if a.per_weight:
+        n_body, body = loop_body(sass)
+        per_thread = a.block_n * a.block_k / (32 * a.warps)
+        print(f"K loop: {n_body} SASS instructions per thread per tile, {per_thread:g} dense weights per thread "
+              f"-> {n_body / per_thread:.2f} per dense weight position")
+        print("  loop: " + " ".join(f"{op}:{c}" for op, c in body.most_common(24)))
     if a.sass:
         print(sass)
 

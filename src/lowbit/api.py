@@ -312,3 +312,40 @@ def _quantize_linear_lut(module: nn.Linear, config) -> nn.Module:
 for _cls in (NF4WeightOnlyConfig, Fp4WeightOnlyConfig, CodebookWeightOnlyConfig):
     CONFIGS[_cls.__name__] = _cls
     _HANDLERS[_cls] = _quantize_linear_lut
+
+
+# --- 2:4-sparse int4 weights: lowbit.formats.sparse24, Sparse24Linear ---
+
+@dataclass
+class Int4Sparse24WeightConfig:
+    """2:4 structured sparsity with int4 kept values (group-wise, like ``Int4WeightOnlyConfig``).
+    ``prune=True`` magnitude-prunes every layer (keep the 2 largest |w| of each 4 consecutive k);
+    ``prune=False`` requires weights that are already 2:4 sparse (FormatError naming the first bad group)."""
+
+    group_size: Optional[int] = 128
+    symmetric: bool = False
+    zero_kind: str = "int"
+    scale_dtype: str = "bfloat16"
+    prune: bool = True
+
+    def __post_init__(self) -> None:
+        self.scale_dtype = _lut_dtype(self.scale_dtype, "scale_dtype", SCALE_DTYPES)
+        self.format()  # validates group_size and zero_kind
+
+    def format(self):
+        from .formats.sparse24 import Sparse24Format
+
+        return Sparse24Format(self.group_size, self.symmetric, self.zero_kind, _dtype(self.scale_dtype), self.prune)
+
+    def to_dict(self) -> Dict:
+        return {"type": type(self).__name__, **asdict(self)}
+
+
+def _quantize_linear_sparse24(module: nn.Linear, config: Int4Sparse24WeightConfig) -> nn.Module:
+    from .nn_sparse24 import Sparse24Linear
+
+    return Sparse24Linear.from_linear(module, config.format())
+
+
+CONFIGS[Int4Sparse24WeightConfig.__name__] = Int4Sparse24WeightConfig
+_HANDLERS[Int4Sparse24WeightConfig] = _quantize_linear_sparse24

@@ -111,6 +111,7 @@ def save_quantized(model: nn.Module, path: str, *, config=None, max_shard_size: 
     _reject_a8_modules(model)
     st, _ = _safetensors()
     _reject_unsupported_modules(model)
+    _reject_sparse24_modules(model)
     limit = _parse_size(max_shard_size)
     if config is not None and hasattr(config, "to_dict"):
         config = config.to_dict()
@@ -422,3 +423,16 @@ def _reject_unsupported_modules(model: nn.Module) -> None:
             f"save_quantized does not support LutLinear (lookup-table weights) yet: {', '.join(lut[:5])}"
             f"{' ...' if len(lut) > 5 else ''}; save model.state_dict() (qweight, scales, table, bias) and "
             "load it into a model quantized with the same config instead")
+
+
+def _reject_sparse24_modules(model: nn.Module) -> None:
+    """2:4-sparse layers (``Sparse24Linear``) have no checkpoint entry yet (the format is intx-only)."""
+    from .errors import UnsupportedError
+    from .nn_sparse24 import Sparse24Linear
+
+    found = [fqn for fqn, m in model.named_modules() if isinstance(m, Sparse24Linear)]
+    if found:
+        raise UnsupportedError(
+            f"save_quantized does not support Sparse24Linear (2:4 sparse int4) yet: {', '.join(found[:5])}"
+            f"{' ...' if len(found) > 5 else ''}; save model.state_dict() (qweight, meta, scales, zeros, bias) "
+            "and load it into a model quantize_d with the same Int4Sparse24WeightConfig instead")

@@ -197,3 +197,48 @@ LUTA16_BACKENDS: List[Backend] = [
 def select_lut(problem: WxA16Problem) -> str:
     """``select`` for lookup-table weights (same kernel choice as intx of the same bits)."""
     return _select(problem, forced_family(), tuple(LUTA16_BACKENDS))
+
+
+# --- 2:4-sparse int4 weights (lowbit::linear_sparse24_wxa16, lowbit.ops_sparse24) ---
+# Crossovers: the sparse GEMV (CUDA cores) up to SPARSE24_GEMV_MAX_M rows, the tensor-core GEMM up to
+# SPARSE24_GEMM_MAX_M, then dequantize + cuBLAS (the dense kernels' large-M path reading fewer bytes).
+# Placeholders until an H200 run of ``lowbit bench --op sparse24`` measures them (docs/sparse24.md);
+# each must keep the sparse path at least as fast as dense W4A16 at the same M.
+SPARSE24_GEMV_MAX_M = 4
+SPARSE24_GEMM_MAX_M = 128
+
+
+def _sparse24_gemv_ok(p: WxA16Problem) -> Tuple[bool, str]:
+    if p.m > SPARSE24_GEMV_MAX_M:
+        return False, f"sparse24 gemv handles M <= {SPARSE24_GEMV_MAX_M}, got M={p.m}"
+    return _triton_common(p)
+
+
+def _sparse24_gemm_ok(p: WxA16Problem) -> Tuple[bool, str]:
+    if p.m > SPARSE24_GEMM_MAX_M:
+        return False, f"sparse24 tensor-core gemm handles M <= {SPARSE24_GEMM_MAX_M} (measured crossover), got M={p.m}"
+    return _triton_common(p)
+
+
+def _semi_structured_ok(p: WxA16Problem) -> Tuple[bool, str]:
+    if os.environ.get("LOWBIT_SPARSE24_SEMI_STRUCTURED", "") != "1":
+        return False, "torch semi-structured path is opt-in (LOWBIT_SPARSE24_SEMI_STRUCTURED=1) until measured faster"
+    if p.device_type != "cuda":
+        return False, f"semi-structured sparse matmul needs a CUDA device, got {p.device_type!r}"
+    from .kernels.sparse24 import semi_structured_ok
+
+    return semi_structured_ok(p.m, p.n, p.k, p.dtype, torch.device("cuda"))
+
+
+SPARSE24_BACKENDS: List[Backend] = [
+    Backend("triton_sparse24_gemv", "triton", _sparse24_gemv_ok),
+    Backend("triton_sparse24_gemm", "triton", _sparse24_gemm_ok),
+    Backend("torch_semi_structured", "triton", _semi_structured_ok),
+    Backend("triton_sparse24_dequant_mm", "triton", _triton_common),
+    Backend("reference", "reference", lambda p: (True, "")),
+]
+
+
+def select_sparse24(problem: WxA16Problem) -> str:
+    """Backend for a 2:4-sparse int4 problem: first of SPARSE24_BACKENDS (priority order) that can run it."""
+    return _select(problem, forced_family(), tuple(SPARSE24_BACKENDS))

@@ -20,6 +20,7 @@ EPILOG = """examples:
   lowbit bench --op wxa16 --bits 3 --shapes llama3-8b-tp4,6144x4096 --m 1,16,256
   lowbit bench --op fp8 --shapes llama3-8b
   lowbit bench --op w4a16 --shapes llama3-8b-tp2,llama3-70b-tp4 --dry-run   (tensor-parallel shards; docs/tp.md)
+  lowbit bench --op sparse24 --shapes llama3-8b --quick   (2:4 sparse int4 vs dense W4A16 vs cuBLAS; docs/sparse24.md)
   lowbit bench warmup --op w4a16 --shapes 4096x4096
   lowbit bench e2e --model llama3-8b --formats bf16,tinygemm,w4a16 --batch 1,8,32,128   (see docs/e2e.md)
   lowbit bench moe --shapes mixtral-8x7b,qwen1.5-moe --tokens 1,8,64,512,4096   (grouped expert GEMM)
@@ -30,7 +31,7 @@ Set LOWBIT_BENCH_FAKE_TIMER=1 to run the harness with a fake timer and fake ceil
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lowbit bench", description="Time lowbit ops against baselines with speed-of-light.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--op", default="w4a16", choices=["w4a16", "wxa16", "fp8", "int8", "w4a8"])
+    p.add_argument("--op", default="w4a16", choices=["w4a16", "wxa16", "fp8", "int8", "w4a8", "sparse24"])
     p.add_argument("--bits", type=int, default=None, help="weight bits for --op wxa16 (1..8)")
     p.add_argument("--group-size", default="128", help="group size (multiple of 32) or 'none' for per-channel")
     p.add_argument("--sym", action="store_true", help="symmetric weights (no stored zeros)")
@@ -66,7 +67,7 @@ def _spec(args: argparse.Namespace) -> OpSpec:
         if args.bits is None:
             raise ValueError("--op wxa16 needs --bits N (1..8)")
         bits = args.bits
-    elif args.op == "w4a8":
+    elif args.op in ("w4a8", "sparse24"):
         bits = 4 if args.bits is None else args.bits
     else:
         bits = 8
@@ -240,6 +241,8 @@ def _stem(args: argparse.Namespace, spec: OpSpec) -> str:
         return f"w{spec.bits}a16_{g}_{spec.dtype_name}"
     if spec.op == "w4a8":
         return f"w{spec.bits}a8_{'pc' if spec.group_size is None else f'g{spec.group_size}'}_{spec.dtype_name}"
+    if spec.op == "sparse24":
+        return f"sparse24_w4a16_{'pc' if spec.group_size is None else f'g{spec.group_size}'}_{spec.dtype_name}"
     return f"{spec.op}_{spec.dtype_name}"
 
 

@@ -17,7 +17,7 @@ import torch
 from ..formats.intx import IntxFormat, IntxWeight
 from .shapes import LinearShape
 
-OPS = ("wxa16", "fp8", "int8", "w4a8")
+OPS = ("wxa16", "fp8", "int8", "w4a8", "sparse24")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 OURS, BASELINE, PEER = "ours", "baseline", "peer"
 
@@ -51,6 +51,9 @@ class OpSpec:
         if self.op == "w4a8":
             g = "per-channel" if self.group_size is None else f"g{self.group_size}"
             return f"w{self.bits}a8-fp8 {g} {'sym' if self.symmetric else 'asym'} (activations {self.dtype_name})"
+        if self.op == "sparse24":
+            g = "per-channel" if self.group_size is None else f"g{self.group_size}"
+            return f"2:4 sparse w4a16 {g} {'sym' if self.symmetric else 'asym'} {self.dtype_name}"
         return f"{self.op} (activations {self.dtype_name})"
 
 
@@ -184,7 +187,7 @@ def unregister(name: str) -> None:
 
 def load_builtin_cases() -> None:
     """Import the modules that register the built-in cases (idempotent)."""
-    from . import cases_a8, cases_gemm, cases_lut, cases_wxa16  # noqa: F401
+    from . import cases_a8, cases_gemm, cases_lut, cases_sparse24, cases_wxa16  # noqa: F401
 
 
 def select_cases(spec: OpSpec, baselines: Optional[List[str]]) -> List[Case]:

@@ -236,7 +236,7 @@ class TorchaoInt4(Case):
 
 
 register(Ours("lowbit", "lowbit linear_wxa16 (ours)", role=OURS))
-register(Cublas("cublas", "cuBLAS F.linear, dense 16-bit weight", ops=("wxa16", "fp8", "int8", "w4a8")))
+register(Cublas("cublas", "cuBLAS F.linear, dense 16-bit weight", ops=("wxa16", "fp8", "int8", "w4a8", "sparse24")))
 register(Tinygemm("tinygemm", "tinygemm aten._weight_int4pack_mm"))
 register(DequantCublas("dequant_cublas", "toy: uint8 codes, eager (q-z)*s, then cuBLAS"))
 register(CompiledDequant("compiled", "torch.compile(dequantize + matmul)"))

@@ -136,6 +136,38 @@ def _round_scale_up(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return st
 
 
+def quantize_groups(wg: torch.Tensor, vg: torch.Tensor, bits: int, symmetric: bool, zero_kind: str,
+                    scale_dtype: torch.dtype):
+    """Round-to-nearest codes of grouped values: wg (N, G, L) fp32, vg (N, G, L) bool (False = padding,
+    ignored by the statistics, code 0) -> (q uint8 (N, G, L), scales (N, G) in ``scale_dtype``,
+    stored zeros (N, G) or None). |w - (q - z) * s| <= s / 2 for every valid value."""
+    mx = torch.where(vg, wg, -math.inf).amax(dim=2)  # (N, G)
+    mn = torch.where(vg, wg, math.inf).amin(dim=2)
+    qmax = 2**bits - 1
+    tiny = torch.finfo(torch.float32).tiny
+    if symmetric:
+        amax = torch.maximum(mx.abs(), mn.abs())
+        zero = symmetric_zero(bits)
+        s = amax / (qmax - zero) if bits > 1 else 2 * amax
+        s = _round_scale_up(s.clamp_min(tiny), scale_dtype)
+        z_store, z = None, torch.full_like(mx, zero)
+    elif zero_kind == "int":
+        mn, mx = mn.clamp(max=0), mx.clamp(min=0)  # keeps z in [0, qmax]
+        s = _round_scale_up(((mx - mn) / qmax).clamp_min(tiny), scale_dtype)
+        z = torch.round(-mn / s.float()).clamp(0, qmax)
+        z_store = z.to(torch.uint8)
+    else:
+        s = (mx - mn) / qmax
+        s = torch.where(s > 0, s, mx.abs().clamp_min(1.0) / qmax)
+        s = _round_scale_up(s, scale_dtype)
+        z_store = (-mn / s.float()).to(scale_dtype)
+        z = z_store.float()
+    sf = s.float()
+    q = torch.round(wg / sf.unsqueeze(2) + z.unsqueeze(2)).clamp(0, qmax)
+    q = torch.where(vg, q, torch.zeros_like(q)).to(torch.uint8)
+    return q, s, z_store
+
+
 @dataclass
 class IntxWeight:
     """A packed intx weight. See the module docstring for the layout."""
@@ -282,30 +314,8 @@ class IntxFormat:
         valid = torch.zeros(n, kp, dtype=torch.bool, device=weight.device)
         valid[:, :k] = True
         wg, vg = w.view(n, g, gl), valid.view(n, g, gl)
-        mx = torch.where(vg, wg, -math.inf).amax(dim=2)  # (N, G)
-        mn = torch.where(vg, wg, math.inf).amin(dim=2)
-        qmax = 2**self.bits - 1
-        tiny = torch.finfo(torch.float32).tiny
-        if self.symmetric:
-            amax = torch.maximum(mx.abs(), mn.abs())
-            zero = symmetric_zero(self.bits)
-            s = amax / (qmax - zero) if self.bits > 1 else 2 * amax
-            s = _round_scale_up(s.clamp_min(tiny), self.scale_dtype)
-            z_store, z = None, torch.full_like(mx, zero)
-        elif self.zero_kind == "int":
-            mn, mx = mn.clamp(max=0), mx.clamp(min=0)  # keeps z in [0, qmax]
-            s = _round_scale_up(((mx - mn) / qmax).clamp_min(tiny), self.scale_dtype)
-            z = torch.round(-mn / s.float()).clamp(0, qmax)
-            z_store = z.to(torch.uint8)
-        else:
-            s = (mx - mn) / qmax
-            s = torch.where(s > 0, s, mx.abs().clamp_min(1.0) / qmax)
-            s = _round_scale_up(s, self.scale_dtype)
-            z_store = (-mn / s.float()).to(self.scale_dtype)
-            z = z_store.float()
-        sf = s.float()
-        q = torch.round(wg / sf.unsqueeze(2) + z.unsqueeze(2)).clamp(0, qmax)
-        q = torch.where(vg, q, torch.zeros_like(q)).view(n, kp).to(torch.uint8)
+        q, s, z_store = quantize_groups(wg, vg, self.bits, self.symmetric, self.zero_kind, self.scale_dtype)
+        q = q.view(n, kp)
         return IntxWeight(
             pack(q, self.bits),
             s.t().contiguous(),
