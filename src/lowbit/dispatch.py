@@ -205,7 +205,10 @@ def select_lut(problem: WxA16Problem) -> str:
 # Placeholders until an H200 run of ``lowbit bench --op sparse24`` measures them (docs/sparse24.md);
 # each must keep the sparse path at least as fast as dense W4A16 at the same M.
 SPARSE24_GEMV_MAX_M = 4
-SPARSE24_GEMM_MAX_M = 128
+# H200 (benchmarks/results/h200/sparse24/sparse_vs_dense.txt): the tensor-core sparse GEMM ran at
+# 0.06-0.42x our dense W4A16 at M = 2..128 while dequantize + cuBLAS reached 0.34-1.0x, so the GEMM
+# is kept for explicit use (LOWBIT_BACKEND / direct calls) but never auto-dispatched.
+SPARSE24_GEMM_MAX_M = 0
 
 
 def _sparse24_gemv_ok(p: WxA16Problem) -> Tuple[bool, str]:
