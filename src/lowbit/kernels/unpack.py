@@ -135,30 +135,14 @@ def align_plane_rows(words, RATIO: tl.constexpr):
 # 128.0 in bf16: exact for codes < 16), and two packed fma's give ((MAGIC + q) - (MAGIC + z)) * s: the
 # subtraction is exact, so the one rounding is that of (q - z) * s in the output dtype.
 # Operands: $0..$3 out, $4 the word, $5 the scale pair (s, s), $6 the pair -(MAGIC + z).
-_DEQUANT4_ASM = """
-{
-.reg .b32 w4, h, one, nz;
-mov.b32 one, ONE;
-mov.b32 nz, 0x80008000;
-shr.u32 w4, $4, 4;
-prmt.b32 h, $4, w4, 0x0400;
+_DEQUANT4_PAIR = """
+prmt.b32 h, $4, w4, SEL;
 lop3.b32 h, h, 0x000F000F, MAGIC, 0xea;
 fma.rn.DT h, h, one, $6;
-fma.rn.DT $0, h, $5, nz;
-prmt.b32 h, $4, w4, 0x0501;
-lop3.b32 h, h, 0x000F000F, MAGIC, 0xea;
-fma.rn.DT h, h, one, $6;
-fma.rn.DT $1, h, $5, nz;
-prmt.b32 h, $4, w4, 0x0602;
-lop3.b32 h, h, 0x000F000F, MAGIC, 0xea;
-fma.rn.DT h, h, one, $6;
-fma.rn.DT $2, h, $5, nz;
-prmt.b32 h, $4, w4, 0x0703;
-lop3.b32 h, h, 0x000F000F, MAGIC, 0xea;
-fma.rn.DT h, h, one, $6;
-fma.rn.DT $3, h, $5, nz;
-}
-"""
+fma.rn.DT $OUT, h, $5, nz;"""
+_DEQUANT4_ASM = ("{\n.reg .b32 w4, h, one, nz;\nmov.b32 one, ONE;\nmov.b32 nz, 0x80008000;\nshr.u32 w4, $4, 4;"
+                 + "".join(_DEQUANT4_PAIR.replace("SEL", hex(((4 + e) << 8) | e)).replace("OUT", str(e)) for e in range(4))
+                 + "\n}\n")
 DEQUANT4_F16: tl.constexpr = tl.constexpr(
     _DEQUANT4_ASM.replace("DT", "f16x2").replace("ONE", "0x3C003C00").replace("MAGIC", "0x64006400"))
 DEQUANT4_BF16: tl.constexpr = tl.constexpr(
