@@ -36,3 +36,33 @@ def write_output(acc, bias, y_ptr, y_offs, mask, ws_ptr, ws_offs, ws_split_strid
                                  cache_modifier=".cg")
             tl.store(y_ptr + y_offs, (total + bias).to(y_ptr.dtype.element_ty), mask=mask)
             tl.atomic_xchg(cnt_ptr + tile_id, 0, sem="relaxed", scope="gpu")
+
+
+@triton.jit
+def grouped_tile_ids(pid, num_m, num_n, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of program ``pid`` in grouped order: GROUP_M consecutive row tiles walk N
+    together, so the weight tiles they share are read while still in L2."""
+    width = GROUP_M * num_n
+    first_m = (pid // width) * GROUP_M
+    rows_in_group = min(num_m - first_m, GROUP_M)
+    return first_m + (pid % width) % rows_in_group, (pid % width) // rows_in_group
+
+
+@triton.jit
+def write_linear_output(acc, b_ptr, y_ptr, offs_m, mask_m, offs_n, mask_n, stride_ym, ws_ptr, stride_ws, cnt_ptr,
+                        tile_id, pid_k, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """Y[offs_m, offs_n] = acc + bias[offs_n] (through ``write_output``); acc is [BLOCK_M, BLOCK_N], or
+    the tile transposed [BLOCK_N, BLOCK_M] when TRANSPOSED (the swap-AB GEMMs)."""
+    if TRANSPOSED:
+        mask = mask_n[:, None] & mask_m[None, :]
+        y_offs = offs_m[None, :] * stride_ym + offs_n[:, None]
+        bias = tl.zeros((offs_n.shape[0], 1), dtype=tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
+    else:
+        mask = mask_m[:, None] & mask_n[None, :]
+        y_offs = offs_m[:, None] * stride_ym + offs_n[None, :]
+        bias = tl.zeros((1, offs_n.shape[0]), dtype=tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    write_output(acc, bias, y_ptr, y_offs, mask, ws_ptr, y_offs, stride_ws, cnt_ptr, tile_id, pid_k, SPLIT_K)

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .dequant import int_zero
-from .epilogue import split_k_tiles, write_output
+from .epilogue import grouped_tile_ids, split_k_tiles, write_linear_output
 from .launch import launch_intx, resolve_config
 from .unpack import (
     codes_from_words_nk, dequant4_packed, dequant_tile, mma_k_order, group_params, load_codes_nk, load_words_nk, lut_dequant_tile,
@@ -112,15 +112,7 @@ def gemm_wxa16_kernel(
     wgmma applies from BLOCK_M = 16 on (a [BLOCK_M < 64, ...] A operand would not)."""
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    # grouped ordering: GROUP_M row-tiles share the weight tiles they read (L2 reuse)
-    width = GROUP_M * num_n
-    first_m = (pid // width) * GROUP_M
-    rows_in_group = min(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % rows_in_group
-    pid_n = (pid % width) // rows_in_group
-
+    pid_m, pid_n = grouped_tile_ids(pid, tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
@@ -130,13 +122,8 @@ def gemm_wxa16_kernel(
                           stride_xm, stride_xk, stride_qk, stride_sg, stride_tg, stride_tn,
                           GROUP_LEN, P0, P1, P2, HAS_ZEROS, SYM_ZERO, LUT, INT_ZERO,
                           BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, PACKED4, INLINE_ASM)
-
-    mask = mask_n[:, None] & mask_m[None, :]
-    bias = tl.zeros((BLOCK_N, 1), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
-    y_offs = offs_m[None, :] * stride_ym + offs_n[:, None]
-    write_output(acc, bias, y_ptr, y_offs, mask, ws_ptr, y_offs, stride_ws, cnt_ptr, pid, pid_k, SPLIT_K)
+    write_linear_output(acc, b_ptr, y_ptr, offs_m, mask_m, offs_n, mask_n, stride_ym, ws_ptr, stride_ws, cnt_ptr,
+                        pid, pid_k, HAS_BIAS, SPLIT_K, True)
 
 
 def heuristic_config(m: int, n: int, k: int, group_len: int) -> GemmConfig:

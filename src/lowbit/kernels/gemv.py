@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .epilogue import split_k_tiles, write_output
+from .epilogue import split_k_tiles, write_linear_output
 from .launch import launch_intx, resolve_config
 from .unpack import align_plane_rows, group_params, load_codes_nk, lut_lookup, table_base
 
@@ -216,12 +216,8 @@ def gemv_wxa16_kernel(
                           stride_xm, stride_xk, stride_qk, stride_sg, stride_tg, stride_tn, magic,
                           GROUP_LEN, P0, P1, P2, HAS_ZEROS, SYM_ZERO, LUT,
                           BLOCK_M, BLOCK_N, BLOCK_K, NUM_STAGES, PREFETCH, EVEN_K)
-    mask = mask_m[:, None] & mask_n[None, :]
-    bias = tl.zeros((1, BLOCK_N), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    y_offs = offs_m[:, None] * stride_ym + offs_n[None, :]
-    write_output(acc, bias, y_ptr, y_offs, mask, ws_ptr, y_offs, stride_ws, cnt_ptr, pid_n, pid_k, SPLIT_K)
+    write_linear_output(acc, b_ptr, y_ptr, offs_m, mask_m, offs_n, mask_n, stride_ym, ws_ptr, stride_ws, cnt_ptr,
+                        pid_n, pid_k, HAS_BIAS, SPLIT_K, False)
 
 
 MAX_M = 8

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from .dequant import dequantize_intx, int_zero
-from .epilogue import split_k_tiles, write_output
+from .epilogue import grouped_tile_ids, split_k_tiles, write_output
 from .gemm import gemm_accumulate
 from .gemv import FLOAT_2_23_BITS, gemv_accumulate
 from .launch import MAX_SPLIT_K_TILES, output_buffers
@@ -81,13 +81,8 @@ def grouped_wxa16_kernel(
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    num_n = tl.cdiv(N, BLOCK_N)
     # GROUP_M consecutive row tiles (mostly one expert's) share the weight tiles they read (L2 reuse)
-    width = GROUP_M * num_n
-    first_m = (pid // width) * GROUP_M
-    rows_in_group = min(NUM_TILES - first_m, GROUP_M)
-    tile = first_m + (pid % width) % rows_in_group
-    pid_n = (pid % width) // rows_in_group
+    tile, pid_n = grouped_tile_ids(pid, NUM_TILES, tl.cdiv(N, BLOCK_N), GROUP_M)
     total, expert, row0, row_end = expert_tile(off_ptr, tile, E, E_POW2, BLOCK_M)
     if tile >= total:
         return

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .epilogue import split_k_tiles, write_output
+from .epilogue import grouped_tile_ids, split_k_tiles, write_output
 from .launch import split_k_counters
 from .int4_fp8 import default_unpack, e4m3_tables, intx_operand
 from .unpack import load_codes_nk, plane_constexprs
@@ -94,13 +94,7 @@ def scaled_mm_kernel(
     per row of W, in the epilogue). Zeros (intx) share the weight scales' indexing."""
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    tiles_per_band = GROUP_M * num_n  # GROUP_M row-tiles in a band walk N together: weight tiles hit L2
-    band = pid // tiles_per_band
-    band_rows = min(num_m - band * GROUP_M, GROUP_M)
-    pid_m = band * GROUP_M + (pid % tiles_per_band) % band_rows
-    pid_n = (pid % tiles_per_band) // band_rows
+    pid_m, pid_n = grouped_tile_ids(pid, tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from .dequant import int_zero
-from .epilogue import split_k_tiles, write_output
+from .epilogue import grouped_tile_ids, split_k_tiles, write_linear_output
 from .gemv import FLOAT_2_23_BITS, _pow2_divisor, _row_params, _x_slice
 from .launch import output_buffers
 from .unpack import dequant_tile, expand_words_nk, group_params, load_words_nk
@@ -204,12 +204,8 @@ def gemv_sparse24_kernel(
                                    t0, t1, stride_xm, stride_xk, stride_qk, stride_mk, stride_sg, magic,
                                    GROUP_LEN, HAS_ZEROS, SYM_ZERO, INT_ZERO, BLOCK_M, BLOCK_N, BLOCK_K,
                                    NUM_STAGES, EVEN_K)
-    mask = mask_m[:, None] & mask_n[None, :]
-    bias = tl.zeros((1, BLOCK_N), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    y_offs = offs_m[:, None] * stride_ym + offs_n[None, :]
-    write_output(acc, bias, y_ptr, y_offs, mask, ws_ptr, y_offs, stride_ws, cnt_ptr, pid_n, pid_k, SPLIT_K)
+    write_linear_output(acc, b_ptr, y_ptr, offs_m, mask_m, offs_n, mask_n, stride_ym, ws_ptr, stride_ws, cnt_ptr,
+                        pid_n, pid_k, HAS_BIAS, SPLIT_K, False)
 
 
 # ---- GEMM (tensor cores) ------------------------------------------------------------------------------
@@ -227,12 +223,7 @@ def gemm_sparse24_kernel(
     """Y^T[BLOCK_N, BLOCK_M] = W_tile @ X_tile^T (the rebuilt weight is the A operand: wgmma from BLOCK_M 16)."""
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    num_m = tl.cdiv(M, BLOCK_M)
-    width = GROUP_M * tl.cdiv(N, BLOCK_N)  # GROUP_M row-tiles share the weight tiles they read
-    first_m = (pid // width) * GROUP_M
-    rows_in_group = min(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % rows_in_group
-    pid_n = (pid % width) // rows_in_group
+    pid_m, pid_n = grouped_tile_ids(pid, tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
@@ -247,12 +238,8 @@ def gemm_sparse24_kernel(
         w = dense_tile(qw_ptr, m_ptr, s_ptr, z_ptr, k0, offs_n, mask_n, Kp, stride_qk, stride_mk, stride_sg,
                        GROUP_LEN, HAS_ZEROS, SYM_ZERO, INT_ZERO, x_ptr.dtype.element_ty, BLOCK_N, BLOCK_K)
         acc += tl.dot(w, xt)
-    mask = mask_n[:, None] & mask_m[None, :]
-    bias = tl.zeros((BLOCK_N, 1), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
-    y_offs = offs_m[None, :] * stride_ym + offs_n[:, None]
-    write_output(acc, bias, y_ptr, y_offs, mask, ws_ptr, y_offs, stride_ws, cnt_ptr, pid, pid_k, SPLIT_K)
+    write_linear_output(acc, b_ptr, y_ptr, offs_m, mask_m, offs_n, mask_n, stride_ym, ws_ptr, stride_ws, cnt_ptr,
+                        pid, pid_k, HAS_BIAS, SPLIT_K, True)
 
 
 # ---- dequantize (large M) -----------------------------------------------------------------------------
