@@ -26,10 +26,7 @@ def _validate_wxa16(x, qweight, scales, zeros, bias, bits, group_size, in_featur
         raise FormatError(f"bits must be in 1..8, got {bits}")
     if group_size < 0 or group_size % 32:
         raise FormatError(f"group_size must be 0 (per-channel) or a positive multiple of 32, got {group_size}")
-    if not x.is_floating_point():
-        raise InputError(f"x must be a floating point tensor, got {x.dtype}")
-    if x.dim() < 1 or x.shape[-1] != in_features:
-        raise InputError(f"x's last dim must be in_features={in_features}, got shape {tuple(x.shape)}")
+    check_x(x, in_features)
     kp = padded_k(in_features, group_size or None)
     if qweight.dtype != torch.int32 or qweight.dim() != 2 or qweight.shape[0] != kp * bits // 32:
         raise FormatError(
@@ -42,20 +39,47 @@ def _validate_wxa16(x, qweight, scales, zeros, bias, bits, group_size, in_featur
         raise FormatError(f"scales must be float of shape ({g}, {n}), got {scales.dtype} {tuple(scales.shape)}")
     if zeros is not None and tuple(zeros.shape) != (g, n):
         raise FormatError(f"zeros must have shape ({g}, {n}), got {tuple(zeros.shape)}")
+    check_bias_devices(x, n, bias, qweight=qweight, scales=scales, zeros=zeros)
+
+
+def check_x(x: torch.Tensor, in_features: int) -> None:
+    """x is floating point with last dim in_features (InputError)."""
+    if not x.is_floating_point():
+        raise InputError(f"x must be a floating point tensor, got {x.dtype}")
+    if x.dim() < 1 or x.shape[-1] != in_features:
+        raise InputError(f"x's last dim must be in_features={in_features}, got shape {tuple(x.shape)}")
+
+
+def check_bias_devices(x: torch.Tensor, n: int, bias: Optional[torch.Tensor], **weights) -> None:
+    """bias has shape (n,) (InputError); every weight tensor and bias is on x's device (UnsupportedError)."""
     if bias is not None and tuple(bias.shape) != (n,):
         raise InputError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
-    for name, t in (("qweight", qweight), ("scales", scales), ("zeros", zeros), ("bias", bias)):
+    for name, t in (*weights.items(), ("bias", bias)):
         if t is not None and t.device != x.device:
             raise UnsupportedError(f"{name} is on {t.device} but x is on {x.device}; move the module to x's device")
+
+
+def dense_reference(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """fp32 x @ w^T (+ bias) cast to dtype: the common tail of every dequantize-then-matmul oracle."""
+    y = x.float() @ w.t()
+    if bias is not None:
+        y += bias.float()
+    return y.to(dtype)
+
+
+def flatten_apply(x: torch.Tensor, k: int, n: int, run) -> torch.Tensor:
+    """Flatten x's leading dims, run (M, K) -> (M, N), restore them (M = 0: no launch)."""
+    lead = x.shape[:-1]
+    x2d = x.reshape(-1, k)
+    if x2d.shape[0] == 0:
+        return x.new_empty((*lead, n))
+    return run(x2d).reshape(*lead, n)
 
 
 def reference_wxa16(x2d, qweight, scales, zeros, bias, bits, group_size, in_features) -> torch.Tensor:
     """fp32 dequantize-then-matmul (the oracle, and the CPU backend)."""
     w = IntxWeight(qweight, scales, zeros, bits, group_size or None, in_features).dequantize(torch.float32)
-    y = x2d.float() @ w.t()
-    if bias is not None:
-        y += bias.float()
-    return y.to(x2d.dtype)
+    return dense_reference(x2d, w, bias, x2d.dtype)
 
 
 def _run_wxa16(x2d, qweight, scales, zeros, bias, bits, group_size, in_features) -> torch.Tensor:
@@ -77,12 +101,8 @@ def linear_wxa16_eager(
 ) -> torch.Tensor:
     """The op's implementation, callable without the torch.library dispatch (eager fast path)."""
     _validate_wxa16(x, qweight, scales, zeros, bias, bits, group_size, in_features)
-    lead = x.shape[:-1]
-    x2d = x.reshape(-1, in_features)
-    if x2d.shape[0] == 0:
-        return x.new_empty((*lead, qweight.shape[1]))
-    y = _run_wxa16(x2d, qweight, scales, zeros, bias, bits, group_size, in_features)
-    return y.reshape(*lead, qweight.shape[1])
+    return flatten_apply(x, in_features, qweight.shape[1],
+                         lambda x2d: _run_wxa16(x2d, qweight, scales, zeros, bias, bits, group_size, in_features))
 
 
 @torch.library.custom_op("lowbit::linear_wxa16", mutates_args=())

@@ -28,6 +28,7 @@ from .formats.fp8 import BLOCK
 from .formats.intx import IntxWeight, symmetric_zero
 from .kernels.quant_act import act_scale_shape, quantize_act as quantize_act_triton
 from .kernels.scaled_mm import scaled_mm, scaled_mm_intx
+from .ops import dense_reference, flatten_apply
 
 PER_CHANNEL_GROUP_LEN = 1 << 30
 W4A8_MAX_BITS = 4  # q - z in [-15, 15]: exact in e4m3 (integers up to 16 are)
@@ -82,15 +83,6 @@ def _validate_w8a8(x, qweight, scales, inv_smooth, bias, block) -> str:
 def _problem(kind: str, x2d: torch.Tensor, n: int) -> dispatch.A8Problem:
     cap = torch.cuda.get_device_capability(x2d.device) if x2d.is_cuda else (0, 0)
     return dispatch.A8Problem(kind, x2d.shape[0], n, x2d.shape[1], x2d.dtype, x2d.device.type, cap)
-
-
-def _lead(x: torch.Tensor, k: int, n: int, run) -> torch.Tensor:
-    """Flatten leading dims, run (M, K) -> (M, N), restore."""
-    lead = x.shape[:-1]
-    x2d = x.reshape(-1, k)
-    if x2d.shape[0] == 0:
-        return x.new_empty((*lead, n))
-    return run(x2d).reshape(*lead, n)
 
 
 # ---- quantize_act ---------------------------------------------------------------------------------
@@ -153,10 +145,7 @@ def reference_w8a8(x2d, qweight, scales, inv_smooth, bias, block) -> torch.Tenso
         w = qweight.float() * scales.repeat_interleave(block, 0).repeat_interleave(block, 1)[:n, :k]
     else:
         w = qweight.float() * scales[:, None]
-    y = xd @ w.t()
-    if bias is not None:
-        y += bias.float()
-    return y.to(x2d.dtype)
+    return dense_reference(xd, w, bias, x2d.dtype)
 
 
 def linear_w8a8_eager(x, qweight, scales, inv_smooth, bias, block) -> torch.Tensor:
@@ -170,7 +159,7 @@ def linear_w8a8_eager(x, qweight, scales, inv_smooth, bias, block) -> torch.Tens
         xq, sx = _quantize_2d(x2d, kind, block, inv_smooth, backend)
         return scaled_mm(xq, sx, qweight, scales, bias, x2d.dtype, block or None)
 
-    return _lead(x, k, n, run)
+    return flatten_apply(x, k, n, run)
 
 
 @torch.library.custom_op("lowbit::linear_w8a8", mutates_args=())
@@ -204,10 +193,7 @@ def _validate_w4a8(x, qweight, scales, zeros, bias, bits, group_size, in_feature
 def reference_w4a8(x2d, qweight, scales, zeros, bias, bits, group_size, in_features) -> torch.Tensor:
     xq, sx = quantize_rows(x2d.float(), "fp8")
     w = IntxWeight(qweight, scales, zeros, bits, group_size or None, in_features).dequantize(torch.float32)
-    y = dequantize_rows(xq, sx) @ w.t()
-    if bias is not None:
-        y += bias.float()
-    return y.to(x2d.dtype)
+    return dense_reference(dequantize_rows(xq, sx), w, bias, x2d.dtype)
 
 
 def linear_w4a8_fp8_eager(x, qweight, scales, zeros, bias, bits, group_size, in_features) -> torch.Tensor:
@@ -222,7 +208,7 @@ def linear_w4a8_fp8_eager(x, qweight, scales, zeros, bias, bits, group_size, in_
         return scaled_mm_intx(xq, sx, qweight, scales, zeros, bias, bits, group_size or PER_CHANNEL_GROUP_LEN,
                               int(symmetric_zero(bits)), n, x2d.dtype)
 
-    return _lead(x, in_features, n, run)
+    return flatten_apply(x, in_features, n, run)
 
 
 @torch.library.custom_op("lowbit::linear_w4a8_fp8", mutates_args=())

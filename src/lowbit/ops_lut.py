@@ -17,7 +17,7 @@ from .formats.lut import LutWeight, check_lut_tensors
 from .kernels.dequant import dequant_matmul_wxa16
 from .kernels.gemm import gemm_wxa16
 from .kernels.gemv import gemv_wxa16
-from .ops import PER_CHANNEL_GROUP_LEN, _validate_wxa16
+from .ops import PER_CHANNEL_GROUP_LEN, _validate_wxa16, dense_reference, flatten_apply
 
 _LAUNCHERS = {"triton_gemv": gemv_wxa16, "triton_gemm": gemm_wxa16, "triton_dequant_mm": dequant_matmul_wxa16}
 
@@ -32,10 +32,7 @@ def _validate_luta16(x, qweight, scales, table, bias, bits, group_size, in_featu
 def reference_luta16(x2d, qweight, scales, table, bias, bits, group_size, in_features) -> torch.Tensor:
     """fp32 dequantize-then-matmul (the oracle, and the CPU backend)."""
     w = LutWeight(qweight, scales, table, bits, group_size or None, in_features).dequantize(torch.float32)
-    y = x2d.float() @ w.t()
-    if bias is not None:
-        y += bias.float()
-    return y.to(x2d.dtype)
+    return dense_reference(x2d, w, bias, x2d.dtype)
 
 
 def linear_luta16_eager(
@@ -44,18 +41,17 @@ def linear_luta16_eager(
 ) -> torch.Tensor:
     """The op's implementation without the torch.library dispatch (eager fast path)."""
     _validate_luta16(x, qweight, scales, table, bias, bits, group_size, in_features)
-    lead, n = x.shape[:-1], qweight.shape[1]
-    x2d = x.reshape(-1, in_features)
-    if x2d.shape[0] == 0:
-        return x.new_empty((*lead, n))
+    n = qweight.shape[1]
     group_len = group_size or PER_CHANNEL_GROUP_LEN
-    problem = dispatch.WxA16Problem(x2d.shape[0], n, in_features, bits, group_len, x2d.dtype, x2d.device.type)
-    backend = dispatch.select_lut(problem)
-    if backend == "reference":
-        y = reference_luta16(x2d, qweight, scales, table, bias, bits, group_size, in_features)
-    else:
-        y = _LAUNCHERS[backend](x2d, qweight, scales, None, bias, bits, group_len, 0.0, n, table=table)
-    return y.reshape(*lead, n)
+
+    def run(x2d):
+        problem = dispatch.WxA16Problem(x2d.shape[0], n, in_features, bits, group_len, x2d.dtype, x2d.device.type)
+        backend = dispatch.select_lut(problem)
+        if backend == "reference":
+            return reference_luta16(x2d, qweight, scales, table, bias, bits, group_size, in_features)
+        return _LAUNCHERS[backend](x2d, qweight, scales, None, bias, bits, group_len, 0.0, n, table=table)
+
+    return flatten_apply(x, in_features, n, run)
 
 
 @torch.library.custom_op("lowbit::linear_luta16", mutates_args=())

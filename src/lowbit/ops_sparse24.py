@@ -12,13 +12,12 @@ from typing import Optional
 import torch
 
 from . import dispatch
-from .errors import InputError, UnsupportedError
 from .formats.intx import symmetric_zero
 from .formats.sparse24 import BITS, Sparse24Weight, check_sparse24_tensors
 from .kernels.sparse24 import (
     dequant_matmul_sparse24, dequant_semi_structured_sparse24, gemm_sparse24, gemv_sparse24,
 )
-from .ops import PER_CHANNEL_GROUP_LEN
+from .ops import PER_CHANNEL_GROUP_LEN, check_bias_devices, check_x, dense_reference, flatten_apply
 
 _LAUNCHERS = {"triton_sparse24_gemv": gemv_sparse24, "triton_sparse24_gemm": gemm_sparse24,
               "triton_sparse24_dequant_mm": dequant_matmul_sparse24,
@@ -27,25 +26,14 @@ _LAUNCHERS = {"triton_sparse24_gemv": gemv_sparse24, "triton_sparse24_gemm": gem
 
 def _validate(x, qweight, meta, scales, zeros, bias, group_size, in_features) -> None:
     check_sparse24_tensors(qweight, meta, scales, zeros, group_size or None, in_features)
-    if not x.is_floating_point():
-        raise InputError(f"x must be a floating point tensor, got {x.dtype}")
-    if x.dim() < 1 or x.shape[-1] != in_features:
-        raise InputError(f"x's last dim must be in_features={in_features}, got shape {tuple(x.shape)}")
-    n = qweight.shape[1]
-    if bias is not None and tuple(bias.shape) != (n,):
-        raise InputError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
-    for name, t in (("qweight", qweight), ("meta", meta), ("scales", scales), ("zeros", zeros), ("bias", bias)):
-        if t is not None and t.device != x.device:
-            raise UnsupportedError(f"{name} is on {t.device} but x is on {x.device}; move the module to x's device")
+    check_x(x, in_features)
+    check_bias_devices(x, qweight.shape[1], bias, qweight=qweight, meta=meta, scales=scales, zeros=zeros)
 
 
 def reference_sparse24(x2d, qweight, meta, scales, zeros, bias, group_size, in_features) -> torch.Tensor:
     """fp32 dequantize-then-matmul (the oracle, and the CPU backend)."""
     w = Sparse24Weight(qweight, meta, scales, zeros, group_size or None, in_features).dequantize(torch.float32)
-    y = x2d.float() @ w.t()
-    if bias is not None:
-        y += bias.float()
-    return y.to(x2d.dtype)
+    return dense_reference(x2d, w, bias, x2d.dtype)
 
 
 def linear_sparse24_wxa16_eager(
@@ -54,18 +42,17 @@ def linear_sparse24_wxa16_eager(
 ) -> torch.Tensor:
     """The op's implementation without the torch.library dispatch (eager fast path)."""
     _validate(x, qweight, meta, scales, zeros, bias, group_size, in_features)
-    lead, n = x.shape[:-1], qweight.shape[1]
-    x2d = x.reshape(-1, in_features)
-    if x2d.shape[0] == 0:
-        return x.new_empty((*lead, n))
+    n = qweight.shape[1]
     group_len = group_size or PER_CHANNEL_GROUP_LEN
-    problem = dispatch.WxA16Problem(x2d.shape[0], n, in_features, BITS, group_len, x2d.dtype, x2d.device.type)
-    backend = dispatch.select_sparse24(problem)
-    if backend == "reference":
-        y = reference_sparse24(x2d, qweight, meta, scales, zeros, bias, group_size, in_features)
-    else:
-        y = _LAUNCHERS[backend](x2d, qweight, meta, scales, zeros, bias, group_len, symmetric_zero(BITS))
-    return y.reshape(*lead, n)
+
+    def run(x2d):
+        problem = dispatch.WxA16Problem(x2d.shape[0], n, in_features, BITS, group_len, x2d.dtype, x2d.device.type)
+        backend = dispatch.select_sparse24(problem)
+        if backend == "reference":
+            return reference_sparse24(x2d, qweight, meta, scales, zeros, bias, group_size, in_features)
+        return _LAUNCHERS[backend](x2d, qweight, meta, scales, zeros, bias, group_len, symmetric_zero(BITS))
+
+    return flatten_apply(x, in_features, n, run)
 
 
 @torch.library.custom_op("lowbit::linear_sparse24_wxa16", mutates_args=())
