@@ -100,6 +100,9 @@ def main():
     p.add_argument("--lut", action="store_true", help="lookup-table codes (lowbit.formats.lut): LUT=True, no zeros")
     p.add_argument("--sass", action="store_true")
     p.add_argument("--asm4", action="store_true", help="gemm: packed inline-asm 4-bit dequant")
+    p.add_argument("--row-reps", type=int, default=0, help="gemm packed: fragment_rows order (0 = natural)")
+    p.add_argument("--scale-after", action="store_true", help="gemm packed: scale the MMA result per K tile")
+    p.add_argument("--even", action="store_true", help="gemm: N % BLOCK_N == 0 and K % BLOCK_K == 0 (no masks)")
     p.add_argument("--gemv", action="store_true", help="grouped: the CUDA-core (GEMV) K loop instead of tensor cores")
     p.add_argument("--experts", type=int, default=8, help="grouped: E")
     p.add_argument("--ids", action="store_true", help="grouped: rows gathered through sorted pair ids")
@@ -114,7 +117,7 @@ def main():
     if a.kernel == "gemv":
         ce.update(NUM_STAGES=1 if a.prefetch else a.stages, PREFETCH=a.prefetch, EVEN_K=True)
     if a.kernel == "gemm":
-        ce.update(GROUP_M=8, INT_ZERO=True, PREFETCH=False, PACKED4=a.asm4, INLINE_ASM=a.asm4)
+        ce.update(GROUP_M=8, INT_ZERO=True, PREFETCH=False, PACKED4=a.asm4, INLINE_ASM=a.asm4, EVEN_N=a.even, EVEN_K=a.even, ROW_REPS=a.row_reps, SCALE_AFTER=a.scale_after)
     base_sig = None
     if a.kernel == "grouped":
         del ce["LUT"]  # affine codes only

@@ -114,3 +114,31 @@ def test_dequantize_kernel_matches_format(bits, group_size, symmetric, zero_kind
     x = torch.randn(9, 300).to(DEVICE, dtype)
     y = dequant_matmul_wxa16(x, qw.qweight, qw.scales, qw.zeros, None, bits, gl, symmetric_zero(bits), 72)
     assert_close_matmul(y, reference_linear(x, qw), x, ref, dtype)
+
+
+@pytest.mark.parametrize("n,k", [(128, 256), (72, 300)], ids=["even", "tails"])
+@pytest.mark.parametrize("config", [
+    GemmConfig(block_m=16, block_n=64, block_k=128, split_k=2, num_warps=4),   # ROW_REPS 1
+    GemmConfig(block_m=16, block_n=128, block_k=64, split_k=1, num_warps=4),   # ROW_REPS 2
+    GemmConfig(block_m=32, block_n=128, block_k=128, split_k=2, num_warps=8),  # ROW_REPS 1, 8 warps
+], ids=["16x64x128", "16x128x64", "32x128x128w8"])
+@pytest.mark.parametrize("options", [
+    {"fragment_rows": True, "scale_after": True},
+    {"fragment_rows": False, "scale_after": False},
+], ids=["rows+scale_after", "plain"])
+def test_packed4_gemm_paths(n, k, config, options, monkeypatch):
+    """The packed 4-bit GEMM (``unpack.dequant4_packed``): fragment-ordered rows and the per-tile
+    scale against the oracle, on tile-aligned shapes (mask-free EVEN path) and on tails."""
+    from lowbit.kernels import gemm
+
+    monkeypatch.setattr(gemm, "PACKED4_OPTIONS", options)
+    dtype = torch.float16
+    qw = _make(4, 128, False, "int", n, k, dtype, seed=n)
+    assert gemm.use_packed4(4, qw.zeros, symmetric_zero(4), None, 128, config)
+    meta = gemm.packed4_meta(True, config, n, k, False)
+    assert meta["EVEN_N"] == meta["EVEN_K"] == (n == 128)
+    assert (meta["ROW_REPS"] > 0) == options["fragment_rows"]
+    x = torch.randn(5, k, generator=torch.Generator().manual_seed(3)).to(DEVICE, dtype)
+    bias = torch.randn(n, generator=torch.Generator().manual_seed(4)).to(DEVICE, dtype)
+    y = _launch("gemm", x, qw, bias, config)
+    assert_close_matmul(y, reference_linear(x, qw, bias), x, qw.dequantize(), dtype)

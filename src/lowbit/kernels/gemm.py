@@ -19,7 +19,7 @@ from .dequant import int_zero
 from .epilogue import grouped_tile_ids, split_k_tiles, write_linear_output
 from .launch import launch_intx, resolve_config
 from .unpack import (
-    codes_from_words_nk, dequant4_packed, dequant_tile, mma_k_order, group_params, load_codes_nk, load_words_nk, lut_dequant_tile,
+    codes_from_words_nk, dequant4_packed, fragment_rows, dequant_tile, mma_k_order, group_params, load_codes_nk, load_words_nk, lut_dequant_tile,
     table_base,
 )
 
@@ -42,7 +42,8 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
                     GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
                     HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, LUT: tl.constexpr, INT_ZERO: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr,
-                    PACKED4: tl.constexpr = False, INLINE_ASM: tl.constexpr = False):
+                    PACKED4: tl.constexpr = False, INLINE_ASM: tl.constexpr = False,
+                    EVEN_K: tl.constexpr = False, ROW_REPS: tl.constexpr = 0, SCALE_AFTER: tl.constexpr = False):
     """Y^T tile [BLOCK_N, BLOCK_M] (fp32) over the K tiles [t0, t1): rows ``offs_m`` of X (any row
     indices: the grouped kernel passes gathered token rows) times output channels ``offs_n`` of W.
     PACKED4 (4-bit codes, integer zeros, GROUP_LEN % BLOCK_K == 0, BLOCK_K % 32 == 0): the packed
@@ -52,12 +53,25 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
         for t in range(t0, t1):
             k0 = t * BLOCK_K
             offs_k = k0 + tl.arange(0, BLOCK_K)
-            words = tl.trans(load_words_nk(qw_ptr, 0, k0, offs_n, mask_n, stride_qk, Kp, 4, BLOCK_K))
-            xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None] * stride_xk,
-                         mask=mask_m[None, :] & (offs_k[:, None] < K), other=0.0)  # [BLOCK_K, BLOCK_M]
+            r = tl.arange(0, BLOCK_K // 8)
+            w_ptrs = qw_ptr + offs_n[None, :] + (k0 // 8 + r)[:, None] * stride_qk  # [BLOCK_K // 8, BLOCK_N]
+            x_ptrs = x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None] * stride_xk  # [BLOCK_K, BLOCK_M]
+            words = tl.load(w_ptrs, mask=mask_n[None, :], other=0)  # k < Kp always: GROUP_LEN % BLOCK_K == 0
+            if EVEN_K:
+                xt = tl.load(x_ptrs, mask=mask_m[None, :], other=0.0)
+            else:
+                xt = tl.load(x_ptrs, mask=mask_m[None, :] & (offs_k[:, None] < K), other=0.0)
             s, z = group_params(s_ptr, z_ptr, k0 // GROUP_LEN, offs_n, mask_n, stride_sg, HAS_ZEROS, SYM_ZERO)
-            w = dequant4_packed(words, s, z, x_ptr.dtype.element_ty, INLINE_ASM)
-            acc += tl.dot(w, mma_k_order(xt, BLOCK_K))
+            if ROW_REPS > 0:  # contiguous loads above, then the MMA fragment's row order in registers
+                words = fragment_rows(words, ROW_REPS)
+                s = tl.reshape(fragment_rows(s[None, :], ROW_REPS), (BLOCK_N,))
+                z = tl.reshape(fragment_rows(z[None, :], ROW_REPS), (BLOCK_N,))
+            if SCALE_AFTER:  # one scale per row and K tile: scale the tile's product, not each weight
+                w = dequant4_packed(words, s, z, x_ptr.dtype.element_ty, INLINE_ASM, False)
+                acc += s[:, None] * tl.dot(w, mma_k_order(xt, BLOCK_K))
+            else:
+                w = dequant4_packed(words, s, z, x_ptr.dtype.element_ty, INLINE_ASM)
+                acc += tl.dot(w, mma_k_order(xt, BLOCK_K))
         return acc
     # software pipelining by hand: the next tile's words are in flight while this one is used
     w0, w1, w2 = load_codes_nk(qw_ptr, t0 * BLOCK_K, offs_n, mask_n, stride_qk, Kp, tl.where(t0 < t1, Kp, 0),
@@ -106,6 +120,8 @@ def gemm_wxa16_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, PREFETCH: tl.constexpr,
     PACKED4: tl.constexpr = False, INLINE_ASM: tl.constexpr = False,
+    EVEN_N: tl.constexpr = False, EVEN_K: tl.constexpr = False, ROW_REPS: tl.constexpr = 0,
+    SCALE_AFTER: tl.constexpr = False,
 ):
     """Computes the tile transposed, Y^T[BLOCK_N, BLOCK_M] = W[BLOCK_N, :] @ X[BLOCK_M, :]^T: the
     dequantized weights are the register A operand and the tokens the MMA's N side, so Hopper's
@@ -116,12 +132,18 @@ def gemm_wxa16_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
-    mask_n = offs_n < N
+    if EVEN_N:  # N % BLOCK_N == 0: a constant mask, folded away by the compiler
+        mask_n = tl.full((BLOCK_N,), 1, tl.int1)
+    else:
+        mask_n = offs_n < N
     t0, t1 = split_k_tiles(K, pid_k, BLOCK_K, SPLIT_K)
     acc = gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, mask_n, K, Kp, t0, t1,
                           stride_xm, stride_xk, stride_qk, stride_sg, stride_tg, stride_tn,
                           GROUP_LEN, P0, P1, P2, HAS_ZEROS, SYM_ZERO, LUT, INT_ZERO,
-                          BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, PACKED4, INLINE_ASM)
+                          BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, PACKED4, INLINE_ASM, EVEN_K, ROW_REPS, SCALE_AFTER)
+    if ROW_REPS > 0:
+        offs_n = tl.reshape(fragment_rows(offs_n[None, :], ROW_REPS), (BLOCK_N,))
+        mask_n = tl.reshape(fragment_rows(mask_n[None, :], ROW_REPS), (BLOCK_N,))
     write_linear_output(acc, b_ptr, y_ptr, offs_m, mask_m, offs_n, mask_n, stride_ym, ws_ptr, stride_ws, cnt_ptr,
                         pid, pid_k, HAS_BIAS, SPLIT_K, True)
 
@@ -147,8 +169,35 @@ def gemm_wxa16(
     return launch_intx(gemm_wxa16_kernel, grid, x, qweight, scales, zeros, bias, bits, group_len, sym_zero,
                        out_features, cfg.split_k, INT_ZERO=int_zero(zeros, sym_zero), BLOCK_M=cfg.block_m,
                        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, PREFETCH=cfg.prefetch,
-                       PACKED4=packed4, INLINE_ASM=packed4 and x.is_cuda,
+                       **packed4_meta(packed4, cfg, out_features, k, x.is_cuda),
                        num_warps=cfg.num_warps, num_stages=cfg.num_stages, table=table)
+
+
+# Packed-path options (module level so a probe can switch one off and time the difference).
+PACKED4_OPTIONS = {"fragment_rows": True, "scale_after": True}
+
+
+def packed4_meta(packed4: bool, cfg: GemmConfig, n: int, k: int, on_gpu: bool) -> dict:
+    """Constexprs of the packed 4-bit path: EVEN_N / EVEN_K drop masks on tile-aligned shapes,
+    ROW_REPS orders the accumulator rows like the Hopper MMA fragment (``unpack.fragment_rows``) so
+    word loads are 8/16-byte vectors, SCALE_AFTER scales each K tile's product instead of each weight."""
+    if not packed4:
+        return {"PACKED4": False}
+    return {"PACKED4": True, "INLINE_ASM": on_gpu, "EVEN_N": n % cfg.block_n == 0, "EVEN_K": k % cfg.block_k == 0,
+            "ROW_REPS": fragment_row_reps(cfg.block_n, cfg.num_warps) if PACKED4_OPTIONS["fragment_rows"] else 0,
+            "SCALE_AFTER": PACKED4_OPTIONS["scale_after"]}
+
+
+def fragment_row_reps(block_n: int, num_warps: int) -> int:
+    """16-row slices per warp of a [BLOCK_N, .] Hopper MMA accumulator (Triton puts warps along the
+    rows first, doubling from 4 while BLOCK_N > 16 x warps); 0 when BLOCK_N is not a whole number of
+    slices per warp (the natural row order is kept)."""
+    if block_n < 64:
+        return 0
+    wm = 4
+    while wm < num_warps and block_n > 16 * wm:
+        wm *= 2
+    return block_n // (16 * wm) if block_n % (16 * wm) == 0 else 0
 
 
 def use_packed4(bits: int, zeros: Optional[torch.Tensor], sym_zero: float, table: Optional[torch.Tensor],

@@ -140,13 +140,22 @@ prmt.b32 h, $4, w4, SEL;
 lop3.b32 h, h, 0x000F000F, MAGIC, 0xea;
 fma.rn.DT h, h, one, $6;
 fma.rn.DT $OUT, h, $5, nz;"""
-_DEQUANT4_ASM = ("{\n.reg .b32 w4, h, one, nz;\nmov.b32 one, ONE;\nmov.b32 nz, 0x80008000;\nshr.u32 w4, $4, 4;"
-                 + "".join(_DEQUANT4_PAIR.replace("SEL", hex(((4 + e) << 8) | e)).replace("OUT", str(e)) for e in range(4))
-                 + "\n}\n")
-DEQUANT4_F16: tl.constexpr = tl.constexpr(
-    _DEQUANT4_ASM.replace("DT", "f16x2").replace("ONE", "0x3C003C00").replace("MAGIC", "0x64006400"))
-DEQUANT4_BF16: tl.constexpr = tl.constexpr(
-    _DEQUANT4_ASM.replace("DT", "bf16x2").replace("ONE", "0x3F803F80").replace("MAGIC", "0x43004300"))
+
+
+def _dequant4_asm(dtype: str, scaled: bool) -> tl.constexpr:
+    """The asm for f16x2 / bf16x2; unscaled: (q - z) exactly (the last fma dropped, the first one
+    writing the output), for kernels that apply the scale to the MMA result."""
+    one, magic = {"f16x2": ("0x3C003C00", "0x64006400"), "bf16x2": ("0x3F803F80", "0x43004300")}[dtype]
+    pair = _DEQUANT4_PAIR if scaled else _DEQUANT4_PAIR.rsplit("\n", 1)[0].replace("h, h, one", "$OUT, h, one")
+    body = "".join(pair.replace("SEL", hex(((4 + e) << 8) | e)).replace("OUT", str(e)) for e in range(4))
+    asm = "{\n.reg .b32 w4, h, one, nz;\nmov.b32 one, ONE;\nmov.b32 nz, 0x80008000;\nshr.u32 w4, $4, 4;" + body + "\n}\n"
+    return tl.constexpr(asm.replace("DT", dtype).replace("ONE", one).replace("MAGIC", magic))
+
+
+DEQUANT4_F16: tl.constexpr = _dequant4_asm("f16x2", True)
+DEQUANT4_BF16: tl.constexpr = _dequant4_asm("bf16x2", True)
+DEQUANT4_F16_Q: tl.constexpr = _dequant4_asm("f16x2", False)
+DEQUANT4_BF16_Q: tl.constexpr = _dequant4_asm("bf16x2", False)
 
 
 @triton.jit
@@ -165,32 +174,38 @@ def _halves(pair, DT: tl.constexpr):
 
 
 @triton.jit
-def _byte_pair(words, e: tl.constexpr, s, z, OUT_DTYPE: tl.constexpr):
+def _byte_pair(words, e: tl.constexpr, s, z, OUT_DTYPE: tl.constexpr, SCALED: tl.constexpr):
     """Plain-Triton twin of one asm output (the interpreter's path): codes 2e, 2e + 1 of every word,
-    (q - z) * s in OUT_DTYPE [..., 2]. The fp32 product of a <= 5-bit integer and a 16-bit scale is
-    exact, so its one rounding matches the asm's."""
-    lo = ((words >> (8 * e)) & 0xF).to(tl.float32)
-    hi = ((words >> (8 * e + 4)) & 0xF).to(tl.float32)
-    return tl.join(((lo - z) * s).to(OUT_DTYPE), ((hi - z) * s).to(OUT_DTYPE))
+    (q - z) * s (or q - z) in OUT_DTYPE [..., 2]. The fp32 product of a <= 5-bit integer and a 16-bit
+    scale is exact, so its one rounding matches the asm's."""
+    lo = ((words >> (8 * e)) & 0xF).to(tl.float32) - z
+    hi = ((words >> (8 * e + 4)) & 0xF).to(tl.float32) - z
+    if SCALED:
+        lo = lo * s
+        hi = hi * s
+    return tl.join(lo.to(OUT_DTYPE), hi.to(OUT_DTYPE))
 
 
 @triton.jit
-def dequant4_packed(words, s, z, OUT_DTYPE: tl.constexpr, INLINE_ASM: tl.constexpr):
+def dequant4_packed(words, s, z, OUT_DTYPE: tl.constexpr, INLINE_ASM: tl.constexpr, SCALED: tl.constexpr = True):
     """4-bit words int32 [R, BLOCK_N] (``load_words_nk`` transposed), integer zero z and scale s
     (fp32 [BLOCK_N]) -> (q - z) * s in OUT_DTYPE (fp16 / bf16) [BLOCK_N, 8 R], K columns in
     ``mma_k_order``: every thread of an MMA A-fragment (k-pairs 2c, 2c+1 and 2c+8, 2c+9 of each 16-k
     step, c = lane % 4) then takes whole words; column 32p + 16st + 8a + 2c + b holds code
     4st + 2a + b of word 4p + c. X must be permuted the same way (``mma_k_order``).
-    INLINE_ASM: the packed PTX above (GPU); otherwise the same values from plain Triton ops."""
+    SCALED=False: q - z only (exact), the caller scales the product. INLINE_ASM: the packed PTX above
+    (GPU); otherwise the same values from plain Triton ops."""
     if INLINE_ASM:
         if OUT_DTYPE == tl.float16:
+            asm: tl.constexpr = DEQUANT4_F16 if SCALED else DEQUANT4_F16_Q
             e0, e1, e2, e3 = tl.inline_asm_elementwise(
-                DEQUANT4_F16, "=r,=r,=r,=r,r,r,r",
+                asm, "=r,=r,=r,=r,r,r,r",
                 [words, _pair16(s, tl.float16)[None, :], _pair16(-(z + 1024.0), tl.float16)[None, :]],
                 dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
         else:
+            asm: tl.constexpr = DEQUANT4_BF16 if SCALED else DEQUANT4_BF16_Q
             e0, e1, e2, e3 = tl.inline_asm_elementwise(
-                DEQUANT4_BF16, "=r,=r,=r,=r,r,r,r",
+                asm, "=r,=r,=r,=r,r,r,r",
                 [words, _pair16(s, tl.bfloat16)[None, :], _pair16(-(z + 128.0), tl.bfloat16)[None, :]],
                 dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
         p0 = _halves(e0, OUT_DTYPE)
@@ -198,10 +213,10 @@ def dequant4_packed(words, s, z, OUT_DTYPE: tl.constexpr, INLINE_ASM: tl.constex
         p2 = _halves(e2, OUT_DTYPE)
         p3 = _halves(e3, OUT_DTYPE)
     else:
-        p0 = _byte_pair(words, 0, s[None, :], z[None, :], OUT_DTYPE)
-        p1 = _byte_pair(words, 1, s[None, :], z[None, :], OUT_DTYPE)
-        p2 = _byte_pair(words, 2, s[None, :], z[None, :], OUT_DTYPE)
-        p3 = _byte_pair(words, 3, s[None, :], z[None, :], OUT_DTYPE)
+        p0 = _byte_pair(words, 0, s[None, :], z[None, :], OUT_DTYPE, SCALED)
+        p1 = _byte_pair(words, 1, s[None, :], z[None, :], OUT_DTYPE, SCALED)
+        p2 = _byte_pair(words, 2, s[None, :], z[None, :], OUT_DTYPE, SCALED)
+        p3 = _byte_pair(words, 3, s[None, :], z[None, :], OUT_DTYPE, SCALED)
     w = tl.join(tl.join(p0, p1), tl.join(p2, p3))  # [R, BN, b, a, st]: code 4st + 2a + b
     R: tl.constexpr = words.shape[0]
     BN: tl.constexpr = words.shape[1]
@@ -214,3 +229,16 @@ def mma_k_order(t, BLOCK_K: tl.constexpr):
     """Rows of a [BLOCK_K, ...] tile in natural k order -> the column order of ``dequant4_packed``."""
     t = tl.reshape(t, (BLOCK_K // 32, 4, 2, 2, 2, t.shape[1]))  # [p, c, st, a, b, m]
     return tl.reshape(tl.permute(t, (0, 2, 3, 1, 4, 5)), (BLOCK_K, t.shape[5]))
+
+
+@triton.jit
+def fragment_rows(t, ROW_REPS: tl.constexpr):
+    """Columns of t [R, BLOCK_N] in natural channel order -> the row order of a Hopper MMA
+    accumulator whose warps tile BLOCK_N in 16-row slices (ROW_REPS slices per warp): logical row
+    ((a * WM + w) * 2 + h) * 8 + r holds channel ((w * 8 + r) * ROW_REPS + a) * 2 + h, so the
+    2 * ROW_REPS rows one thread holds are consecutive channels (vector loads along N)."""
+    R: tl.constexpr = t.shape[0]
+    BN: tl.constexpr = t.shape[1]
+    WM: tl.constexpr = BN // (16 * ROW_REPS)
+    t = tl.reshape(t, (R, WM, 8, ROW_REPS, 2))  # [., w, r, a, h]
+    return tl.reshape(tl.permute(t, (0, 3, 1, 4, 2)), (R, BN))

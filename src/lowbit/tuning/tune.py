@@ -55,6 +55,10 @@ def gemm_candidates(m: int) -> List[GemmConfig]:
                                                   prefetch))
                         if bk == 128:  # a deeper cp.async pipeline for the packed 4-bit path
                             out.append(GemmConfig(bm, bn, bk, split, 8, 4 if bn == 64 else 8, 4, False))
+            for split in (1, 2, 4, 8):  # packed 4-bit: 2 x 16-row slices per warp (``gemm.fragment_row_reps``)
+                out.append(GemmConfig(bm, 128, 128, split, 8, 4, 4, False))
+                if bm <= 32:
+                    out.append(GemmConfig(bm, 256, 128, split, 8, 8, 4, False))
         else:
             for bn, bk, warps in ((64, 64, 4), (64, 128, 4), (128, 64, 8), (128, 128, 8), (256, 64, 8)):
                 out.append(GemmConfig(bm, bn, bk, 1, 8, warps, 3))
