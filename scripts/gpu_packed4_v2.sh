@@ -24,6 +24,15 @@ export LOWBIT_CONFIG_DIR=$R/tables; fi
 if [[ ${BENCH:-1} == 1 ]]; then stamp bench
 timeout ${BENCH_S:-150} python3 -m lowbit.bench --op w4a16 --shapes llama3-8b,llama3-70b --m ${BENCH_MS:-1,2,4,8,16,32,64,128} --quick \
   --replays 10 --tag w4a16_g128_bf16_small_m --out "$R" 2>&1 | tail -30; fi
+if [[ ${NCU:-0} == 1 ]]; then stamp ncu
+NCU_BIN=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+for shape in ${NCU_SHAPES:-"28672 4096 16" "6144 4096 1"}; do set -- $shape
+  timeout 90 $NCU_BIN --clock-control none --launch-skip 2 --launch-count 1 -k regex:"gemm|gemv" \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    --section MemoryWorkloadAnalysis --section SchedulerStats \
+    python3 scripts/profile_one.py "$@" 2>&1 | grep -v "^==PROF==" > "$R/ncu_${1}x${2}_m${3}.txt"
+  grep -E "Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Stall|Warp Cycles Per Issued|Issued Warp|Theoretical Occ|Block Limit|Grid Size|L2 Hit|Eligible" "$R/ncu_${1}x${2}_m${3}.txt" | head -40
+done; fi
 if [[ ${E2E:-0} == 1 ]]; then stamp e2e
 left=$(( ${E2E_END:-560} - (SECONDS - t0) - 40 )); (( left < 30 )) && left=30
 mkdir -p out/e2e
