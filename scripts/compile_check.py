@@ -99,7 +99,7 @@ def main():
     p.add_argument("--prefetch", action="store_true")
     p.add_argument("--lut", action="store_true", help="lookup-table codes (lowbit.formats.lut): LUT=True, no zeros")
     p.add_argument("--sass", action="store_true")
-    p.add_argument("--asm4", action="store_true", help="gemm: packed inline-asm 4-bit dequant")
+    p.add_argument("--asm4", action="store_true", help="gemm / grouped: packed inline-asm 4-bit dequant")
     p.add_argument("--row-reps", type=int, default=0, help="gemm packed: fragment_rows order (0 = natural)")
     p.add_argument("--scale-after", action="store_true", help="gemm packed: scale the MMA result per K tile")
     p.add_argument("--even", action="store_true", help="gemm: N % BLOCK_N == 0 and K % BLOCK_K == 0 (no masks)")
@@ -123,7 +123,7 @@ def main():
         del ce["LUT"]  # affine codes only
         ce.update(INT_ZERO=True, EVEN_K=True, HAS_IDS=a.ids, TOPK=2, GATHER=a.ids, SCATTER=a.scatter, HAS_ROW_WEIGHTS=a.row_weights,
                   E_POW2=triton.next_power_of_2(a.experts), NUM_TILES=64, MMA=not a.gemv, GROUP_M=8,
-                  NUM_STAGES=a.stages)
+                  NUM_STAGES=a.stages, PACKED4=a.asm4, INLINE_ASM=a.asm4, ROW_REPS=a.row_reps)
         base_sig = GROUPED_SIG
     if a.kernel.startswith("sparse24"):  # 4-bit kept values, integer zeros: no planes, no LUT
         for key in ("P0", "P1", "P2", "LUT"):

@@ -10,11 +10,11 @@ what=${1:-all}
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv > "$R/gpu.txt" 2>&1
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'grouped_mm', hasattr(torch, '_grouped_mm'))" | tee -a "$R/gpu.txt"
 if [[ $what == tests || $what == all ]]; then
-  timeout 85 python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_grouped.py tests/test_moe_module.py \
+  timeout ${TEST_S:-85} python3 -m pytest -q -n ${JOBS:-8} -p no:cacheprovider tests/test_grouped.py tests/test_moe_module.py \
     tests/test_bench_moe.py 2>&1 | tail -25 | tee "$R/tests.txt"
 fi
 if [[ $what == bench || $what == all ]]; then
-  budget=$([[ $what == all ]] && echo 105 || echo 190)
+  budget=${BENCH_S:-$([[ $what == all ]] && echo 105 || echo 190)}
   timeout $((budget + 40)) python3 -m lowbit.bench moe --shapes mixtral-8x7b,qwen1.5-moe --tokens 1,8,64,512,4096 \
     --time-budget "$budget" --out "$R" > "$R/bench.txt" 2>&1
   tail -45 "$R/bench.txt"

@@ -23,6 +23,8 @@ E, N, K = 4, 40, 200  # N, K not multiples of the tiles; K not a multiple of the
 CONFIGS = {
     "mma": GroupedConfig(mma=True, block_m=16, block_n=32, block_k=64),
     "mma-splitk": GroupedConfig(mma=True, block_m=16, block_n=32, block_k=32, split_k=3),
+    # 4-bit int zeros: packed dequant with accumulator rows in MMA fragment order (gemm.fragment_row_reps = 1)
+    "mma-packed-rows": GroupedConfig(mma=True, block_m=16, block_n=64, block_k=64, split_k=2),
     "gemv2": GroupedConfig(mma=False, block_m=2, block_n=32, block_k=64),
     "gemv4-splitk": GroupedConfig(mma=False, block_m=4, block_n=32, block_k=64, split_k=2),
 }

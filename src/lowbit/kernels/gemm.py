@@ -203,5 +203,11 @@ def fragment_row_reps(block_n: int, num_warps: int) -> int:
 def use_packed4(bits: int, zeros: Optional[torch.Tensor], sym_zero: float, table: Optional[torch.Tensor],
                 group_len: int, cfg: GemmConfig) -> bool:
     """Whether the packed 4-bit dequantization applies (``unpack.dequant4_packed``)."""
-    return (bits == 4 and table is None and int_zero(zeros, sym_zero) and group_len % cfg.block_k == 0
-            and cfg.block_k % 32 == 0 and not cfg.prefetch)
+    return packed4_applies(bits, zeros, sym_zero, table, group_len, cfg.block_k) and not cfg.prefetch
+
+
+def packed4_applies(bits: int, zeros: Optional[torch.Tensor], sym_zero: float, table: Optional[torch.Tensor],
+                    group_len: int, block_k: int) -> bool:
+    """4-bit affine codes with integer zeros, one group per K tile or more, whole 32-k chunks."""
+    return (bits == 4 and table is None and int_zero(zeros, sym_zero) and group_len % block_k == 0
+            and block_k % 32 == 0)

@@ -27,10 +27,10 @@ import triton.language as tl
 
 from .dequant import dequantize_intx, int_zero
 from .epilogue import grouped_tile_ids, split_k_tiles, write_output
-from .gemm import gemm_accumulate
+from .gemm import fragment_row_reps, gemm_accumulate, packed4_applies
 from .gemv import FLOAT_2_23_BITS, gemv_accumulate
 from .launch import MAX_SPLIT_K_TILES, output_buffers
-from .unpack import plane_constexprs
+from .unpack import fragment_rows, plane_constexprs
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,7 @@ def grouped_wxa16_kernel(
     E_POW2: tl.constexpr, NUM_TILES: tl.constexpr, MMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, NUM_STAGES: tl.constexpr, EVEN_K: tl.constexpr,
+    PACKED4: tl.constexpr = False, INLINE_ASM: tl.constexpr = False, ROW_REPS: tl.constexpr = 0,
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -109,7 +110,11 @@ def grouped_wxa16_kernel(
     if MMA:
         acc = gemm_accumulate(x_ptr, qw_e, s_e, z_e, s_e, src, mask_m, offs_n, mask_n, K, Kp, t0, t1,
                               stride_xm, stride_xk, stride_qk, stride_sg, 0, 0, GROUP_LEN, P0, P1, P2, HAS_ZEROS,
-                              SYM_ZERO, False, INT_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, False)
+                              SYM_ZERO, False, INT_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, False, PACKED4, INLINE_ASM, EVEN_K,
+                              ROW_REPS)
+        if ROW_REPS > 0:  # the packed path's accumulator rows are in MMA fragment order
+            offs_n = tl.reshape(fragment_rows(offs_n[None, :], ROW_REPS), (BLOCK_N,))
+            mask_n = tl.reshape(fragment_rows(mask_n[None, :], ROW_REPS), (BLOCK_N,))
     else:
         acc = tl.trans(gemv_accumulate(x_ptr, qw_e, s_e, z_e, s_e, src, mask_m, offs_n, mask_n, K, Kp, t0, t1,
                                        stride_xm, stride_xk, stride_qk, stride_sg, 0, 0, magic, GROUP_LEN,
@@ -139,8 +144,9 @@ def expected_active(rows: int, experts: int, topk: int = 1) -> float:
 
 
 def heuristic_config(rows: int, experts: int, n: int, k: int, group_len: int, num_sms: int = 132,
-                     topk: int = 1) -> GroupedConfig:
-    """Tiles from the expected rows per active expert (no host sync: routing is not looked at)."""
+                     topk: int = 1, packed4: bool = False) -> GroupedConfig:
+    """Tiles from the expected rows per active expert (no host sync: routing is not looked at).
+    packed4: 4-bit codes with integer zeros (``gemm.packed4_applies``), tiles for the packed dequant."""
     active = max(1.0, expected_active(rows, experts, topk))
     per_expert = round(rows / active, 3)
     block_k = 128
@@ -158,7 +164,13 @@ def heuristic_config(rows: int, experts: int, n: int, k: int, group_len: int, nu
         # BLOCK_M 32 on (8 do not), and BLOCK_M 128 needs BLOCK_K 64 as well
         if bm >= 32:
             cfg.update(num_warps=8)
-        if bm in (16, 128):
+        if packed4 and bm <= 64 and group_len % 128 == 0:
+            # packed dequant (sm_90 compile check, gather + scatter + row weights): 16x64x128 x 4 warps
+            # 128 registers, 32x128x128 x 8 warps 145, 64x64x128 x 8 warps 171, no spills
+            block_k = 128
+            if bm == 32:
+                cfg.update(block_n=128)
+        elif bm in (16, 128):
             block_k = min(block_k, 64)
     programs = active * triton.cdiv(per_expert, cfg["block_m"]) * triton.cdiv(n, cfg["block_n"])
     k_tiles = triton.cdiv(k, block_k)
@@ -179,7 +191,8 @@ def grouped_wxa16(
     k = x.shape[1]
     rows = sorted_ids.numel() if sorted_ids is not None else x.shape[0]
     num_sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 132
-    cfg = config or heuristic_config(rows, e, n, k, group_len, num_sms, topk)
+    cfg = config or heuristic_config(rows, e, n, k, group_len, num_sms, topk,
+                                     packed4_applies(bits, zeros, sym_zero, None, group_len, 32))
     tiles = max_tiles(rows, e, cfg.block_m)
     grid = (tiles * triton.cdiv(n, cfg.block_n), cfg.split_k)
     if cfg.split_k > 1 and grid[0] > MAX_SPLIT_K_TILES:
@@ -201,8 +214,17 @@ def grouped_wxa16(
         E_POW2=triton.next_power_of_2(e), NUM_TILES=tiles, MMA=cfg.mma,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k, GROUP_M=cfg.group_m,
         NUM_STAGES=cfg.num_stages, EVEN_K=k % cfg.block_k == 0, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **grouped_packed4_meta(cfg, bits, zeros, sym_zero, group_len, x.is_cuda),
     )
     return y
+
+
+def grouped_packed4_meta(cfg: GroupedConfig, bits: int, zeros: Optional[torch.Tensor], sym_zero: float,
+                         group_len: int, on_gpu: bool) -> dict:
+    """The packed 4-bit dequantization of the GEMM (``gemm.packed4_meta``) for the tensor-core loop."""
+    if not (cfg.mma and packed4_applies(bits, zeros, sym_zero, None, group_len, cfg.block_k)):
+        return {}
+    return {"PACKED4": True, "INLINE_ASM": on_gpu, "ROW_REPS": fragment_row_reps(cfg.block_n, cfg.num_warps)}
 
 
 def dequant_grouped_mm(
