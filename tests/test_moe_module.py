@@ -187,7 +187,8 @@ def test_state_dict_round_trip_and_compile():
         torch.testing.assert_close(q2(x), q(x), rtol=0, atol=0)
         torch._dynamo.reset()
         compiled = torch.compile(q, fullgraph=True, backend="aot_eager" if DEVICE == "cpu" else "inductor")
-        torch.testing.assert_close(compiled(x), q(x))
+        # inductor fuses the router's softmax / top-k differently from eager: a few eps of the output scale
+        _assert_close(compiled(x), q(x), DTYPE)
 
 
 @pytest.mark.gpu
@@ -197,6 +198,6 @@ def test_gpu_bf16_blocks(tokens):
     for make in (mixtral_block, qwen_block):
         block = make(torch.bfloat16)
         q = QuantMoE.from_block(block, IntxFormat(4, 32, False, "int", torch.bfloat16))
-        x = torch.randn(tokens, 64, device="cuda", dtype=torch.bfloat16)
+        x = torch.randn(1, tokens, 64, device="cuda", dtype=torch.bfloat16)  # transformers' blocks take (B, T, H)
         with torch.no_grad():
             _assert_close(q(x), _dequantized_copy(block, q)(x), torch.bfloat16)
