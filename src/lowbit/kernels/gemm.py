@@ -19,7 +19,7 @@ from .dequant import int_zero
 from .epilogue import grouped_tile_ids, split_k_tiles, write_linear_output
 from .launch import launch_intx, resolve_config
 from .unpack import (
-    codes_from_words_nk, dequant4_packed, fragment_rows, dequant_tile, mma_k_order, group_params, load_codes_nk, load_words_nk, lut_dequant_tile,
+    codes_from_words_nk, dequant4_packed, dequant_tile, fragment_channels, fragment_rows, mma_k_order, group_params, load_codes_nk, load_words_nk, lut_dequant_tile,
     table_base,
 )
 
@@ -64,8 +64,8 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
             s, z = group_params(s_ptr, z_ptr, k0 // GROUP_LEN, offs_n, mask_n, stride_sg, HAS_ZEROS, SYM_ZERO)
             if ROW_REPS > 0:  # contiguous loads above, then the MMA fragment's row order in registers
                 words = fragment_rows(words, ROW_REPS)
-                s = tl.reshape(fragment_rows(s[None, :], ROW_REPS), (BLOCK_N,))
-                z = tl.reshape(fragment_rows(z[None, :], ROW_REPS), (BLOCK_N,))
+                s = fragment_channels(s, ROW_REPS)
+                z = fragment_channels(z, ROW_REPS)
             if SCALE_AFTER:  # one scale per row and K tile: scale the tile's product, not each weight
                 w = dequant4_packed(words, s, z, x_ptr.dtype.element_ty, INLINE_ASM, False)
                 acc += s[:, None] * tl.dot(w, mma_k_order(xt, BLOCK_K))
@@ -142,8 +142,8 @@ def gemm_wxa16_kernel(
                           GROUP_LEN, P0, P1, P2, HAS_ZEROS, SYM_ZERO, LUT, INT_ZERO,
                           BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, PACKED4, INLINE_ASM, EVEN_K, ROW_REPS, SCALE_AFTER)
     if ROW_REPS > 0:
-        offs_n = tl.reshape(fragment_rows(offs_n[None, :], ROW_REPS), (BLOCK_N,))
-        mask_n = tl.reshape(fragment_rows(mask_n[None, :], ROW_REPS), (BLOCK_N,))
+        offs_n = fragment_channels(offs_n, ROW_REPS)
+        mask_n = fragment_channels(mask_n, ROW_REPS)
     write_linear_output(acc, b_ptr, y_ptr, offs_m, mask_m, offs_n, mask_n, stride_ym, ws_ptr, stride_ws, cnt_ptr,
                         pid, pid_k, HAS_BIAS, SPLIT_K, True)
 
@@ -183,9 +183,15 @@ def packed4_meta(packed4: bool, cfg: GemmConfig, n: int, k: int, on_gpu: bool) -
     word loads are 8/16-byte vectors, SCALE_AFTER scales each K tile's product instead of each weight."""
     if not packed4:
         return {"PACKED4": False}
-    return {"PACKED4": True, "INLINE_ASM": on_gpu, "EVEN_N": n % cfg.block_n == 0, "EVEN_K": k % cfg.block_k == 0,
-            "ROW_REPS": fragment_row_reps(cfg.block_n, cfg.num_warps) if PACKED4_OPTIONS["fragment_rows"] else 0,
-            "SCALE_AFTER": PACKED4_OPTIONS["scale_after"]}
+    return {**packed4_tile_meta(cfg.block_n, cfg.num_warps, on_gpu), "EVEN_N": n % cfg.block_n == 0,
+            "EVEN_K": k % cfg.block_k == 0, "SCALE_AFTER": PACKED4_OPTIONS["scale_after"]}
+
+
+def packed4_tile_meta(block_n: int, num_warps: int, on_gpu: bool) -> dict:
+    """PACKED4 / INLINE_ASM / ROW_REPS: the constexprs every kernel calling the packed path of
+    ``gemm_accumulate`` takes (the GEMM and the grouped MoE kernel)."""
+    rows = fragment_row_reps(block_n, num_warps) if PACKED4_OPTIONS["fragment_rows"] else 0
+    return {"PACKED4": True, "INLINE_ASM": on_gpu, "ROW_REPS": rows}
 
 
 def fragment_row_reps(block_n: int, num_warps: int) -> int:

@@ -27,10 +27,10 @@ import triton.language as tl
 
 from .dequant import dequantize_intx, int_zero
 from .epilogue import grouped_tile_ids, split_k_tiles, write_output
-from .gemm import fragment_row_reps, gemm_accumulate, packed4_applies
+from .gemm import gemm_accumulate, packed4_applies, packed4_tile_meta
 from .gemv import FLOAT_2_23_BITS, gemv_accumulate
 from .launch import MAX_SPLIT_K_TILES, output_buffers
-from .unpack import fragment_rows, plane_constexprs
+from .unpack import fragment_channels, plane_constexprs
 
 
 @dataclass(frozen=True)
@@ -113,8 +113,8 @@ def grouped_wxa16_kernel(
                               SYM_ZERO, False, INT_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, False, PACKED4, INLINE_ASM, EVEN_K,
                               ROW_REPS)
         if ROW_REPS > 0:  # the packed path's accumulator rows are in MMA fragment order
-            offs_n = tl.reshape(fragment_rows(offs_n[None, :], ROW_REPS), (BLOCK_N,))
-            mask_n = tl.reshape(fragment_rows(mask_n[None, :], ROW_REPS), (BLOCK_N,))
+            offs_n = fragment_channels(offs_n, ROW_REPS)
+            mask_n = fragment_channels(mask_n, ROW_REPS)
     else:
         acc = tl.trans(gemv_accumulate(x_ptr, qw_e, s_e, z_e, s_e, src, mask_m, offs_n, mask_n, K, Kp, t0, t1,
                                        stride_xm, stride_xk, stride_qk, stride_sg, 0, 0, magic, GROUP_LEN,
@@ -224,7 +224,7 @@ def grouped_packed4_meta(cfg: GroupedConfig, bits: int, zeros: Optional[torch.Te
     """The packed 4-bit dequantization of the GEMM (``gemm.packed4_meta``) for the tensor-core loop."""
     if not (cfg.mma and packed4_applies(bits, zeros, sym_zero, None, group_len, cfg.block_k)):
         return {}
-    return {"PACKED4": True, "INLINE_ASM": on_gpu, "ROW_REPS": fragment_row_reps(cfg.block_n, cfg.num_warps)}
+    return packed4_tile_meta(cfg.block_n, cfg.num_warps, on_gpu)
 
 
 def dequant_grouped_mm(

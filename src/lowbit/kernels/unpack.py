@@ -232,6 +232,12 @@ def mma_k_order(t, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def fragment_channels(v, ROW_REPS: tl.constexpr):
+    """``fragment_rows`` of a per-channel vector [BLOCK_N] (offsets, masks, scales, zeros)."""
+    return tl.reshape(fragment_rows(v[None, :], ROW_REPS), (v.shape[0],))
+
+
+@triton.jit
 def fragment_rows(t, ROW_REPS: tl.constexpr):
     """Columns of t [R, BLOCK_N] in natural channel order -> the row order of a Hopper MMA
     accumulator whose warps tile BLOCK_N in 16-row slices (ROW_REPS slices per warp): logical row
