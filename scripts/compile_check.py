@@ -98,6 +98,7 @@ def main():
     p.add_argument("--dtype", default="fp16")
     p.add_argument("--prefetch", action="store_true")
     p.add_argument("--lut", action="store_true", help="lookup-table codes (lowbit.formats.lut): LUT=True, no zeros")
+    p.add_argument("--sym", action="store_true", help="symmetric codes (no zeros tensor, SYM_ZERO=8)")
     p.add_argument("--sass", action="store_true")
     p.add_argument("--asm4", action="store_true", help="gemm / grouped: packed inline-asm 4-bit dequant")
     p.add_argument("--row-reps", type=int, default=0, help="gemm packed: fragment_rows order (0 = natural)")
@@ -111,7 +112,7 @@ def main():
     p.add_argument("--per-weight", action="store_true",
                    help="SASS instructions of the K loop per dense weight position (per thread)")
     a = p.parse_args()
-    ce = dict(GROUP_LEN=a.group, **plane_constexprs(a.bits), HAS_ZEROS=not a.lut, SYM_ZERO=8.0, HAS_BIAS=False, LUT=a.lut,
+    ce = dict(GROUP_LEN=a.group, **plane_constexprs(a.bits), HAS_ZEROS=not (a.lut or a.sym), SYM_ZERO=8.0, HAS_BIAS=False, LUT=a.lut,
               BLOCK_M=a.block_m, BLOCK_N=a.block_n, BLOCK_K=a.block_k, SPLIT_K=a.split_k)
     ce["stride_xk"] = 1  # contiguous x: Triton specialises an int argument equal to 1 on the GPU too
     if a.kernel == "gemv":

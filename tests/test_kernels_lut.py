@@ -179,3 +179,21 @@ def test_torch_compile_fullgraph_lutlinear():
     eager = model(x)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager" if DEVICE == "cpu" else "inductor")
     torch.testing.assert_close(compiled(x), eager)
+
+
+@pytest.mark.parametrize("config,fmt", [
+    (GemmConfig(block_m=16, block_n=64, block_k=64, split_k=2), NF4Format(64)),        # one group per tile: post-scale
+    (GemmConfig(block_m=16, block_n=64, block_k=128, split_k=1), NF4Format(64)),       # 2 groups per tile: scaled asm
+    (GemmConfig(block_m=32, block_n=128, block_k=128, num_warps=8), Fp4Format(32, "e8m0")),  # 4 groups per tile
+], ids=["nf4-bk64", "nf4-bk128", "fp4-g32-bk128"])
+@pytest.mark.parametrize("n,k", [(128, 512), (72, 300)], ids=["even", "tails"])
+def test_lut_packed4_gemm(config, fmt, n, k):
+    """The packed lookup-table path of the GEMM (``unpack.lut4_packed``; one global 16-entry table)."""
+    from lowbit.kernels.gemm import use_packed4
+
+    qw = _make(fmt, n, k, torch.float16, seed=n)
+    assert use_packed4(4, None, 0.0, qw.table, qw.group_size, config)
+    x = torch.randn(7, k, generator=torch.Generator().manual_seed(2)).to(DEVICE, torch.float16)
+    bias = torch.randn(n, generator=torch.Generator().manual_seed(3)).to(DEVICE, torch.float16)
+    y = _launch("gemm", x, qw, bias, config)
+    assert_close_matmul(y, reference_linear(x, qw, bias), x, qw.dequantize(), torch.float16)

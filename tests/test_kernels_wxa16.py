@@ -142,3 +142,37 @@ def test_packed4_gemm_paths(n, k, config, options, monkeypatch):
     bias = torch.randn(n, generator=torch.Generator().manual_seed(4)).to(DEVICE, dtype)
     y = _launch("gemm", x, qw, bias, config)
     assert_close_matmul(y, reference_linear(x, qw, bias), x, qw.dequantize(), dtype)
+
+
+@pytest.mark.parametrize("n,k", [(128, 512), (72, 300)], ids=["even", "tails"])
+@pytest.mark.parametrize("group_size,symmetric", [(32, True), (64, False)], ids=["g32-sym", "g64-asym"])
+@pytest.mark.parametrize("config", [
+    GemmConfig(block_m=16, block_n=64, block_k=128, split_k=2, num_warps=4),
+    GemmConfig(block_m=32, block_n=128, block_k=128, split_k=1, num_warps=8),
+], ids=["16x64x128", "32x128x128w8"])
+def test_packed4_gemm_several_groups_per_tile(n, k, group_size, symmetric, config):
+    """The packed path with GROUP_LEN < BLOCK_K: per-word-row scales / zeros (2 or 4 groups per tile), the
+    last tile reaching past the packed K on the tails shape (its words and group scales masked)."""
+    from lowbit.kernels import gemm
+
+    dtype = torch.float16
+    qw = _make(4, group_size, symmetric, "int", n, k, dtype, seed=group_size)
+    assert gemm.use_packed4(4, qw.zeros, symmetric_zero(4), None, group_size, config)
+    x = torch.randn(6, k, generator=torch.Generator().manual_seed(5)).to(DEVICE, dtype)
+    y = _launch("gemm", x, qw, None, config)
+    assert_close_matmul(y, reference_linear(x, qw), x, qw.dequantize(), dtype)
+
+
+def test_packed4_applies_rules():
+    from lowbit.kernels.gemm import packed4_applies
+
+    z = torch.zeros(1, dtype=torch.uint8)
+    assert packed4_applies(4, z, 8.0, None, 128, 128) and packed4_applies(4, z, 8.0, None, 32, 128)
+    assert packed4_applies(4, None, 8.0, None, PER_CHANNEL_GROUP_LEN, 128)
+    assert not packed4_applies(4, z, 8.0, None, 96, 128)      # a group straddles tiles
+    assert not packed4_applies(4, z, 8.0, None, 16, 64)       # groups shorter than a 32-k chunk
+    assert not packed4_applies(4, z, 8.0, None, 128, 16)      # tile shorter than a 32-k chunk
+    assert not packed4_applies(3, z, 4.0, None, 128, 128)
+    assert not packed4_applies(4, None, 7.5, None, 128, 128)  # a non-integer symmetric zero
+    assert packed4_applies(4, None, 0.0, torch.zeros(1, 1, 16), 64, 128)  # one global table
+    assert not packed4_applies(4, None, 0.0, torch.zeros(1, 8, 16), 64, 128)  # per-row tables

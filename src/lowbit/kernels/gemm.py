@@ -19,8 +19,8 @@ from .dequant import int_zero
 from .epilogue import grouped_tile_ids, split_k_tiles, write_linear_output
 from .launch import launch_intx, resolve_config
 from .unpack import (
-    codes_from_words_nk, dequant4_packed, dequant_tile, fragment_channels, fragment_rows, mma_k_order, group_params, load_codes_nk, load_words_nk, lut_dequant_tile,
-    table_base,
+    codes_from_words_nk, dequant4_packed, dequant_tile, fragment_channels, fragment_rows, group_params, load_codes_nk,
+    lut4_packed, lut4_table_words, lut_dequant_tile, mma_k_order, register_anchor, table_base,
 )
 
 
@@ -50,27 +50,52 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
     dequantization of ``unpack.dequant4_packed`` (PTX when INLINE_ASM), K in ``mma_k_order``."""
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     if PACKED4:
+        # GPT groups per K tile (GROUP_LEN < BLOCK_K, GROUP_LEN % 32 == 0): scales per word-row
+        GPT: tl.constexpr = BLOCK_K // GROUP_LEN if GROUP_LEN < BLOCK_K else 1
+        R: tl.constexpr = BLOCK_K // 8
+        POST_SCALE: tl.constexpr = SCALE_AFTER and GPT == 1
+        if LUT:
+            tw = lut4_table_words(t_ptr, offs_n, x_ptr.dtype.element_ty, ROW_REPS)
         for t in range(t0, t1):
             k0 = t * BLOCK_K
             offs_k = k0 + tl.arange(0, BLOCK_K)
-            r = tl.arange(0, BLOCK_K // 8)
+            r = tl.arange(0, R)
             w_ptrs = qw_ptr + offs_n[None, :] + (k0 // 8 + r)[:, None] * stride_qk  # [BLOCK_K // 8, BLOCK_N]
             x_ptrs = x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None] * stride_xk  # [BLOCK_K, BLOCK_M]
-            words = tl.load(w_ptrs, mask=mask_n[None, :], other=0)  # k < Kp always: GROUP_LEN % BLOCK_K == 0
             if EVEN_K:
+                words = tl.load(w_ptrs, mask=mask_n[None, :], other=0)
                 xt = tl.load(x_ptrs, mask=mask_m[None, :], other=0.0)
-            else:
+            else:  # a tile past K reads no words past Kp (only possible when GPT > 1) and zero x
+                words = tl.load(w_ptrs, mask=mask_n[None, :] & ((k0 + 8 * r) < Kp)[:, None], other=0)
                 xt = tl.load(x_ptrs, mask=mask_m[None, :] & (offs_k[:, None] < K), other=0.0)
-            s, z = group_params(s_ptr, z_ptr, k0 // GROUP_LEN, offs_n, mask_n, stride_sg, HAS_ZEROS, SYM_ZERO)
+            if GPT == 1:
+                s, z = group_params(s_ptr, z_ptr, k0 // GROUP_LEN, offs_n[None, :], mask_n[None, :], stride_sg,
+                                    HAS_ZEROS, SYM_ZERO)  # [1, BLOCK_N]
+            else:
+                g = k0 // GROUP_LEN + tl.arange(0, GPT)[:, None]
+                s, z = group_params(s_ptr, z_ptr, g, offs_n[None, :], mask_n[None, :] & (g * GROUP_LEN < Kp),
+                                    stride_sg, HAS_ZEROS, SYM_ZERO)  # [GPT, BLOCK_N]
+            if not HAS_ZEROS and not LUT:  # keeps the dequantized tile in registers (``register_anchor``)
+                if GPT == 1:
+                    anchor = register_anchor(s_ptr, k0 // GROUP_LEN, offs_n[None, :], mask_n[None, :], stride_sg)
+                else:
+                    anchor = register_anchor(s_ptr, g, offs_n[None, :], mask_n[None, :] & (g * GROUP_LEN < Kp),
+                                             stride_sg)
+                z = anchor + SYM_ZERO
             if ROW_REPS > 0:  # contiguous loads above, then the MMA fragment's row order in registers
                 words = fragment_rows(words, ROW_REPS)
-                s = fragment_channels(s, ROW_REPS)
-                z = fragment_channels(z, ROW_REPS)
-            if SCALE_AFTER:  # one scale per row and K tile: scale the tile's product, not each weight
-                w = dequant4_packed(words, s, z, x_ptr.dtype.element_ty, INLINE_ASM, False)
-                acc += s[:, None] * tl.dot(w, mma_k_order(xt, BLOCK_K))
+                s = fragment_rows(s, ROW_REPS)
+                z = fragment_rows(z, ROW_REPS)
+            if GPT > 1:  # word-row r lies in group r // (GROUP_LEN // 8) of the tile
+                s = tl.reshape(tl.broadcast_to(s[:, None, :], (GPT, R // GPT, BLOCK_N)), (R, BLOCK_N))
+                z = tl.reshape(tl.broadcast_to(z[:, None, :], (GPT, R // GPT, BLOCK_N)), (R, BLOCK_N))
+            if LUT:
+                w = lut4_packed(words, t_ptr, tw, s, x_ptr.dtype.element_ty, INLINE_ASM, not POST_SCALE)
             else:
-                w = dequant4_packed(words, s, z, x_ptr.dtype.element_ty, INLINE_ASM)
+                w = dequant4_packed(words, s, z, x_ptr.dtype.element_ty, INLINE_ASM, not POST_SCALE)
+            if POST_SCALE:  # one scale per row and K tile: scale the tile's product, not each weight
+                acc += tl.reshape(s, (BLOCK_N,))[:, None] * tl.dot(w, mma_k_order(xt, BLOCK_K))
+            else:
                 acc += tl.dot(w, mma_k_order(xt, BLOCK_K))
         return acc
     # software pipelining by hand: the next tile's words are in flight while this one is used
@@ -214,6 +239,10 @@ def use_packed4(bits: int, zeros: Optional[torch.Tensor], sym_zero: float, table
 
 def packed4_applies(bits: int, zeros: Optional[torch.Tensor], sym_zero: float, table: Optional[torch.Tensor],
                     group_len: int, block_k: int) -> bool:
-    """4-bit affine codes with integer zeros, one group per K tile or more, whole 32-k chunks."""
-    return (bits == 4 and table is None and int_zero(zeros, sym_zero) and group_len % block_k == 0
-            and block_k % 32 == 0)
+    """4-bit codes, whole 32-k chunks per K tile, groups that are whole multiples of the tile or of 32
+    k that divide it; affine codes need integer zeros, lookup tables must be one global 16-entry table."""
+    if bits != 4 or block_k % 32 or not (group_len % block_k == 0 or (block_k % group_len == 0 and group_len % 32 == 0)):
+        return False
+    if table is None:
+        return int_zero(zeros, sym_zero)
+    return zeros is None and table.shape[0] == 1 and table.shape[1] == 1
