@@ -3,8 +3,9 @@
 For Llama-3-8B shapes and a few M, times (cold CUDA graph, ``CudaTimer``) ``gemm_wxa16`` with the shipped
 config of this GPU for int4 at group 128 / 64 / 32 (asymmetric and symmetric) and the lookup-table
 formats NF4 (group 64) and FP4 e2m1 (group 32), once with the packed path and once with it switched
-off (``gemm.use_packed4`` -> False: the loop those formats ran before), with the error of each vs the
-fp32 reference. ``lowbit bench`` is the user-facing harness (dispatch included).
+off (``gemm.use_packed4`` -> False: the loop those formats ran before), and packed with BLOCK_K cut to
+the group size (one group per tile: the per-tile scale instead of per-word-row scales), with the error
+vs the fp32 reference. ``lowbit bench`` is the user-facing harness (dispatch included).
 
     PYTHONPATH=src python scripts/group_probe.py --m 1,16,64 --json out.json
 """
@@ -18,22 +19,24 @@ import lowbit.kernels.gemm as gemm_mod
 from lowbit import IntxFormat
 from lowbit.bench.timing import Cost, CudaTimer
 from lowbit.formats.intx import symmetric_zero
-from lowbit.formats.lut import Fp4Format, NF4Format
+from lowbit.formats.lut import CodebookFormat, Fp4Format, NF4Format
+from lowbit.kernels.launch import resolve_config
 
 FORMATS = {
     "int4-g128": lambda: IntxFormat(4, 128), "int4-g64": lambda: IntxFormat(4, 64), "int4-g32": lambda: IntxFormat(4, 32),
     "int4sym-g128": lambda: IntxFormat(4, 128, True), "int4sym-g64": lambda: IntxFormat(4, 64, True),
     "nf4-g64": lambda: NF4Format(64), "fp4-g32": lambda: Fp4Format(32, "e8m0"),
+    "cb4row-g64": lambda: CodebookFormat(4, 64, "row", iters=4),
 }
 
 
-def launcher(x, n):
-    """q -> Y through the GEMM launcher (affine or lookup-table weight)."""
+def launcher(x, n, config=None):
+    """q -> Y through the GEMM launcher (affine or lookup-table weight); config None: the shipped one."""
     def call(q):
         table = getattr(q, "table", None)
         sym = 0.0 if table is not None else symmetric_zero(4)
         return gemm_mod.gemm_wxa16(x, q.qweight, q.scales, getattr(q, "zeros", None), None, 4, q.group_size, sym, n,
-                                   table=table)
+                                   config=config, table=table)
     return call
 
 
@@ -52,7 +55,8 @@ def main():
     timer = CudaTimer(replays=5)
     saved = gemm_mod.use_packed4
     rows = []
-    print(f"{'shape':>12} {'M':>4} {'format':>13} {'packed us':>10} {'generic us':>11} {'speedup':>8} {'err packed':>11} {'err generic':>12}")
+    print(f"{'shape':>12} {'M':>4} {'format':>13} {'packed us':>10} {'generic us':>11} {'speedup':>8} {'err packed':>11} "
+          f"{'err generic':>12} {'bk=group us':>12}")
     for shape in a.shapes.split(","):
         n, k = map(int, shape.split("x"))
         w = torch.randn(n, k, device="cuda", dtype=torch.float32) * 0.02
@@ -64,9 +68,12 @@ def main():
                 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
                 ref = x.float() @ ref_w.t()
                 row = {"n": n, "k": k, "m": m, "format": fname}
-                for variant in ("packed", "generic"):
-                    gemm_mod.use_packed4 = saved if variant == "packed" else (lambda *args, **kw: False)
-                    call = launcher(x, n)
+                shipped = resolve_config("gemm", gemm_mod.GemmConfig, gemm_mod.heuristic_config, m, n, k, 4,
+                                         qw.group_size, x)
+                clamped = dataclasses.replace(shipped, block_k=min(shipped.block_k, qw.group_size))
+                for variant in ("packed", "generic", "bk=group"):
+                    gemm_mod.use_packed4 = saved if variant != "generic" else (lambda *args, **kw: False)
+                    call = launcher(x, n, clamped if variant == "bk=group" else shipped)
                     err = ((call(qw).float() - ref).norm() / ref.norm()).item()
                     row[variant] = {"us": timer.kernel_us([lambda q=q: call(q) for q in copies], Cost("probe", 0, 0)),
                                     "err": err}
@@ -74,7 +81,7 @@ def main():
                 rows.append(row)
                 print(f"{n:>6}x{k:<5} {m:>4} {fname:>13} {row['packed']['us']:>10.1f} {row['generic']['us']:>11.1f} "
                       f"{row['generic']['us'] / row['packed']['us']:>7.2f}x {row['packed']['err']:>11.1e} "
-                      f"{row['generic']['err']:>12.1e}", flush=True)
+                      f"{row['generic']['err']:>12.1e} {row['bk=group']['us']:>12.1f}", flush=True)
             del copies
             torch.cuda.empty_cache()
     if a.json:

@@ -185,10 +185,13 @@ def test_torch_compile_fullgraph_lutlinear():
     (GemmConfig(block_m=16, block_n=64, block_k=64, split_k=2), NF4Format(64)),        # one group per tile: post-scale
     (GemmConfig(block_m=16, block_n=64, block_k=128, split_k=1), NF4Format(64)),       # 2 groups per tile: scaled asm
     (GemmConfig(block_m=32, block_n=128, block_k=128, num_warps=8), Fp4Format(32, "e8m0")),  # 4 groups per tile
-], ids=["nf4-bk64", "nf4-bk128", "fp4-g32-bk128"])
+    (GemmConfig(block_m=16, block_n=128, block_k=64, split_k=2), CodebookFormat(4, 64, "row", torch.float16, iters=4)),
+    (GemmConfig(block_m=16, block_n=64, block_k=128), CodebookFormat(4, 32, "row", iters=4)),  # per-channel tables
+], ids=["nf4-bk64", "nf4-bk128", "fp4-g32-bk128", "cb4-row-fp16-table", "cb4-row-g32-bk128"])
 @pytest.mark.parametrize("n,k", [(128, 512), (72, 300)], ids=["even", "tails"])
 def test_lut_packed4_gemm(config, fmt, n, k):
-    """The packed lookup-table path of the GEMM (``unpack.lut4_packed``; one global 16-entry table)."""
+    """The packed lookup-table path of the GEMM (``unpack.lut4_packed``; one global 16-entry table or one
+    per channel, masked table rows on the N tail)."""
     from lowbit.kernels.gemm import use_packed4
 
     qw = _make(fmt, n, k, torch.float16, seed=n)

@@ -175,4 +175,5 @@ def test_packed4_applies_rules():
     assert not packed4_applies(3, z, 4.0, None, 128, 128)
     assert not packed4_applies(4, None, 7.5, None, 128, 128)  # a non-integer symmetric zero
     assert packed4_applies(4, None, 0.0, torch.zeros(1, 1, 16), 64, 128)  # one global table
-    assert not packed4_applies(4, None, 0.0, torch.zeros(1, 8, 16), 64, 128)  # per-row tables
+    assert packed4_applies(4, None, 0.0, torch.zeros(1, 8, 16), 64, 128)  # one table per channel
+    assert not packed4_applies(4, None, 0.0, torch.zeros(4, 8, 16), 64, 128)  # tables change along K

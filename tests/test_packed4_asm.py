@@ -76,7 +76,7 @@ def test_dequant4_asm_matches_affine(dt):
 @triton.jit
 def _table_words_kernel(t_ptr, out_ptr, OUT_DTYPE: tl.constexpr, ROW_REPS: tl.constexpr):
     offs_n = tl.arange(0, 64)
-    tw = unpack.lut4_table_words(t_ptr, offs_n, OUT_DTYPE, ROW_REPS)  # [1, 64] each, one value repeated
+    tw = unpack.lut4_table_words(t_ptr, offs_n * 0, offs_n < 64, OUT_DTYPE, ROW_REPS)  # [1, 64], one value repeated
     for i in tl.static_range(8):
         tl.store(out_ptr + i * 64 + offs_n[None, :], tw[i])
 

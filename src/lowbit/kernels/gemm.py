@@ -54,8 +54,12 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
         GPT: tl.constexpr = BLOCK_K // GROUP_LEN if GROUP_LEN < BLOCK_K else 1
         R: tl.constexpr = BLOCK_K // 8
         POST_SCALE: tl.constexpr = SCALE_AFTER and GPT == 1
-        if LUT:
-            tw = lut4_table_words(t_ptr, offs_n, x_ptr.dtype.element_ty, ROW_REPS)
+        if LUT:  # one global table or one per channel (stride_tn 0 or 16), constant along K
+            t_rows = tl.where(mask_n, offs_n * stride_tn, 0)
+            tw = lut4_table_words(t_ptr, t_rows, mask_n, x_ptr.dtype.element_ty, ROW_REPS)
+            t_rows = t_rows[None, :]
+            if ROW_REPS > 0:
+                t_rows = fragment_rows(t_rows, ROW_REPS)
         for t in range(t0, t1):
             k0 = t * BLOCK_K
             offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -90,7 +94,7 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
                 s = tl.reshape(tl.broadcast_to(s[:, None, :], (GPT, R // GPT, BLOCK_N)), (R, BLOCK_N))
                 z = tl.reshape(tl.broadcast_to(z[:, None, :], (GPT, R // GPT, BLOCK_N)), (R, BLOCK_N))
             if LUT:
-                w = lut4_packed(words, t_ptr, tw, s, x_ptr.dtype.element_ty, INLINE_ASM, not POST_SCALE)
+                w = lut4_packed(words, t_ptr, t_rows, tw, s, x_ptr.dtype.element_ty, INLINE_ASM, not POST_SCALE)
             else:
                 w = dequant4_packed(words, s, z, x_ptr.dtype.element_ty, INLINE_ASM, not POST_SCALE)
             if POST_SCALE:  # one scale per row and K tile: scale the tile's product, not each weight
@@ -240,9 +244,10 @@ def use_packed4(bits: int, zeros: Optional[torch.Tensor], sym_zero: float, table
 def packed4_applies(bits: int, zeros: Optional[torch.Tensor], sym_zero: float, table: Optional[torch.Tensor],
                     group_len: int, block_k: int) -> bool:
     """4-bit codes, whole 32-k chunks per K tile, groups that are whole multiples of the tile or of 32
-    k that divide it; affine codes need integer zeros, lookup tables must be one global 16-entry table."""
+    k that divide it; affine codes need integer zeros, 16-entry lookup tables must not change along K
+    (one global table, or one per channel)."""
     if bits != 4 or block_k % 32 or not (group_len % block_k == 0 or (block_k % group_len == 0 and group_len % 32 == 0)):
         return False
     if table is None:
         return int_zero(zeros, sym_zero)
-    return zeros is None and table.shape[0] == 1 and table.shape[1] == 1
+    return zeros is None and table.shape[0] == 1 and table.shape[2] == 16  # one table, or one per channel

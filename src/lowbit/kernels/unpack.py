@@ -280,24 +280,29 @@ LUT4_Q: tl.constexpr = _lut4_asm("f16x2", False)  # unscaled: pure byte moves, d
 
 
 @triton.jit
-def _entry16(t_ptr, i, like, OUT_DTYPE: tl.constexpr):
-    """Bits of table entry i rounded to OUT_DTYPE, int32 in [0, 65536), shaped like ``like``."""
-    return tl.load(t_ptr + i + like).to(OUT_DTYPE).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+def _entry16(t_ptr, i, rows, mask, OUT_DTYPE: tl.constexpr):
+    """Bits of entry i of the table rows at element offsets ``rows`` [1, BLOCK_N], rounded to OUT_DTYPE
+    (int32 in [0, 65536))."""
+    v = tl.load(t_ptr + rows + i, mask=mask, other=0.0)
+    return v.to(OUT_DTYPE).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
 
 
 @triton.jit
-def lut4_table_words(t_ptr, offs_n, OUT_DTYPE: tl.constexpr, ROW_REPS: tl.constexpr):
-    """The 16 entries of a global 4-bit table (fp16/bf16/fp32 at t_ptr) in OUT_DTYPE, split into the
-    asm's eight byte registers: (low bytes of entries 0-3, 4-7, 8-11, 12-15, then the high bytes).
-    Each is a [1, BLOCK_N] tensor (the same value per channel) loaded like the scales, not a scalar:
-    asm operands splatted from scalars made Triton route the dequantized tile through shared memory."""
-    like = offs_n[None, :] * 0
-    l0, l1, l2, l3, h0, h1, h2, h3 = like, like, like, like, like, like, like, like
+def lut4_table_words(t_ptr, rows, mask, OUT_DTYPE: tl.constexpr, ROW_REPS: tl.constexpr):
+    """The 16 entries of each channel's 4-bit table (element offsets ``rows`` [BLOCK_N]: one global
+    table = all 0, or one row per channel) in OUT_DTYPE, split into the asm's eight byte registers
+    (low bytes of entries 0-3, 4-7, 8-11, 12-15, then the high bytes), each [1, BLOCK_N]. Loaded
+    per channel even for a global table: asm operands splatted from scalars made Triton route the
+    dequantized tile through shared memory."""
+    rows = rows[None, :]
+    mask = mask[None, :]
+    l0 = rows * 0
+    l1, l2, l3, h0, h1, h2, h3 = l0, l0, l0, l0, l0, l0, l0
     for i in tl.static_range(4):
-        e0 = _entry16(t_ptr, i, like, OUT_DTYPE)
-        e1 = _entry16(t_ptr, 4 + i, like, OUT_DTYPE)
-        e2 = _entry16(t_ptr, 8 + i, like, OUT_DTYPE)
-        e3 = _entry16(t_ptr, 12 + i, like, OUT_DTYPE)
+        e0 = _entry16(t_ptr, i, rows, mask, OUT_DTYPE)
+        e1 = _entry16(t_ptr, 4 + i, rows, mask, OUT_DTYPE)
+        e2 = _entry16(t_ptr, 8 + i, rows, mask, OUT_DTYPE)
+        e3 = _entry16(t_ptr, 12 + i, rows, mask, OUT_DTYPE)
         l0 |= (e0 & 0xFF) << (8 * i)
         l1 |= (e1 & 0xFF) << (8 * i)
         l2 |= (e2 & 0xFF) << (8 * i)
@@ -313,11 +318,11 @@ def lut4_table_words(t_ptr, offs_n, OUT_DTYPE: tl.constexpr, ROW_REPS: tl.conste
 
 
 @triton.jit
-def _lut_byte_pair(words, e: tl.constexpr, t_ptr, s, OUT_DTYPE: tl.constexpr, SCALED: tl.constexpr):
+def _lut_byte_pair(words, e: tl.constexpr, t_ptr, rows, s, OUT_DTYPE: tl.constexpr, SCALED: tl.constexpr):
     """Plain-Triton twin of one LUT asm output: table entries (rounded to OUT_DTYPE) of codes 2e, 2e + 1,
     times s rounded once more when SCALED (the asm's f16x2/bf16x2 fma) -> [..., 2]."""
-    lo = tl.load(t_ptr + ((words >> (8 * e)) & 0xF)).to(OUT_DTYPE)
-    hi = tl.load(t_ptr + ((words >> (8 * e + 4)) & 0xF)).to(OUT_DTYPE)
+    lo = tl.load(t_ptr + rows + ((words >> (8 * e)) & 0xF)).to(OUT_DTYPE)
+    hi = tl.load(t_ptr + rows + ((words >> (8 * e + 4)) & 0xF)).to(OUT_DTYPE)
     if SCALED:
         lo = (lo.to(tl.float32) * s).to(OUT_DTYPE)
         hi = (hi.to(tl.float32) * s).to(OUT_DTYPE)
@@ -325,9 +330,10 @@ def _lut_byte_pair(words, e: tl.constexpr, t_ptr, s, OUT_DTYPE: tl.constexpr, SC
 
 
 @triton.jit
-def lut4_packed(words, t_ptr, tw, s, OUT_DTYPE: tl.constexpr, INLINE_ASM: tl.constexpr, SCALED: tl.constexpr):
+def lut4_packed(words, t_ptr, rows, tw, s, OUT_DTYPE: tl.constexpr, INLINE_ASM: tl.constexpr, SCALED: tl.constexpr):
     """``dequant4_packed`` for lookup-table codes: table[q] (* s) in OUT_DTYPE [BLOCK_N, 8 R], K columns in
-    ``mma_k_order``. tw: ``lut4_table_words`` (asm), t_ptr: the table itself (the interpreter's twin);
+    ``mma_k_order``. tw: ``lut4_table_words`` (asm); t_ptr + rows [1, BLOCK_N] (in the words' row order):
+    each channel's table (the interpreter's twin);
     s: fp32 [1 or R, BLOCK_N], used when SCALED."""
     if INLINE_ASM:
         if SCALED:
@@ -349,10 +355,10 @@ def lut4_packed(words, t_ptr, tw, s, OUT_DTYPE: tl.constexpr, INLINE_ASM: tl.con
         p2 = _halves(e2, OUT_DTYPE)
         p3 = _halves(e3, OUT_DTYPE)
     else:
-        p0 = _lut_byte_pair(words, 0, t_ptr, s, OUT_DTYPE, SCALED)
-        p1 = _lut_byte_pair(words, 1, t_ptr, s, OUT_DTYPE, SCALED)
-        p2 = _lut_byte_pair(words, 2, t_ptr, s, OUT_DTYPE, SCALED)
-        p3 = _lut_byte_pair(words, 3, t_ptr, s, OUT_DTYPE, SCALED)
+        p0 = _lut_byte_pair(words, 0, t_ptr, rows, s, OUT_DTYPE, SCALED)
+        p1 = _lut_byte_pair(words, 1, t_ptr, rows, s, OUT_DTYPE, SCALED)
+        p2 = _lut_byte_pair(words, 2, t_ptr, rows, s, OUT_DTYPE, SCALED)
+        p3 = _lut_byte_pair(words, 3, t_ptr, rows, s, OUT_DTYPE, SCALED)
     return _mma_columns(p0, p1, p2, p3)
 
 
