@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Packed 4-bit GEMM for the formats it newly covers (groups 32/64 inside 128-k tiles, symmetric codes,
 # NF4 / FP4 lookup tables) on the GPU: kernel tests (fp16 + bf16), the packed-vs-generic probe
-# (scripts/group_probe.py), and the LUT-vs-int4 benchmark of scripts/gpu_lut.sh (same group 64).
+# (scripts/group_probe.py), the LUT-vs-int4 benchmark of scripts/gpu_lut.sh (same group 64) and
+# (GROUPS_BENCH=1) the int4 benchmark at group 128 / 64 / 32.
 # Usage (repo root): COMMIT=<sha> bash scripts/gpu_lut_packed.sh    -> $OUT/lut_packed.tgz
 set -uo pipefail
 OUT=${OUT:-out/gpu}; R=$OUT/res; mkdir -p "$R"
@@ -35,5 +36,11 @@ for (layer, m, case), r in sorted(t.items()):
     print(f"{layer:>8} {m:>5} {base:8.1f} " + " ".join(ratio))
 PY
 fi
+if [[ ${GROUPS_BENCH:-0} == 1 ]]; then stamp groups
+for g in ${GROUP_SIZES:-128 64 32}; do
+  timeout ${GROUP_S:-60} python3 -m lowbit.bench --op w4a16 --group-size $g --shapes ${GROUP_SHAPES:-llama3-8b} --m ${GROUP_MS:-1,16,64} \
+    --quick --replays 5 --time-budget $(( ${GROUP_S:-60} - 15 )) --no-plots --tag w4a16_g${g}_bf16 --out "$R" > "$R/bench_g$g.txt" 2>&1
+  echo "group $g rc=$?"; grep -A8 "geomean over shapes" "$R/bench_g$g.txt" | tail -7
+done; fi
 stamp done
 tar -C "$OUT" -czf "$OUT/lut_packed.tgz" res && echo "archived: $(ls "$R" | tr '\n' ' ')"

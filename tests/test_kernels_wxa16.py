@@ -177,3 +177,17 @@ def test_packed4_applies_rules():
     assert packed4_applies(4, None, 0.0, torch.zeros(1, 1, 16), 64, 128)  # one global table
     assert packed4_applies(4, None, 0.0, torch.zeros(1, 8, 16), 64, 128)  # one table per channel
     assert not packed4_applies(4, None, 0.0, torch.zeros(4, 8, 16), 64, 128)  # tables change along K
+
+
+def test_one_group_per_tile_rule():
+    from lowbit.kernels.gemm import one_group_per_tile
+
+    z = torch.zeros(1, dtype=torch.uint8)
+    small, wide = GemmConfig(16, 64, 128, 2), GemmConfig(64, 64, 128, 2)
+    assert one_group_per_tile(small, 4, z, 8.0, None, 64).block_k == 64
+    assert one_group_per_tile(small, 4, None, 8.0, None, 64).block_k == 64       # symmetric
+    assert one_group_per_tile(wide, 4, z, 8.0, None, 64) == wide                # BLOCK_M 64: measured slower
+    assert one_group_per_tile(small, 4, z, 8.0, None, 32) == small              # 32-k tiles: slower
+    assert one_group_per_tile(small, 4, z, 8.0, None, 128) == small
+    assert one_group_per_tile(small, 4, None, 0.0, torch.zeros(1, 1, 16), 64) == small  # LUT: mixed, kept
+    assert one_group_per_tile(small, 3, z, 4.0, None, 64) == small

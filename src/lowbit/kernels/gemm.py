@@ -8,6 +8,7 @@ Optional split-K (SPLIT_K > 1) is reduced deterministically inside the same laun
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -192,7 +193,11 @@ def gemm_wxa16(
 ) -> torch.Tensor:
     """x (M, K) fp16/bf16 -> (M, N). Inputs already validated by ``lowbit.ops``; ``table``: LUT mode."""
     m, k = x.shape
-    cfg = config or resolve_config("gemm", GemmConfig, heuristic_config, m, out_features, k, bits, group_len, x)
+    if config is None:
+        cfg = resolve_config("gemm", GemmConfig, heuristic_config, m, out_features, k, bits, group_len, x)
+        cfg = one_group_per_tile(cfg, bits, zeros, sym_zero, table, group_len)
+    else:
+        cfg = config
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(out_features, cfg.block_n), cfg.split_k)
     packed4 = use_packed4(bits, zeros, sym_zero, table, group_len, cfg)
     return launch_intx(gemm_wxa16_kernel, grid, x, qweight, scales, zeros, bias, bits, group_len, sym_zero,
@@ -200,6 +205,19 @@ def gemm_wxa16(
                        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, PREFETCH=cfg.prefetch,
                        **packed4_meta(packed4, cfg, out_features, k, x.is_cuda),
                        num_warps=cfg.num_warps, num_stages=cfg.num_stages, table=table)
+
+
+def one_group_per_tile(cfg: GemmConfig, bits: int, zeros: Optional[torch.Tensor], sym_zero: float,
+                       table: Optional[torch.Tensor], group_len: int) -> GemmConfig:
+    """The shipped tables are tuned at group 128. For affine 4-bit codes at group 64 under a 128-k tile
+    with BLOCK_M <= 16, cut BLOCK_K to 64 (one group per tile: the per-tile scale after the MMA instead
+    of per-word-row scales / zeros). H200 (``scripts/group_probe.py``, benchmarks/results/h200/lut_packed/):
+    1.03-1.5x faster at M = 1 and 16 on all 3 Llama-3-8B shapes probed, for asymmetric and symmetric
+    codes; slower at M = 64, for group 32 (32-k tiles) and mixed for lookup tables (not applied there)."""
+    if (table is None and cfg.block_m <= 16 and group_len == 64 and cfg.block_k == 128
+            and packed4_applies(bits, zeros, sym_zero, table, group_len, 64) and not cfg.prefetch):
+        return dataclasses.replace(cfg, block_k=64)
+    return cfg
 
 
 # Packed-path options (module level so a probe can switch one off and time the difference).
