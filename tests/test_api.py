@@ -102,3 +102,47 @@ def test_cli_tune_without_gpu_says_so(capsys):
 
     assert main(["tune", "--bits", "4"]) == 2
     assert "CUDA" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt,k_order", [
+    (lowbit.IntxFormat(4, 128), 1), (lowbit.IntxFormat(4, 64, True), 1), (lowbit.IntxFormat(4, None), 1),
+    (lowbit.IntxFormat(4, 128, zero_kind="float"), 0), (lowbit.IntxFormat(3, 128), 0),
+], ids=["w4-int-zero", "w4-sym", "w4-perchannel", "w4-float-zero", "w3"])
+def test_quantlinear_runtime_word_order(fmt, k_order):
+    """4-bit integer-zero weights run in the mma word order; the state dict, ``weight`` and a reload
+    still see the natural order; the caller's IntxWeight is untouched; outputs match the oracle."""
+    from lowbit.formats.intx import to_mma_words
+    from lowbit.nn import use_mma_words_
+
+    w = fmt.quantize(torch.randn(40, 200, generator=torch.Generator().manual_seed(0)) * 0.05).to(DEVICE)
+    natural = w.qweight.clone()
+    m = QuantLinear(w)
+    assert m.k_order == k_order and torch.equal(w.qweight, natural)
+    assert torch.equal(m.qweight, to_mma_words(natural) if k_order else natural)
+    assert torch.equal(m.weight.qweight, natural) and torch.equal(m.state_dict()["qweight"], natural)
+    x = torch.randn(5, 200, generator=torch.Generator().manual_seed(1)).to(DEVICE, torch.float16)
+    ref = x.float() @ w.dequantize().t()
+    assert_close_matmul(m(x), ref.half(), x, w.dequantize(), torch.float16)
+
+    # load a natural state dict into a module already in the mma order; the source dict is not modified
+    other = QuantLinear(fmt.quantize(torch.randn(40, 200) * 0.05).to(DEVICE))
+    sd = m.state_dict()
+    other.load_state_dict(sd)
+    assert torch.equal(sd["qweight"], natural) and torch.equal(other.qweight, m.qweight)
+    assert torch.equal(other(x), m(x))
+
+    # a module built on the meta device starts natural; use_mma_words_ converts it once it is filled
+    meta = QuantLinear(lowbit.IntxWeight(torch.empty_like(natural, device="meta"), w.scales.to("meta"),
+                                         None if w.zeros is None else w.zeros.to("meta"), w.bits, w.group_size,
+                                         w.in_features)).to_empty(device=DEVICE)
+    assert meta.k_order == 0
+    meta.load_state_dict(sd)
+    use_mma_words_(meta)
+    assert meta.k_order == k_order and torch.equal(meta.qweight, m.qweight)
+
+
+def test_w4a8_linear_keeps_natural_words():
+    from lowbit.nn_a8 import W4A8Linear
+
+    w = lowbit.IntxFormat(4, 128).quantize(torch.randn(32, 256) * 0.05)
+    assert W4A8Linear(w).k_order == 0

@@ -87,7 +87,7 @@ def test_e2e_through_the_triton_interpreter(tmp_path, monkeypatch):
     monkeypatch.delenv("LOWBIT_BACKEND", raising=False)
     calls = []
     for name, fn in list(ops._LAUNCHERS.items()):
-        monkeypatch.setitem(ops._LAUNCHERS, name, lambda *a, _n=name, _f=fn: calls.append(_n) or _f(*a))
+        monkeypatch.setitem(ops._LAUNCHERS, name, lambda *a, _n=name, _f=fn, **kw: calls.append(_n) or _f(*a, **kw))
     cfg = tmp_path / "micro.json"
     cfg.write_text(json.dumps(MICRO))
     rc = bench_main(["e2e", "--model", str(cfg), "--formats", "bf16,w4a16", "--dtype", "fp16", "--batch", "1",

@@ -191,3 +191,32 @@ def test_one_group_per_tile_rule():
     assert one_group_per_tile(small, 4, z, 8.0, None, 128) == small
     assert one_group_per_tile(small, 4, None, 0.0, torch.zeros(1, 1, 16), 64) == small  # LUT: mixed, kept
     assert one_group_per_tile(small, 3, z, 4.0, None, 64) == small
+
+
+@pytest.mark.parametrize("kind,config", [
+    ("gemm", GemmConfig(block_m=16, block_n=64, block_k=128, split_k=2)),             # packed, X in natural order
+    ("gemm", GemmConfig(block_m=16, block_n=128, block_k=64, split_k=1)),             # packed, 2 chunks per tile
+    ("gemm", GemmConfig(block_m=32, block_n=64, block_k=64, split_k=1, prefetch=True)),  # generic loop: X gathered
+    ("gemv", GemvConfig(block_n=64, block_k=128, split_k=2)),
+    ("gemv", GemvConfig(block_n=32, block_k=64, split_k=3, prefetch=True)),
+    ("dequant", None),
+], ids=["gemm-packed", "gemm-packed-bk64", "gemm-generic", "gemv", "gemv-prefetch", "dequant"])
+@pytest.mark.parametrize("group_size,symmetric", [(128, False), (64, True), (None, False)], ids=["g128", "g64-sym", "perchannel"])
+def test_mma_word_order_matches_natural(kind, config, group_size, symmetric):
+    """Every kernel reading 4-bit words in the mma word order (``formats.intx.to_mma_words``, k_order=1)
+    gives the natural-order result: the packed GEMM without its X permutation, the generic GEMM and the
+    GEMV gathering X through ``unpack.natural_k``, the dequant kernel scattering columns back."""
+    from lowbit.formats.intx import to_mma_words
+    from lowbit.kernels.dequant import dequant_matmul_wxa16
+
+    dtype = torch.float16
+    n, k = 72, 300
+    qw = _make(4, group_size, symmetric, "int", n, k, dtype, seed=11)
+    mma = to_mma_words(qw.qweight)
+    assert not torch.equal(mma, qw.qweight)
+    x = torch.randn(3 if kind == "gemv" else 20, k, generator=torch.Generator().manual_seed(1)).to(DEVICE, dtype)
+    launcher = {"gemm": gemm_wxa16, "gemv": gemv_wxa16, "dequant": dequant_matmul_wxa16}[kind]
+    gl = group_size or PER_CHANNEL_GROUP_LEN
+    args = (x, mma, qw.scales, qw.zeros, None, 4, gl, symmetric_zero(4), n)
+    y = launcher(*args, config=config, k_order=1)
+    assert_close_matmul(y, reference_linear(x, qw), x, qw.dequantize(), dtype)

@@ -31,7 +31,7 @@ from torch import nn
 from .convert.modules import PermutedQuantLinear
 from .errors import FormatError
 from .formats.intx import LAYOUT_VERSION, SCALE_DTYPES, IntxWeight, check_group_size, padded_k
-from .nn import QuantLinear
+from .nn import QuantLinear, use_mma_words_
 
 CHECKPOINT_FORMAT = "lowbit-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -278,7 +278,7 @@ def load_quantized(model: nn.Module, path: str, *, device=None) -> nn.Module:
         parent_name, _, child = fqn.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
     _load_tensors(model, path, weight_map, aliases, expected, device, safe_open)
-    return model
+    return use_mma_words_(model)  # modules created here start in the natural word order
 
 
 def _read_config(path: str) -> Dict:

@@ -3,6 +3,13 @@
 Buffers (the state dict): ``qweight`` int32 (Kp*bits//32, N), ``scales`` (G, N), ``zeros``
 (G, N, only when asymmetric) and ``bias`` (N,) when the source layer had one. Layout:
 ``lowbit.formats.intx``. forward(x[..., K]) -> y[..., N] through ``lowbit.ops``.
+
+Run-time word order: 4-bit weights with integer (or symmetric integer) zero points keep ``qweight``
+in the mma word order (``formats.intx.to_mma_words``: the packed GEMM then needs no per-tile
+activation permutation, 8-18 % faster at M = 1..16 on the H200). ``k_order`` says which order the
+buffer holds; the state dict, ``weight`` and checkpoints always see the natural order (converted on
+save and load). Modules built on the meta device start natural; ``use_mma_words_(model)`` converts
+them once their buffers are filled (``load_quantized`` and the HF loader call it).
 """
 from __future__ import annotations
 
@@ -11,22 +18,56 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .formats.intx import IntxFormat, IntxWeight
+from .formats.intx import IntxFormat, IntxWeight, from_mma_words, mma_words_apply, to_mma_words
 from .ops import linear_wxa16_auto
 from .tp import Shardable
 
 
 class QuantLinear(Shardable, nn.Module):
+    #: keep eligible 4-bit words in the mma word order at run time (subclasses with other kernels: False)
+    RUNTIME_MMA_WORDS = True
+
     def __init__(self, weight: IntxWeight, bias: Optional[torch.Tensor] = None) -> None:
         super().__init__()
         self.in_features = weight.in_features
         self.out_features = weight.out_features
         self.bits = weight.bits
         self.group_size = weight.group_size
+        self.k_order = 0  # 0: qweight in the natural word order, 1: mma word order
         self.register_buffer("qweight", weight.qweight)
         self.register_buffer("scales", weight.scales)
         self.register_buffer("zeros", weight.zeros)
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        if weight.qweight.device.type != "meta":
+            self.use_mma_words()
+
+    def mma_words_apply(self) -> bool:
+        """4-bit codes whose zero points are integers (the packed GEMM path's formats)."""
+        return self.RUNTIME_MMA_WORDS and mma_words_apply(self.bits, self.zeros)
+
+    @torch.no_grad()
+    def use_mma_words(self) -> None:
+        """Replace ``qweight`` (natural order) by its mma word order copy, when it applies (a new
+        tensor: the caller's ``IntxWeight`` is left untouched)."""
+        if self.k_order == 0 and self.mma_words_apply() and self.qweight.device.type != "meta":
+            self.qweight = to_mma_words(self.qweight)
+            self.k_order = 1
+
+    def _natural_qweight(self) -> torch.Tensor:
+        return from_mma_words(self.qweight) if self.k_order else self.qweight
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.k_order:
+            destination[prefix + "qweight"] = self._natural_qweight()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + "qweight"
+        if self.k_order and key in state_dict and state_dict[key].shape == self.qweight.shape:
+            state_dict = {**state_dict, key: to_mma_words(state_dict[key].to(self.qweight.device))}
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, fmt: IntxFormat) -> "QuantLinear":
@@ -35,12 +76,14 @@ class QuantLinear(Shardable, nn.Module):
 
     @property
     def weight(self) -> IntxWeight:
-        return IntxWeight(self.qweight, self.scales, self.zeros, self.bits, self.group_size, self.in_features)
+        """The packed weight in the natural word order (a converted copy while ``k_order`` is 1)."""
+        return IntxWeight(self._natural_qweight(), self.scales, self.zeros, self.bits, self.group_size,
+                          self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear_wxa16_auto(
             x, self.qweight, self.scales, self.zeros, self.bias, self.bits, self.group_size or 0,
-            self.in_features,
+            self.in_features, self.k_order,
         )
 
     def extra_repr(self) -> str:
@@ -48,3 +91,11 @@ class QuantLinear(Shardable, nn.Module):
         kind = "sym" if self.zeros is None else ("int-zero" if self.zeros.dtype == torch.uint8 else "float-zero")
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
                 f"group_size={gs}, {kind}, bias={self.bias is not None}")
+
+
+def use_mma_words_(model: nn.Module) -> nn.Module:
+    """``QuantLinear.use_mma_words`` on every QuantLinear of ``model`` (in place; returns it)."""
+    for module in model.modules():
+        if isinstance(module, QuantLinear):
+            module.use_mma_words()
+    return model

@@ -75,6 +75,8 @@ class Int8Linear(_W8A8Linear):
 class W4A8Linear(QuantLinear):
     """intx weights (bits <= 4, integer or symmetric zeros) x fp8 per-token activations."""
 
+    RUNTIME_MMA_WORDS = False  # the fp8 kernel reads the natural word order
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear_w4a8_fp8_auto(x, self.qweight, self.scales, self.zeros, self.bias, self.bits,
                                     self.group_size or 0, self.in_features)

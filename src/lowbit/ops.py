@@ -1,9 +1,10 @@
 """Public ops: the only entry to the kernels. Each is a torch.library custom op with a fake impl.
 
-``linear_wxa16(x, qweight, scales, zeros, bias, bits, group_size, in_features)``
+``linear_wxa16(x, qweight, scales, zeros, bias, bits, group_size, in_features, k_order=0)``
     y[..., N] = x[..., K] @ dequant(W)^T + bias for W in ``lowbit.formats.intx`` layout.
     ``group_size`` 0 means per-channel. Any leading dims on x; fp16/bf16 on the Triton kernels,
-    any float dtype on the reference backend.
+    any float dtype on the reference backend. ``k_order`` 1: 4-bit ``qweight`` in the mma word order
+    (``formats.intx.to_mma_words``, what ``QuantLinear`` keeps at run time).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 
 from . import dispatch
 from .errors import FormatError, InputError, UnsupportedError
-from .formats.intx import IntxWeight, padded_k, symmetric_zero
+from .formats.intx import IntxWeight, from_mma_words, padded_k, symmetric_zero
 from .kernels.dequant import dequant_matmul_wxa16
 from .kernels.gemm import gemm_wxa16
 from .kernels.gemv import gemv_wxa16
@@ -21,9 +22,11 @@ from .kernels.gemv import gemv_wxa16
 PER_CHANNEL_GROUP_LEN = 1 << 30  # what kernels see as the group length for per-channel weights
 
 
-def _validate_wxa16(x, qweight, scales, zeros, bias, bits, group_size, in_features) -> None:
+def _validate_wxa16(x, qweight, scales, zeros, bias, bits, group_size, in_features, k_order=0) -> None:
     if not 1 <= bits <= 8:
         raise FormatError(f"bits must be in 1..8, got {bits}")
+    if k_order not in (0, 1) or (k_order == 1 and bits != 4):
+        raise FormatError(f"k_order must be 0 (natural) or 1 (mma word order, 4-bit only); got {k_order} with bits={bits}")
     if group_size < 0 or group_size % 32:
         raise FormatError(f"group_size must be 0 (per-channel) or a positive multiple of 32, got {group_size}")
     check_x(x, in_features)
@@ -76,20 +79,23 @@ def flatten_apply(x: torch.Tensor, k: int, n: int, run) -> torch.Tensor:
     return run(x2d).reshape(*lead, n)
 
 
-def reference_wxa16(x2d, qweight, scales, zeros, bias, bits, group_size, in_features) -> torch.Tensor:
+def reference_wxa16(x2d, qweight, scales, zeros, bias, bits, group_size, in_features, k_order=0) -> torch.Tensor:
     """fp32 dequantize-then-matmul (the oracle, and the CPU backend)."""
+    if k_order:
+        qweight = from_mma_words(qweight)
     w = IntxWeight(qweight, scales, zeros, bits, group_size or None, in_features).dequantize(torch.float32)
     return dense_reference(x2d, w, bias, x2d.dtype)
 
 
-def _run_wxa16(x2d, qweight, scales, zeros, bias, bits, group_size, in_features) -> torch.Tensor:
+def _run_wxa16(x2d, qweight, scales, zeros, bias, bits, group_size, in_features, k_order=0) -> torch.Tensor:
     m, n = x2d.shape[0], qweight.shape[1]
     group_len = group_size or PER_CHANNEL_GROUP_LEN
     problem = dispatch.WxA16Problem(m, n, in_features, bits, group_len, x2d.dtype, x2d.device.type)
     backend = dispatch.select(problem)
     if backend == "reference":
-        return reference_wxa16(x2d, qweight, scales, zeros, bias, bits, group_size, in_features)
-    return _LAUNCHERS[backend](x2d, qweight, scales, zeros, bias, bits, group_len, symmetric_zero(bits), n)
+        return reference_wxa16(x2d, qweight, scales, zeros, bias, bits, group_size, in_features, k_order)
+    return _LAUNCHERS[backend](x2d, qweight, scales, zeros, bias, bits, group_len, symmetric_zero(bits), n,
+                               k_order=k_order)
 
 
 _LAUNCHERS = {"triton_gemv": gemv_wxa16, "triton_gemm": gemm_wxa16, "triton_dequant_mm": dequant_matmul_wxa16}
@@ -97,25 +103,26 @@ _LAUNCHERS = {"triton_gemv": gemv_wxa16, "triton_gemm": gemm_wxa16, "triton_dequ
 
 def linear_wxa16_eager(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
-    bias: Optional[torch.Tensor], bits: int, group_size: int, in_features: int,
+    bias: Optional[torch.Tensor], bits: int, group_size: int, in_features: int, k_order: int = 0,
 ) -> torch.Tensor:
     """The op's implementation, callable without the torch.library dispatch (eager fast path)."""
-    _validate_wxa16(x, qweight, scales, zeros, bias, bits, group_size, in_features)
+    _validate_wxa16(x, qweight, scales, zeros, bias, bits, group_size, in_features, k_order)
     return flatten_apply(x, in_features, qweight.shape[1],
-                         lambda x2d: _run_wxa16(x2d, qweight, scales, zeros, bias, bits, group_size, in_features))
+                         lambda x2d: _run_wxa16(x2d, qweight, scales, zeros, bias, bits, group_size, in_features,
+                                                k_order))
 
 
 @torch.library.custom_op("lowbit::linear_wxa16", mutates_args=())
 def linear_wxa16(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
-    bias: Optional[torch.Tensor], bits: int, group_size: int, in_features: int,
+    bias: Optional[torch.Tensor], bits: int, group_size: int, in_features: int, k_order: int = 0,
 ) -> torch.Tensor:
-    return linear_wxa16_eager(x, qweight, scales, zeros, bias, bits, group_size, in_features)
+    return linear_wxa16_eager(x, qweight, scales, zeros, bias, bits, group_size, in_features, k_order)
 
 
 @linear_wxa16.register_fake
-def _(x, qweight, scales, zeros, bias, bits, group_size, in_features):
-    _validate_wxa16(x, qweight, scales, zeros, bias, bits, group_size, in_features)
+def _(x, qweight, scales, zeros, bias, bits, group_size, in_features, k_order=0):
+    _validate_wxa16(x, qweight, scales, zeros, bias, bits, group_size, in_features, k_order)
     return x.new_empty((*x.shape[:-1], qweight.shape[1]))
 
 

@@ -127,6 +127,41 @@ def unpack(qweight: torch.Tensor, bits: int, kp: int) -> torch.Tensor:
     return q.t().to(torch.uint8).contiguous()
 
 
+# --- the "mma" word order of 4-bit codes (a runtime layout of ``QuantLinear``, never stored) ---
+#
+# Within every 32-k chunk the 32 codes are permuted so that storage slot s (word s // 8, nibble s % 8)
+# holds the code of input channel ``mma_natural_k(s)``: the packed GEMM's dequantization
+# (``kernels.unpack.dequant4_packed``) then yields the MMA fragment's columns in natural k order and the
+# activations need no per-tile permutation (``kernels.unpack.mma_k_order`` undone offline, as Marlin
+# does). With slot s = 32P + 8c + 4t + 2a + b: natural k = 32P + 16t + 8a + 2c + b.
+
+def mma_natural_k(k):
+    """Input channel whose code storage slot k holds in the mma word order (int or integer tensor)."""
+    return (k & -32) | ((k & 6) << 2) | ((k >> 2) & 6) | (k & 1)
+
+
+def mma_words_apply(bits: int, zeros: Optional[torch.Tensor]) -> bool:
+    """Whether lowbit runs this weight in the mma word order: 4-bit codes with integer (uint8) or
+    symmetric zero points, the formats of the packed GEMM path."""
+    return bits == 4 and (zeros is None or zeros.dtype == torch.uint8)
+
+
+def to_mma_words(qweight: torch.Tensor) -> torch.Tensor:
+    """4-bit qweight (Kp/8, N) in the natural order -> the same codes in the mma word order."""
+    kp = qweight.shape[0] * 8
+    slots = mma_natural_k(torch.arange(kp, device=qweight.device))
+    return pack(unpack(qweight, 4, kp)[:, slots], 4)
+
+
+def from_mma_words(qweight: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``to_mma_words``."""
+    kp = qweight.shape[0] * 8
+    codes = unpack(qweight, 4, kp)
+    natural = torch.empty_like(codes)
+    natural[:, mma_natural_k(torch.arange(kp, device=qweight.device))] = codes
+    return pack(natural, 4)
+
+
 def _round_scale_up(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Cast fp32 scales to ``dtype`` never rounding down (so the code range still covers the group)."""
     st = s.to(dtype)

@@ -31,7 +31,7 @@ from transformers.quantizers.base import HfQuantizer
 from ..checkpoint import CheckpointError
 from ..convert import awq_to_intx, gptq_to_intx, quant_linear
 from ..errors import FormatError, UnsupportedError
-from ..nn import QuantLinear
+from ..nn import QuantLinear, use_mma_words_
 from .config import LowbitConfig, QUANT_METHOD, foreign_params
 from .modules import (
     REQUIRED, STAGED, PackedStage, checkpoint_key, default_skips, entry_for, linear_targets, meta_quant_module,
@@ -274,6 +274,7 @@ class LowbitHfQuantizer(HfQuantizer):
                 for name, b in m.named_buffers(recurse=False) if b.device.type == "meta"]
         if meta:
             raise CheckpointError(getattr(model.config, "_name_or_path", "?"), missing=meta)
+        use_mma_words_(model)  # QuantLinears filled on the meta device hold the natural word order
         qc.modules = module_entries(model)
         qc.checkpoint_format = "lowbit"
         model.config.quantization_config = qc  # transformers 4.x gave the model a copy made before loading

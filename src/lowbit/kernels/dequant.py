@@ -16,7 +16,8 @@ import triton.language as tl
 from ..errors import UnsupportedError
 from .launch import table_strides
 from .unpack import (
-    codes_from_words_nk, dequant_tile, group_params, load_codes_nk, lut_dequant_tile, plane_constexprs, table_base,
+    codes_from_words_nk, dequant_tile, group_params, load_codes_nk, lut_dequant_tile, natural_k, plane_constexprs,
+    table_base,
 )
 
 
@@ -27,7 +28,7 @@ def dequantize_intx_kernel(
     stride_qk, stride_sg, stride_tg, stride_tn, stride_wn, stride_qe, stride_se, stride_we,
     GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
     HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, INT_ZERO: tl.constexpr, LUT: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MMA_WORDS: tl.constexpr = False,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -48,6 +49,7 @@ def dequantize_intx_kernel(
         w = lut_dequant_tile(q, t_ptr, tb, s[:, None], mask_n[:, None], w_ptr.dtype.element_ty)
     else:
         w = dequant_tile(q, s[:, None], z[:, None], INT_ZERO, w_ptr.dtype.element_ty)
+    offs_k = natural_k(offs_k, MMA_WORDS)  # column of W the code at each storage slot belongs to
     tl.store(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :], w,
              mask=mask_n[:, None] & (offs_k < K)[None, :])
 
@@ -59,8 +61,9 @@ def int_zero(zeros: Optional[torch.Tensor], sym_zero: float) -> bool:
 
 def dequantize_intx(qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor], bits: int,
                     group_len: int, sym_zero: float, in_features: int, dtype: torch.dtype,
-                    table: Optional[torch.Tensor] = None) -> torch.Tensor:
+                    table: Optional[torch.Tensor] = None, k_order: int = 0) -> torch.Tensor:
     """Dense (N, K) weight in ``dtype`` (fp16/bf16) on the weight's device; ``table``: LUT codes;
+    ``k_order`` 1: 4-bit words in the mma word order (``formats.intx.to_mma_words``);
     stacked experts (qweight (E, Kp*bits/32, N), scales/zeros (E, G, N)) give (E, N, K) in one launch."""
     experts = qweight.shape[0] if qweight.dim() == 3 else 0
     if experts and table is not None:
@@ -78,13 +81,14 @@ def dequantize_intx(qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional
         qweight, scales, zeros if zeros is not None else scales, table if table is not None else scales, w,
         n, in_features, kp, qweight.stride(-2), scales.stride(-2), stride_tg, stride_tn, w.stride(-2), *e_strides,
         GROUP_LEN=group_len, **plane_constexprs(bits), HAS_ZEROS=zeros is not None, SYM_ZERO=sym_zero,
-        INT_ZERO=int_zero(zeros, sym_zero), LUT=table is not None, BLOCK_N=64, BLOCK_K=block_k, num_warps=4,
+        INT_ZERO=int_zero(zeros, sym_zero), LUT=table is not None, BLOCK_N=64, BLOCK_K=block_k,
+        MMA_WORDS=bool(k_order), num_warps=4,
     )
     return w
 
 
 def dequant_matmul_wxa16(x, qweight, scales, zeros, bias, bits, group_len, sym_zero, out_features, config=None,
-                         table=None):
+                         table=None, k_order=0):
     """x (M, K) -> (M, N) via a dense dequantized weight and cuBLAS (same signature as the GEMM launcher)."""
-    w = dequantize_intx(qweight, scales, zeros, bits, group_len, sym_zero, x.shape[1], x.dtype, table)
+    w = dequantize_intx(qweight, scales, zeros, bits, group_len, sym_zero, x.shape[1], x.dtype, table, k_order)
     return torch.nn.functional.linear(x, w, bias)

@@ -21,7 +21,7 @@ from .epilogue import grouped_tile_ids, split_k_tiles, write_linear_output
 from .launch import launch_intx, resolve_config
 from .unpack import (
     codes_from_words_nk, dequant4_packed, dequant_tile, fragment_channels, fragment_rows, group_params, load_codes_nk,
-    lut4_packed, lut4_table_words, lut_dequant_tile, mma_k_order, register_anchor, table_base,
+    lut4_packed, lut4_table_words, lut_dequant_tile, mma_k_order, natural_k, register_anchor, table_base,
 )
 
 
@@ -44,11 +44,14 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
                     HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, LUT: tl.constexpr, INT_ZERO: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr,
                     PACKED4: tl.constexpr = False, INLINE_ASM: tl.constexpr = False,
-                    EVEN_K: tl.constexpr = False, ROW_REPS: tl.constexpr = 0, SCALE_AFTER: tl.constexpr = False):
+                    EVEN_K: tl.constexpr = False, ROW_REPS: tl.constexpr = 0, SCALE_AFTER: tl.constexpr = False,
+                    MMA_WORDS: tl.constexpr = False):
     """Y^T tile [BLOCK_N, BLOCK_M] (fp32) over the K tiles [t0, t1): rows ``offs_m`` of X (any row
     indices: the grouped kernel passes gathered token rows) times output channels ``offs_n`` of W.
     PACKED4 (4-bit codes, integer zeros, GROUP_LEN % BLOCK_K == 0, BLOCK_K % 32 == 0): the packed
-    dequantization of ``unpack.dequant4_packed`` (PTX when INLINE_ASM), K in ``mma_k_order``."""
+    dequantization of ``unpack.dequant4_packed`` (PTX when INLINE_ASM), K in ``mma_k_order``.
+    MMA_WORDS: 4-bit words in the mma word order (``formats.intx.to_mma_words``): the packed path takes
+    X in natural order, the generic one gathers X rows through ``unpack.natural_k``."""
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     if PACKED4:
         # GPT groups per K tile (GROUP_LEN < BLOCK_K, GROUP_LEN % 32 == 0): scales per word-row
@@ -98,10 +101,12 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
                 w = lut4_packed(words, t_ptr, t_rows, tw, s, x_ptr.dtype.element_ty, INLINE_ASM, not POST_SCALE)
             else:
                 w = dequant4_packed(words, s, z, x_ptr.dtype.element_ty, INLINE_ASM, not POST_SCALE)
+            if not MMA_WORDS:  # natural-order words: permute X to the fragment's k order every tile
+                xt = mma_k_order(xt, BLOCK_K)
             if POST_SCALE:  # one scale per row and K tile: scale the tile's product, not each weight
-                acc += tl.reshape(s, (BLOCK_N,))[:, None] * tl.dot(w, mma_k_order(xt, BLOCK_K))
+                acc += tl.reshape(s, (BLOCK_N,))[:, None] * tl.dot(w, xt)
             else:
-                acc += tl.dot(w, mma_k_order(xt, BLOCK_K))
+                acc += tl.dot(w, xt)
         return acc
     # software pipelining by hand: the next tile's words are in flight while this one is used
     w0, w1, w2 = load_codes_nk(qw_ptr, t0 * BLOCK_K, offs_n, mask_n, stride_qk, Kp, tl.where(t0 < t1, Kp, 0),
@@ -115,8 +120,9 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
             w0, w1, w2 = load_codes_nk(qw_ptr, k0, offs_n, mask_n, stride_qk, Kp, Kp, P0, P1, P2, BLOCK_K)
             n0, n1, n2 = w0, w1, w2
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None] * stride_xk,
-                     mask=mask_m[None, :] & (offs_k[:, None] < K), other=0.0)  # [BLOCK_K, BLOCK_M]
+        xk = natural_k(offs_k, MMA_WORDS)
+        xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + xk[:, None] * stride_xk,
+                     mask=mask_m[None, :] & (xk[:, None] < K), other=0.0)  # [BLOCK_K, BLOCK_M]
         q = codes_from_words_nk(w0, w1, w2, P0, P1, P2, BLOCK_N, BLOCK_K)
         w0, w1, w2 = n0, n1, n2
         if GROUP_LEN % BLOCK_K == 0:
@@ -151,7 +157,7 @@ def gemm_wxa16_kernel(
     SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, PREFETCH: tl.constexpr,
     PACKED4: tl.constexpr = False, INLINE_ASM: tl.constexpr = False,
     EVEN_N: tl.constexpr = False, EVEN_K: tl.constexpr = False, ROW_REPS: tl.constexpr = 0,
-    SCALE_AFTER: tl.constexpr = False,
+    SCALE_AFTER: tl.constexpr = False, MMA_WORDS: tl.constexpr = False,
 ):
     """Computes the tile transposed, Y^T[BLOCK_N, BLOCK_M] = W[BLOCK_N, :] @ X[BLOCK_M, :]^T: the
     dequantized weights are the register A operand and the tokens the MMA's N side, so Hopper's
@@ -170,7 +176,8 @@ def gemm_wxa16_kernel(
     acc = gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, mask_n, K, Kp, t0, t1,
                           stride_xm, stride_xk, stride_qk, stride_sg, stride_tg, stride_tn,
                           GROUP_LEN, P0, P1, P2, HAS_ZEROS, SYM_ZERO, LUT, INT_ZERO,
-                          BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, PACKED4, INLINE_ASM, EVEN_K, ROW_REPS, SCALE_AFTER)
+                          BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, PACKED4, INLINE_ASM, EVEN_K, ROW_REPS, SCALE_AFTER,
+                          MMA_WORDS)
     if ROW_REPS > 0:
         offs_n = fragment_channels(offs_n, ROW_REPS)
         mask_n = fragment_channels(mask_n, ROW_REPS)
@@ -189,9 +196,10 @@ def heuristic_config(m: int, n: int, k: int, group_len: int) -> GemmConfig:
 def gemm_wxa16(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
     bias: Optional[torch.Tensor], bits: int, group_len: int, sym_zero: float, out_features: int,
-    config: Optional[GemmConfig] = None, table: Optional[torch.Tensor] = None,
+    config: Optional[GemmConfig] = None, table: Optional[torch.Tensor] = None, k_order: int = 0,
 ) -> torch.Tensor:
-    """x (M, K) fp16/bf16 -> (M, N). Inputs already validated by ``lowbit.ops``; ``table``: LUT mode."""
+    """x (M, K) fp16/bf16 -> (M, N). Inputs already validated by ``lowbit.ops``; ``table``: LUT mode;
+    ``k_order`` 1: 4-bit words in the mma word order (``formats.intx.to_mma_words``)."""
     m, k = x.shape
     if config is None:
         cfg = resolve_config("gemm", GemmConfig, heuristic_config, m, out_features, k, bits, group_len, x)
@@ -203,7 +211,7 @@ def gemm_wxa16(
     return launch_intx(gemm_wxa16_kernel, grid, x, qweight, scales, zeros, bias, bits, group_len, sym_zero,
                        out_features, cfg.split_k, INT_ZERO=int_zero(zeros, sym_zero), BLOCK_M=cfg.block_m,
                        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, PREFETCH=cfg.prefetch,
-                       **packed4_meta(packed4, cfg, out_features, k, x.is_cuda),
+                       **packed4_meta(packed4, cfg, out_features, k, x.is_cuda), MMA_WORDS=bool(k_order),
                        num_warps=cfg.num_warps, num_stages=cfg.num_stages, table=table)
 
 

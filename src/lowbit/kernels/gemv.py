@@ -25,7 +25,7 @@ import triton.language as tl
 
 from .epilogue import split_k_tiles, write_linear_output
 from .launch import launch_intx, resolve_config
-from .unpack import align_plane_rows, group_params, load_codes_nk, lut_lookup, table_base
+from .unpack import align_plane_rows, group_params, load_codes_nk, lut_lookup, natural_k, table_base
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def _x_slice(x_ptr, kk, offs_m, mask_m, K, stride_xm, stride_xk, EVEN_K: tl.cons
 @triton.jit
 def _plane_tile(words, magic, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk,
                 P: tl.constexpr, OFF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-                EVEN_K: tl.constexpr):
+                EVEN_K: tl.constexpr, MMA_WORDS: tl.constexpr = False):
     """(2**OFF * sum_j x[m, k0 + r*PER + j] * field_j(words[n, r]) -> fp32 [BLOCK_M, BLOCK_N, ROWS],
         sum_j x[m, k0 + r*PER + j] -> fp32 [BLOCK_M, ROWS]).
 
@@ -76,7 +76,8 @@ def _plane_tile(words, magic, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk
             SH = POS - 12
             field = (shifted & (MASK << SH)) | magic
         v = field.to(tl.float32, bitcast=True) - 8388608.0
-        xj = _x_slice(x_ptr, k0 + r * PER + j, offs_m, mask_m, K, stride_xm, stride_xk, EVEN_K)
+        xj = _x_slice(x_ptr, natural_k(k0 + r * PER + j, MMA_WORDS), offs_m, mask_m, K, stride_xm, stride_xk,
+                      EVEN_K)
         tile += (xj * ((1 << OFF) / (1 << SH)))[:, None, :] * v[None, :, :]
         xsum += xj
     return tile, xsum
@@ -139,7 +140,8 @@ def gemv_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
                     GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
                     HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, LUT: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    NUM_STAGES: tl.constexpr, PREFETCH: tl.constexpr, EVEN_K: tl.constexpr):
+                    NUM_STAGES: tl.constexpr, PREFETCH: tl.constexpr, EVEN_K: tl.constexpr,
+                    MMA_WORDS: tl.constexpr = False):
     """Y tile [BLOCK_M, BLOCK_N] (fp32) over the K tiles [t0, t1): rows ``offs_m`` of X (any row
     indices: the grouped kernel passes gathered token rows) times output channels ``offs_n`` of W."""
     # per-plane accumulators keep the word-row axis: the cross-thread sum over it happens once
@@ -170,7 +172,7 @@ def gemv_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
             acc0 += part * s0
         else:
             part, xsum = _plane_tile(w0, magic, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk, P0, 0,
-                                     BLOCK_M, BLOCK_K, EVEN_K)
+                                     BLOCK_M, BLOCK_K, EVEN_K, MMA_WORDS)
             acc0 += (part - xsum[:, None, :] * z0) * s0  # the zero-point term rides on plane 0's rows
         if P1 > 0 and not LUT:
             s1, _ = _row_params(s_ptr, z_ptr, k0, offs_n, mask_n, Kp, stride_sg, GROUP_LEN, HAS_ZEROS,
@@ -203,7 +205,7 @@ def gemv_wxa16_kernel(
     GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
     HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, LUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    NUM_STAGES: tl.constexpr, PREFETCH: tl.constexpr, EVEN_K: tl.constexpr,
+    NUM_STAGES: tl.constexpr, PREFETCH: tl.constexpr, EVEN_K: tl.constexpr, MMA_WORDS: tl.constexpr = False,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -215,7 +217,7 @@ def gemv_wxa16_kernel(
     acc = gemv_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, mask_n, K, Kp, t0, t1,
                           stride_xm, stride_xk, stride_qk, stride_sg, stride_tg, stride_tn, magic,
                           GROUP_LEN, P0, P1, P2, HAS_ZEROS, SYM_ZERO, LUT,
-                          BLOCK_M, BLOCK_N, BLOCK_K, NUM_STAGES, PREFETCH, EVEN_K)
+                          BLOCK_M, BLOCK_N, BLOCK_K, NUM_STAGES, PREFETCH, EVEN_K, MMA_WORDS)
     write_linear_output(acc, b_ptr, y_ptr, offs_m, mask_m, offs_n, mask_n, stride_ym, ws_ptr, stride_ws, cnt_ptr,
                         pid_n, pid_k, HAS_BIAS, SPLIT_K, False)
 
@@ -244,7 +246,7 @@ def heuristic_config(m: int, n: int, k: int, group_len: int, num_sms: int = 132)
 def gemv_wxa16(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
     bias: Optional[torch.Tensor], bits: int, group_len: int, sym_zero: float, out_features: int,
-    config: Optional[GemvConfig] = None, table: Optional[torch.Tensor] = None,
+    config: Optional[GemvConfig] = None, table: Optional[torch.Tensor] = None, k_order: int = 0,
 ) -> torch.Tensor:
     """x (M <= 8, K) fp16/bf16 -> (M, N). Inputs already validated by ``lowbit.ops``; ``table``
     (``lowbit.formats.lut``) switches to lookup-table dequantization (``zeros`` must be None)."""
@@ -259,5 +261,5 @@ def gemv_wxa16(
                        out_features, cfg.split_k, BLOCK_M=max(1, triton.next_power_of_2(m)),
                        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                        NUM_STAGES=1 if cfg.prefetch else cfg.num_stages, PREFETCH=cfg.prefetch,
-                       EVEN_K=k % cfg.block_k == 0, magic=FLOAT_2_23_BITS,
+                       EVEN_K=k % cfg.block_k == 0, magic=FLOAT_2_23_BITS, MMA_WORDS=bool(k_order),
                        num_warps=cfg.num_warps, num_stages=cfg.num_stages, table=table)

@@ -93,6 +93,16 @@ def dequant_tile(q, s, z, INT_ZERO: tl.constexpr, OUT_DTYPE: tl.constexpr):
 # --- lookup-table (non-uniform) codes: w = table[tg, tn, q] * s (layout: ``lowbit.formats.lut``) ---
 
 @triton.jit
+def natural_k(k, MMA_WORDS: tl.constexpr):
+    """Input channel multiplied by the code at storage slot k: k itself, or for 4-bit words in the mma
+    word order (``lowbit.formats.intx.to_mma_words``) the permutation inside each 32-k chunk."""
+    if MMA_WORDS:
+        return (k & -32) | ((k & 6) << 2) | ((k >> 2) & 6) | (k & 1)
+    else:
+        return k
+
+
+@triton.jit
 def register_anchor(s_ptr, g, offs_n, mask, stride_sg):
     """fp32 zeros shaped like ``group_params``' scales, made from a 1-byte load of the scale row (never
     folded). The symmetric packed path builds its zero point from it: an in-loop load among the asm

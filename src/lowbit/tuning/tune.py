@@ -17,7 +17,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
-from ..formats.intx import IntxFormat, symmetric_zero
+from ..formats.intx import IntxFormat, mma_words_apply, symmetric_zero, to_mma_words
 from ..kernels.dequant import dequant_matmul_wxa16
 from ..kernels.gemm import GemmConfig, gemm_wxa16
 from ..kernels.gemv import MAX_M as GEMV_MAX_M, GemvConfig, gemv_wxa16
@@ -66,12 +66,18 @@ def gemm_candidates(m: int) -> List[GemmConfig]:
 
 
 def _problem(bits: int, n: int, k: int, group: int, dtype: torch.dtype, copies: int):
+    """(the weight in the natural order, ``copies`` run copies in the word order QuantLinear uses)."""
     fmt = IntxFormat(bits, group, False, "int", dtype)
     w = torch.randn(n, k, device="cuda") * 0.02
     base = fmt.quantize(w)
-    qws = [base] + [dataclasses.replace(base, qweight=base.qweight.clone(), scales=base.scales.clone(),
-                                        zeros=base.zeros.clone()) for _ in range(copies - 1)]
+    run = dataclasses.replace(base, qweight=to_mma_words(base.qweight)) if _k_order(base) else base
+    qws = [run] + [dataclasses.replace(run, qweight=run.qweight.clone(), scales=run.scales.clone(),
+                                       zeros=run.zeros.clone()) for _ in range(copies - 1)]
     return base, qws
+
+
+def _k_order(qw) -> int:
+    return int(mma_words_apply(qw.bits, qw.zeros))
 
 
 def _kernel_name(cfg) -> str:
@@ -81,7 +87,7 @@ def _kernel_name(cfg) -> str:
 def _call(cfg, x, qw):
     launcher = {"gemv": gemv_wxa16, "gemm": gemm_wxa16, "dequant_mm": dequant_matmul_wxa16}[_kernel_name(cfg)]
     return launcher(x, qw.qweight, qw.scales, qw.zeros, None, qw.bits, qw.group_len,
-                    symmetric_zero(qw.bits), qw.out_features, config=cfg)
+                    symmetric_zero(qw.bits), qw.out_features, config=cfg, k_order=_k_order(qw))
 
 
 def _tasks(bits_list, shapes, ms, group) -> List[Tuple[int, int, int, int, object]]:
@@ -105,7 +111,7 @@ def _compile_worker(args):
     for bits, n, k, m, cfg in tasks:
         key = (bits, n, k)
         if key not in done:
-            done[key] = _problem(bits, n, k, group, dtype, 1)[0]
+            done[key] = _problem(bits, n, k, group, dtype, 1)[1][0]
         x = torch.randn(m, k, device="cuda", dtype=dtype)
         try:
             _call(cfg, x, done[key])
@@ -141,7 +147,7 @@ def tune(bits_list: Sequence[int], shapes: Sequence[Tuple[int, int]], ms: Sequen
                 results = []
                 for bits_, n_, k_, m_, cfg in _tasks([bits], [(n, k)], [m], group):
                     try:
-                        y = _call(cfg, x, base).float()
+                        y = _call(cfg, x, qws[0]).float()
                         if not ((y - ref).norm() / ref.norm()).item() < 2e-2:
                             raise ValueError("wrong result")
                         us = timer.kernel_us([lambda q=q: _call(cfg, x, q) for q in qws], Cost("tune", 0, 0))
