@@ -362,3 +362,27 @@ def test_gpu_cuda_graph_replay_with_new_routing(t):
         g.replay()
         torch.cuda.synchronize()
         torch.testing.assert_close(out, ops.grouped_gemm(x, w, topk_ids=ids, topk_weights=wts), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cfg", list(CONFIGS) + ["dequant-mm"], ids=list(CONFIGS) + ["dequant-mm"])
+def test_mma_word_order_experts(cfg):
+    """Expert words in the mma word order (k_order=1, what QuantMoEExperts runs): every loop of the grouped
+    kernel and the dequantize + grouped-mm path give the natural-order result."""
+    from lowbit.formats.intx import from_mma_words, to_mma_words
+
+    counts = [3, 0, 18, 2]
+    w = _weights(seed=5)
+    mma = to_mma_words(w.qweight)
+    assert torch.equal(from_mma_words(mma), w.qweight) and not torch.equal(mma, w.qweight)
+    x = _x(sum(counts))
+    w_mma = IntxExpertWeights(mma, w.scales, w.zeros, w.bits, w.group_size, w.in_features)
+    if cfg == "dequant-mm":
+        if not (DEVICE == "cuda" and hasattr(torch, "_grouped_mm")):
+            pytest.skip("torch._grouped_mm needs CUDA")
+        y = dequant_grouped_mm(x, mma, w.scales, w.zeros, None, 4, w.group_size, symmetric_zero(4), _offsets(counts),
+                               k_order=1)
+    else:
+        y = _launch(x, w_mma, _offsets(counts), CONFIGS[cfg], k_order=1)
+    _assert_close(y, _oracle(x, w, counts), x, w, torch.float16)
+    y_op = ops.grouped_gemm(x, w_mma, _offsets(counts), k_order=1)
+    _assert_close(y_op, _oracle(x, w, counts), x, w, torch.float16)

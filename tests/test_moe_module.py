@@ -201,3 +201,23 @@ def test_gpu_bf16_blocks(tokens):
         x = torch.randn(1, tokens, 64, device="cuda", dtype=torch.bfloat16)  # transformers' blocks take (B, T, H)
         with torch.no_grad():
             _assert_close(q(x), _dequantized_copy(block, q)(x), torch.bfloat16)
+
+
+def test_experts_runtime_word_order_and_natural_state_dict():
+    """QuantMoEExperts runs 4-bit integer-zero experts in the mma word order; its state dict, gate_up /
+    down properties and a reload keep the natural order."""
+    from lowbit.formats.intx import to_mma_words
+    from lowbit.formats.intx_experts import quantize_experts
+    from lowbit.nn_moe import QuantMoEExperts
+
+    fmt = lowbit.IntxFormat(4, 64)
+    gu = quantize_experts(fmt, torch.randn(3, 64, 96) * 0.05)
+    dn = quantize_experts(fmt, torch.randn(3, 96, 32) * 0.05)
+    m = QuantMoEExperts(gu, dn)
+    assert m.gate_up_k_order == m.down_k_order == 1
+    assert torch.equal(m.gate_up_qweight, to_mma_words(gu.qweight)) and torch.equal(m.gate_up.qweight, gu.qweight)
+    sd = m.state_dict()
+    assert torch.equal(sd["gate_up_qweight"], gu.qweight) and torch.equal(sd["down_qweight"], dn.qweight)
+    other = QuantMoEExperts(quantize_experts(fmt, torch.randn(3, 64, 96)), quantize_experts(fmt, torch.randn(3, 96, 32)))
+    other.load_state_dict(sd)
+    assert torch.equal(other.down_qweight, m.down_qweight) and torch.equal(sd["down_qweight"], dn.qweight)

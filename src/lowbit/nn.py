@@ -94,8 +94,9 @@ class QuantLinear(Shardable, nn.Module):
 
 
 def use_mma_words_(model: nn.Module) -> nn.Module:
-    """``QuantLinear.use_mma_words`` on every QuantLinear of ``model`` (in place; returns it)."""
+    """``use_mma_words`` on every lowbit module of ``model`` that has it (QuantLinear, the MoE experts),
+    in place; returns it."""
     for module in model.modules():
-        if isinstance(module, QuantLinear):
+        if callable(getattr(module, "use_mma_words", None)):
             module.use_mma_words()
     return model

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UnsupportedError
-from .formats.intx import IntxFormat
+from .formats.intx import IntxFormat, from_mma_words, mma_words_apply, to_mma_words
 from .formats.intx_experts import IntxExpertWeights, quantize_experts
 from .nn import QuantLinear
 from .ops_moe import grouped_gemm_wxa16_auto, moe_align
@@ -48,10 +48,41 @@ class QuantMoEExperts(nn.Module):
         self.intermediate_dim = down.in_features
         self.bits, self.group_size = gate_up.bits, gate_up.group_size
         self.down_bits, self.down_group_size = down.bits, down.group_size
+        self.gate_up_k_order = self.down_k_order = 0  # word order of each qweight buffer (lowbit.nn)
         for name, w in (("gate_up", gate_up), ("down", down)):
             self.register_buffer(f"{name}_qweight", w.qweight)
             self.register_buffer(f"{name}_scales", w.scales)
             self.register_buffer(f"{name}_zeros", w.zeros)
+        self.use_mma_words()
+
+    @torch.no_grad()
+    def use_mma_words(self) -> None:
+        """4-bit integer-zero experts in the mma word order at run time (as ``QuantLinear``)."""
+        for name, bits in (("gate_up", self.bits), ("down", self.down_bits)):
+            q = getattr(self, f"{name}_qweight")
+            if (getattr(self, f"{name}_k_order") == 0 and q.device.type != "meta"
+                    and mma_words_apply(bits, getattr(self, f"{name}_zeros"))):
+                setattr(self, f"{name}_qweight", to_mma_words(q))
+                setattr(self, f"{name}_k_order", 1)
+
+    def _natural(self, name: str) -> torch.Tensor:
+        q = getattr(self, f"{name}_qweight")
+        return from_mma_words(q) if getattr(self, f"{name}_k_order") else q
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name in ("gate_up", "down"):
+            if getattr(self, f"{name}_k_order"):
+                destination[f"{prefix}{name}_qweight"] = self._natural(name)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        for name in ("gate_up", "down"):
+            key, q = f"{prefix}{name}_qweight", getattr(self, f"{name}_qweight")
+            if getattr(self, f"{name}_k_order") and key in state_dict and state_dict[key].shape == q.shape:
+                state_dict = {**state_dict, key: to_mma_words(state_dict[key].to(q.device))}
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     @classmethod
     def from_dense(cls, gate_up: torch.Tensor, down: torch.Tensor, fmt: IntxFormat) -> "QuantMoEExperts":
@@ -60,12 +91,12 @@ class QuantMoEExperts(nn.Module):
 
     @property
     def gate_up(self) -> IntxExpertWeights:
-        return IntxExpertWeights(self.gate_up_qweight, self.gate_up_scales, self.gate_up_zeros, self.bits,
+        return IntxExpertWeights(self._natural("gate_up"), self.gate_up_scales, self.gate_up_zeros, self.bits,
                                  self.group_size, self.hidden_dim)
 
     @property
     def down(self) -> IntxExpertWeights:
-        return IntxExpertWeights(self.down_qweight, self.down_scales, self.down_zeros, self.down_bits,
+        return IntxExpertWeights(self._natural("down"), self.down_scales, self.down_zeros, self.down_bits,
                                  self.down_group_size, self.intermediate_dim)
 
     def shard(self, rank: int, world_size: int) -> "QuantMoEExperts":
@@ -81,12 +112,12 @@ class QuantMoEExperts(nn.Module):
         sorted_ids, offsets = moe_align(top_k_index, self.num_experts)
         h = grouped_gemm_wxa16_auto(hidden_states, self.gate_up_qweight, self.gate_up_scales, self.gate_up_zeros,
                                     None, self.bits, self.group_size or 0, self.hidden_dim, offsets, sorted_ids, k,
-                                    True, False, None)  # (T*k, 2I), expert order
+                                    True, False, None, self.gate_up_k_order)  # (T*k, 2I), expert order
         a = F.silu(h[:, : self.intermediate_dim]) * h[:, self.intermediate_dim:]
         rw = None if top_k_weights is None else top_k_weights.reshape(-1)
         y = grouped_gemm_wxa16_auto(a, self.down_qweight, self.down_scales, self.down_zeros, None, self.down_bits,
                                     self.down_group_size or 0, self.intermediate_dim, offsets, sorted_ids, k, False,
-                                    True, rw)  # (T*k, H), pair order, routing weights applied
+                                    True, rw, self.down_k_order)  # (T*k, H), pair order, routing weights applied
         return y.view(t, k, y.shape[-1]).sum(dim=1)
 
     def extra_repr(self) -> str:

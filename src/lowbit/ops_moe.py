@@ -32,7 +32,7 @@ import torch
 
 from .dispatch import KERNEL_DTYPES, eager_unless_compiling, forced_family, triton_available
 from .errors import FormatError, InputError, UnsupportedError
-from .formats.intx import IntxWeight, padded_k, symmetric_zero
+from .formats.intx import IntxWeight, from_mma_words, padded_k, symmetric_zero
 from .formats.intx_experts import IntxExpertWeights
 from .kernels.grouped import dequant_grouped_mm, expected_active, grouped_mm_available, grouped_wxa16
 from .ops import PER_CHANNEL_GROUP_LEN
@@ -42,9 +42,11 @@ DEQUANT_GROUPED_MIN_ROWS = 256  # rows per active expert from which dequantize +
 
 
 def _validate_grouped(x, qweight, scales, zeros, bias, bits, group_size, in_features, expert_offsets, sorted_ids,
-                      topk, gather, row_weights) -> None:
+                      topk, gather, row_weights, k_order=0) -> None:
     if not 1 <= bits <= 8:
         raise FormatError(f"bits must be in 1..8, got {bits}")
+    if k_order not in (0, 1) or (k_order == 1 and bits != 4):
+        raise FormatError(f"k_order must be 0 (natural) or 1 (mma word order, 4-bit only); got {k_order} with bits={bits}")
     if group_size < 0 or group_size % 32:
         raise FormatError(f"group_size must be 0 (per-channel) or a positive multiple of 32, got {group_size}")
     if not x.is_floating_point() or x.dim() != 2 or x.shape[1] != in_features:
@@ -183,10 +185,11 @@ def select_grouped(p: GroupedProblem, family: str, fused: bool = False) -> str:
 
 
 def grouped_gemm_wxa16_eager(x, qweight, scales, zeros, bias, bits, group_size, in_features, expert_offsets,
-                             sorted_ids=None, topk=1, gather=False, scatter=False, row_weights=None) -> torch.Tensor:
+                             sorted_ids=None, topk=1, gather=False, scatter=False, row_weights=None,
+                             k_order=0) -> torch.Tensor:
     """The op's implementation without the torch.library dispatch (eager fast path)."""
     _validate_grouped(x, qweight, scales, zeros, bias, bits, group_size, in_features, expert_offsets, sorted_ids,
-                      topk, gather, row_weights)
+                      topk, gather, row_weights, k_order)
     rows = x.shape[0] if sorted_ids is None else sorted_ids.numel()
     n = qweight.shape[2]
     if rows == 0:
@@ -194,10 +197,11 @@ def grouped_gemm_wxa16_eager(x, qweight, scales, zeros, bias, bits, group_size, 
     p = GroupedProblem(rows, qweight.shape[0], n, in_features, bits, topk, x.dtype, x.device.type)
     backend = select_grouped(p, forced_family(), fused_only())
     if backend == "reference":
-        return reference_grouped(x, qweight, scales, zeros, bias, bits, group_size, in_features, expert_offsets,
-                                 sorted_ids, topk, gather, scatter, row_weights)
+        return reference_grouped(x, from_mma_words(qweight) if k_order else qweight, scales, zeros, bias, bits,
+                                 group_size, in_features, expert_offsets, sorted_ids, topk, gather, scatter, row_weights)
     return _LAUNCHERS[backend](x, qweight, scales, zeros, bias, bits, group_size or PER_CHANNEL_GROUP_LEN,
-                               symmetric_zero(bits), expert_offsets, sorted_ids, topk, gather, scatter, row_weights)
+                               symmetric_zero(bits), expert_offsets, sorted_ids, topk, gather, scatter, row_weights,
+                               k_order=k_order)
 
 
 @torch.library.custom_op("lowbit::grouped_gemm_wxa16", mutates_args=())
@@ -205,16 +209,17 @@ def grouped_gemm_wxa16(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
     bias: Optional[torch.Tensor], bits: int, group_size: int, in_features: int, expert_offsets: torch.Tensor,
     sorted_ids: Optional[torch.Tensor], topk: int, gather: bool, scatter: bool, row_weights: Optional[torch.Tensor],
+    k_order: int = 0,
 ) -> torch.Tensor:
     return grouped_gemm_wxa16_eager(x, qweight, scales, zeros, bias, bits, group_size, in_features, expert_offsets,
-                                    sorted_ids, topk, gather, scatter, row_weights)
+                                    sorted_ids, topk, gather, scatter, row_weights, k_order)
 
 
 @grouped_gemm_wxa16.register_fake
 def _(x, qweight, scales, zeros, bias, bits, group_size, in_features, expert_offsets, sorted_ids, topk, gather,
-      scatter, row_weights):
+      scatter, row_weights, k_order=0):
     _validate_grouped(x, qweight, scales, zeros, bias, bits, group_size, in_features, expert_offsets, sorted_ids,
-                      topk, gather, row_weights)
+                      topk, gather, row_weights, k_order)
     rows = x.shape[0] if sorted_ids is None else sorted_ids.numel()
     return x.new_empty((rows, qweight.shape[2]))
 
@@ -241,9 +246,10 @@ def _weights_args(w: IntxExpertWeights):
 def grouped_gemm(
     x: torch.Tensor, weights: IntxExpertWeights, expert_offsets: Optional[torch.Tensor] = None, *,
     topk_ids: Optional[torch.Tensor] = None, topk_weights: Optional[torch.Tensor] = None,
-    row_weights: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+    row_weights: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None, k_order: int = 0,
 ) -> torch.Tensor:
-    """Grouped low-bit GEMM over experts (one launch for all experts).
+    """Grouped low-bit GEMM over experts (one launch for all experts). ``k_order`` 1: ``weights.qweight``
+    holds 4-bit words in the mma word order (``formats.intx.to_mma_words``, what ``QuantMoE`` runs).
 
     * ``expert_offsets`` (E+1,): x (P, K) already sorted by expert -> (P, N); ``row_weights`` (P,)
       optionally scale each row in the epilogue.
@@ -255,7 +261,7 @@ def grouped_gemm(
     meta = (weights.bits, weights.group_size or 0, weights.in_features)
     if expert_offsets is not None:
         return grouped_gemm_wxa16_auto(x, *_weights_args(weights), bias, *meta, expert_offsets, None, 1, False,
-                                       False, row_weights)
+                                       False, row_weights, k_order)
     if topk_ids.dim() != 2 or topk_ids.shape[0] != x.shape[0]:
         raise InputError(f"topk_ids must be (T, k) with T = x's rows {x.shape[0]}, got {tuple(topk_ids.shape)}")
     t, k = topk_ids.shape
@@ -263,5 +269,6 @@ def grouped_gemm(
         raise InputError(f"topk_weights must have shape {(t, k)}, got {tuple(topk_weights.shape)}")
     sorted_ids, offsets = moe_align(topk_ids, weights.num_experts)
     rw = None if topk_weights is None else topk_weights.reshape(-1)
-    y = grouped_gemm_wxa16_auto(x, *_weights_args(weights), bias, *meta, offsets, sorted_ids, k, True, True, rw)
+    y = grouped_gemm_wxa16_auto(x, *_weights_args(weights), bias, *meta, offsets, sorted_ids, k, True, True, rw,
+                                k_order)
     return y.view(t, k, y.shape[-1]).sum(dim=1)

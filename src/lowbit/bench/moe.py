@@ -92,17 +92,23 @@ def _loop(counts: List[int], fn: Callable[[int, int, int], torch.Tensor]) -> Lis
 def bind_method(name: str, qw, w_dense: torch.Tensor, pt: Point, shape: MoeShape):
     """(weights to copy for cold timing, run(weights) -> Y, bytes per stored weight element)."""
     from .. import ops
+    from ..formats.intx import mma_words_apply, to_mma_words
 
+    if name.startswith("lowbit"):  # the word order QuantMoE / QuantLinear run (lowbit.nn)
+        ko = int(mma_words_apply(qw.bits, qw.zeros))
+        if ko:
+            qw = type(qw)(to_mma_words(qw.qweight), qw.scales, qw.zeros, qw.bits, qw.group_size, qw.in_features)
     if name == "lowbit":
-        return qw, lambda w: ops.grouped_gemm(pt.xs, w, pt.offsets), qw.bits / 8
+        return qw, lambda w: ops.grouped_gemm(pt.xs, w, pt.offsets, k_order=ko), qw.bits / 8
     if name == "lowbit_topk":
-        return qw, lambda w: ops.grouped_gemm(pt.x, w, topk_ids=pt.ids, topk_weights=pt.weights), qw.bits / 8
+        return qw, lambda w: ops.grouped_gemm(pt.x, w, topk_ids=pt.ids, topk_weights=pt.weights, k_order=ko), \
+            qw.bits / 8
     if name == "lowbit_loop":
         meta = (qw.bits, qw.group_size or 0, qw.in_features)
 
         def run_loop(w):
             return _loop(pt.counts, lambda e, a, b: ops.linear_wxa16_eager(
-                pt.xs[a:b], w.qweight[e], w.scales[e], None if w.zeros is None else w.zeros[e], None, *meta))
+                pt.xs[a:b], w.qweight[e], w.scales[e], None if w.zeros is None else w.zeros[e], None, *meta, ko))
         return qw, run_loop, qw.bits / 8
     esize = w_dense.element_size()
     if name == "cublas":

@@ -146,20 +146,37 @@ def mma_words_apply(bits: int, zeros: Optional[torch.Tensor]) -> bool:
     return bits == 4 and (zeros is None or zeros.dtype == torch.uint8)
 
 
-def to_mma_words(qweight: torch.Tensor) -> torch.Tensor:
-    """4-bit qweight (Kp/8, N) in the natural order -> the same codes in the mma word order."""
+def _words_2d(convert, qweight: torch.Tensor) -> torch.Tensor:
+    """Apply a (Kp/8, N) word conversion to qweight [..., Kp/8, N] (stacked experts: E leading)."""
+    if qweight.dim() == 2:
+        return convert(qweight)
+    flat = qweight.movedim(-2, 0)
+    out = convert(flat.reshape(flat.shape[0], -1)).reshape(flat.shape)
+    return out.movedim(0, -2).contiguous()
+
+
+def _to_mma_2d(qweight: torch.Tensor) -> torch.Tensor:
     kp = qweight.shape[0] * 8
     slots = mma_natural_k(torch.arange(kp, device=qweight.device))
     return pack(unpack(qweight, 4, kp)[:, slots], 4)
 
 
-def from_mma_words(qweight: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``to_mma_words``."""
+def _from_mma_2d(qweight: torch.Tensor) -> torch.Tensor:
     kp = qweight.shape[0] * 8
     codes = unpack(qweight, 4, kp)
     natural = torch.empty_like(codes)
     natural[:, mma_natural_k(torch.arange(kp, device=qweight.device))] = codes
     return pack(natural, 4)
+
+
+def to_mma_words(qweight: torch.Tensor) -> torch.Tensor:
+    """4-bit qweight [..., Kp/8, N] in the natural order -> the same codes in the mma word order."""
+    return _words_2d(_to_mma_2d, qweight)
+
+
+def from_mma_words(qweight: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``to_mma_words``."""
+    return _words_2d(_from_mma_2d, qweight)
 
 
 def _round_scale_up(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -79,6 +79,7 @@ def grouped_wxa16_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, NUM_STAGES: tl.constexpr, EVEN_K: tl.constexpr,
     PACKED4: tl.constexpr = False, INLINE_ASM: tl.constexpr = False, ROW_REPS: tl.constexpr = 0,
+    MMA_WORDS: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -111,7 +112,7 @@ def grouped_wxa16_kernel(
         acc = gemm_accumulate(x_ptr, qw_e, s_e, z_e, s_e, src, mask_m, offs_n, mask_n, K, Kp, t0, t1,
                               stride_xm, stride_xk, stride_qk, stride_sg, 0, 0, GROUP_LEN, P0, P1, P2, HAS_ZEROS,
                               SYM_ZERO, False, INT_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, False, PACKED4, INLINE_ASM, EVEN_K,
-                              ROW_REPS)
+                              ROW_REPS, MMA_WORDS=MMA_WORDS)
         if ROW_REPS > 0:  # the packed path's accumulator rows are in MMA fragment order
             offs_n = fragment_channels(offs_n, ROW_REPS)
             mask_n = fragment_channels(mask_n, ROW_REPS)
@@ -119,7 +120,7 @@ def grouped_wxa16_kernel(
         acc = tl.trans(gemv_accumulate(x_ptr, qw_e, s_e, z_e, s_e, src, mask_m, offs_n, mask_n, K, Kp, t0, t1,
                                        stride_xm, stride_xk, stride_qk, stride_sg, 0, 0, magic, GROUP_LEN,
                                        P0, P1, P2, HAS_ZEROS, SYM_ZERO, False, BLOCK_M, BLOCK_N, BLOCK_K,
-                                       NUM_STAGES, False, EVEN_K))
+                                       NUM_STAGES, False, EVEN_K, MMA_WORDS))
     # acc: Y^T tile [BLOCK_N, BLOCK_M]
     bias = tl.zeros((BLOCK_N, 1), dtype=tl.float32)
     if HAS_BIAS:
@@ -184,9 +185,10 @@ def grouped_wxa16(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
     bias: Optional[torch.Tensor], bits: int, group_len: int, sym_zero: float, expert_offsets: torch.Tensor,
     sorted_ids: Optional[torch.Tensor] = None, topk: int = 1, gather: bool = False, scatter: bool = False,
-    row_weights: Optional[torch.Tensor] = None, config: Optional[GroupedConfig] = None,
+    row_weights: Optional[torch.Tensor] = None, config: Optional[GroupedConfig] = None, k_order: int = 0,
 ) -> torch.Tensor:
-    """-> Y (rows, N), rows = len(sorted_ids) or x's rows. Inputs already validated by ``lowbit.ops``."""
+    """-> Y (rows, N), rows = len(sorted_ids) or x's rows. Inputs already validated by ``lowbit.ops``;
+    ``k_order`` 1: 4-bit expert words in the mma word order (``formats.intx.to_mma_words``)."""
     e, _, n = qweight.shape
     k = x.shape[1]
     rows = sorted_ids.numel() if sorted_ids is not None else x.shape[0]
@@ -214,7 +216,7 @@ def grouped_wxa16(
         E_POW2=triton.next_power_of_2(e), NUM_TILES=tiles, MMA=cfg.mma,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k, GROUP_M=cfg.group_m,
         NUM_STAGES=cfg.num_stages, EVEN_K=k % cfg.block_k == 0, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        **grouped_packed4_meta(cfg, bits, zeros, sym_zero, group_len, x.is_cuda),
+        **grouped_packed4_meta(cfg, bits, zeros, sym_zero, group_len, x.is_cuda), MMA_WORDS=bool(k_order),
     )
     return y
 
@@ -231,14 +233,14 @@ def dequant_grouped_mm(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
     bias: Optional[torch.Tensor], bits: int, group_len: int, sym_zero: float, expert_offsets: torch.Tensor,
     sorted_ids: Optional[torch.Tensor] = None, topk: int = 1, gather: bool = False, scatter: bool = False,
-    row_weights: Optional[torch.Tensor] = None, config: Optional[GroupedConfig] = None,
+    row_weights: Optional[torch.Tensor] = None, config: Optional[GroupedConfig] = None, k_order: int = 0,
 ) -> torch.Tensor:
     """Large rows per expert: every expert dequantized to a dense (E, N, K) bf16 buffer (the Triton
     dequant kernel) + ``torch._grouped_mm`` (cuBLAS-class grouped GEMM, device offsets, no sync).
     Same contract as ``grouped_wxa16``; needs expert_offsets[0] == 0."""
     e = qweight.shape[0]
     k = x.shape[1]
-    w = dequantize_intx(qweight, scales, zeros, bits, group_len, sym_zero, k, x.dtype)  # (E, N, K), one launch
+    w = dequantize_intx(qweight, scales, zeros, bits, group_len, sym_zero, k, x.dtype, None, k_order)  # (E, N, K)
     xs = x.index_select(0, (sorted_ids // topk).long()) if gather else x.contiguous()
     offs = expert_offsets[1:].to(torch.int32)
     y = torch._grouped_mm(xs, w.transpose(1, 2), offs=offs)
