@@ -237,6 +237,9 @@ def test_heuristic_picks_the_loop_by_rows_per_expert(rows, experts, topk, mma, b
     cfg = heuristic_config(rows, experts, 14336, 4096, 128, topk=topk)
     assert (cfg.mma, cfg.block_m) == (mma, block_m)
     assert cfg.split_k * rows * 14336 * 4 <= (256 << 20) or cfg.split_k == 1
+    packed = heuristic_config(rows, experts, 14336, 4096, 128, topk=topk, packed4=True)
+    assert packed.mma and packed.block_m == (block_m if mma else 16)
+    assert packed.block_k == (128 if packed.block_m <= 64 else 64)
 
 
 def test_reference_backend_matches_triton(monkeypatch):

@@ -153,7 +153,8 @@ def heuristic_config(rows: int, experts: int, n: int, k: int, group_len: int, nu
     block_k = 128
     while group_len % block_k:
         block_k //= 2
-    if per_expert <= GEMV_MAX_ROWS:
+    packed_mma = packed4 and group_len % 128 == 0
+    if per_expert <= GEMV_MAX_ROWS and not packed_mma:
         # room above the mean: an expert with more rows than BLOCK_M streams its weights once per tile
         bm = 1 if per_expert <= 1.05 else min(8, triton.next_power_of_2(math.ceil(1.5 * per_expert)))
         cfg = dict(mma=False, block_m=bm, block_n=64)
@@ -165,7 +166,9 @@ def heuristic_config(rows: int, experts: int, n: int, k: int, group_len: int, nu
         # BLOCK_M 32 on (8 do not), and BLOCK_M 128 needs BLOCK_K 64 as well
         if bm >= 32:
             cfg.update(num_warps=8)
-        if packed4 and bm <= 64 and group_len % 128 == 0:
+        # packed 4-bit: 16-row MMA tiles also for a few rows per expert (the dense path's M = 1..8 winner,
+        # H200: the CUDA-core loop ran Mixtral T = 8 at 2x the time of a loop of dense W4A16 calls)
+        if packed_mma and bm <= 64:
             # packed dequant (sm_90 compile check, gather + scatter + row weights): 16x64x128 x 4 warps
             # 128 registers, 32x128x128 x 8 warps 145, 64x64x128 x 8 warps 171, no spills
             block_k = 128
