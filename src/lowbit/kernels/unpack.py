@@ -230,16 +230,18 @@ def dequant4_packed(words, s, z, OUT_DTYPE: tl.constexpr, INLINE_ASM: tl.constex
                 asm, "=r,=r,=r,=r,r,r,r",
                 [words, _pair16(s, tl.bfloat16), _pair16(-(z + 128.0), tl.bfloat16)],
                 dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
-        p0 = _halves(e0, OUT_DTYPE)
-        p1 = _halves(e1, OUT_DTYPE)
-        p2 = _halves(e2, OUT_DTYPE)
-        p3 = _halves(e3, OUT_DTYPE)
+        w = _asm_columns(e0, e1, e2, e3, OUT_DTYPE)
     else:
-        p0 = _byte_pair(words, 0, s, z, OUT_DTYPE, SCALED)
-        p1 = _byte_pair(words, 1, s, z, OUT_DTYPE, SCALED)
-        p2 = _byte_pair(words, 2, s, z, OUT_DTYPE, SCALED)
-        p3 = _byte_pair(words, 3, s, z, OUT_DTYPE, SCALED)
-    return _mma_columns(p0, p1, p2, p3)
+        w = _mma_columns(_byte_pair(words, 0, s, z, OUT_DTYPE, SCALED), _byte_pair(words, 1, s, z, OUT_DTYPE, SCALED),
+                         _byte_pair(words, 2, s, z, OUT_DTYPE, SCALED), _byte_pair(words, 3, s, z, OUT_DTYPE, SCALED))
+    return w
+
+
+@triton.jit
+def _asm_columns(e0, e1, e2, e3, OUT_DTYPE: tl.constexpr):
+    """The four int32 outputs of a packed dequantization asm (two OUT_DTYPE halves each) -> ``_mma_columns``."""
+    return _mma_columns(_halves(e0, OUT_DTYPE), _halves(e1, OUT_DTYPE), _halves(e2, OUT_DTYPE),
+                        _halves(e3, OUT_DTYPE))
 
 
 @triton.jit
@@ -360,16 +362,13 @@ def lut4_packed(words, t_ptr, rows, tw, s, OUT_DTYPE: tl.constexpr, INLINE_ASM: 
                 LUT4_Q, "=r,=r,=r,=r,r,r,r,r,r,r,r,r,r",
                 [words, tw[0], tw[1], tw[2], tw[3], tw[4], tw[5], tw[6], tw[7]],
                 dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
-        p0 = _halves(e0, OUT_DTYPE)
-        p1 = _halves(e1, OUT_DTYPE)
-        p2 = _halves(e2, OUT_DTYPE)
-        p3 = _halves(e3, OUT_DTYPE)
+        w = _asm_columns(e0, e1, e2, e3, OUT_DTYPE)
     else:
-        p0 = _lut_byte_pair(words, 0, t_ptr, rows, s, OUT_DTYPE, SCALED)
-        p1 = _lut_byte_pair(words, 1, t_ptr, rows, s, OUT_DTYPE, SCALED)
-        p2 = _lut_byte_pair(words, 2, t_ptr, rows, s, OUT_DTYPE, SCALED)
-        p3 = _lut_byte_pair(words, 3, t_ptr, rows, s, OUT_DTYPE, SCALED)
-    return _mma_columns(p0, p1, p2, p3)
+        w = _mma_columns(_lut_byte_pair(words, 0, t_ptr, rows, s, OUT_DTYPE, SCALED),
+                         _lut_byte_pair(words, 1, t_ptr, rows, s, OUT_DTYPE, SCALED),
+                         _lut_byte_pair(words, 2, t_ptr, rows, s, OUT_DTYPE, SCALED),
+                         _lut_byte_pair(words, 3, t_ptr, rows, s, OUT_DTYPE, SCALED))
+    return w
 
 
 @triton.jit
