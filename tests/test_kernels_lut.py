@@ -200,3 +200,20 @@ def test_lut_packed4_gemm(config, fmt, n, k):
     bias = torch.randn(n, generator=torch.Generator().manual_seed(3)).to(DEVICE, torch.float16)
     y = _launch("gemm", x, qw, bias, config)
     assert_close_matmul(y, reference_linear(x, qw, bias), x, qw.dequantize(), torch.float16)
+
+
+@pytest.mark.parametrize("fmt", [pytest.param(NF4Format(64), id="nf4"),
+                                 pytest.param(CodebookFormat(4, 64, "row", iters=4), id="cb4-row"),
+                                 pytest.param(CodebookFormat(4, 64, "group", torch.float16, iters=4), id="cb4-group")])
+@pytest.mark.parametrize("m", [1, 20])
+def test_lutlinear_runs_mma_word_order(fmt, m):
+    """LutLinear keeps 4-bit codes in the mma word order (GEMV, packed and generic GEMM read it), its
+    state dict and ``weight`` stay natural."""
+    from lowbit.formats.intx import to_mma_words
+
+    qw = _make(fmt, 72, 300, torch.float16, seed=9)
+    mod = LutLinear(qw)
+    assert mod.k_order == 1 and torch.equal(mod.qweight, to_mma_words(qw.qweight))
+    assert torch.equal(mod.state_dict()["qweight"], qw.qweight) and torch.equal(mod.weight.qweight, qw.qweight)
+    x = torch.randn(m, 300, generator=torch.Generator().manual_seed(m)).to(DEVICE, torch.float16)
+    assert_close_matmul(mod(x), reference_linear(x, qw), x, qw.dequantize(), torch.float16)

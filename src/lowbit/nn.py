@@ -23,7 +23,39 @@ from .ops import linear_wxa16_auto
 from .tp import Shardable
 
 
-class QuantLinear(Shardable, nn.Module):
+class MmaWordsBuffer:
+    """Mixin of modules with a 4-bit ``qweight`` buffer kept in the mma word order at run time
+    (``formats.intx.to_mma_words``): ``k_order`` says which order the buffer holds, the state dict
+    always has the natural one. The class defines ``mma_words_apply()``."""
+
+    k_order = 0  # 0: qweight in the natural word order, 1: mma word order
+
+    @torch.no_grad()
+    def use_mma_words(self) -> None:
+        """Replace ``qweight`` (natural order) by its mma word order copy, when it applies (a new
+        tensor: the caller's weight object is left untouched)."""
+        if self.k_order == 0 and self.mma_words_apply() and self.qweight.device.type != "meta":
+            self.qweight = to_mma_words(self.qweight)
+            self.k_order = 1
+
+    def _natural_qweight(self) -> torch.Tensor:
+        return from_mma_words(self.qweight) if self.k_order else self.qweight
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.k_order:
+            destination[prefix + "qweight"] = self._natural_qweight()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + "qweight"
+        if self.k_order and key in state_dict and state_dict[key].shape == self.qweight.shape:
+            state_dict = {**state_dict, key: to_mma_words(state_dict[key].to(self.qweight.device))}
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+
+class QuantLinear(MmaWordsBuffer, Shardable, nn.Module):
     #: keep eligible 4-bit words in the mma word order at run time (subclasses with other kernels: False)
     RUNTIME_MMA_WORDS = True
 
@@ -44,30 +76,6 @@ class QuantLinear(Shardable, nn.Module):
     def mma_words_apply(self) -> bool:
         """4-bit codes whose zero points are integers (the packed GEMM path's formats)."""
         return self.RUNTIME_MMA_WORDS and mma_words_apply(self.bits, self.zeros)
-
-    @torch.no_grad()
-    def use_mma_words(self) -> None:
-        """Replace ``qweight`` (natural order) by its mma word order copy, when it applies (a new
-        tensor: the caller's ``IntxWeight`` is left untouched)."""
-        if self.k_order == 0 and self.mma_words_apply() and self.qweight.device.type != "meta":
-            self.qweight = to_mma_words(self.qweight)
-            self.k_order = 1
-
-    def _natural_qweight(self) -> torch.Tensor:
-        return from_mma_words(self.qweight) if self.k_order else self.qweight
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self.k_order:
-            destination[prefix + "qweight"] = self._natural_qweight()
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        key = prefix + "qweight"
-        if self.k_order and key in state_dict and state_dict[key].shape == self.qweight.shape:
-            state_dict = {**state_dict, key: to_mma_words(state_dict[key].to(self.qweight.device))}
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, fmt: IntxFormat) -> "QuantLinear":

@@ -2,7 +2,8 @@
 
 Buffers (the state dict): ``qweight`` int32 (Kp*bits//32, N), ``scales`` (G, N), ``table``
 (Gt, Nt, 2**bits) and ``bias`` (N,) when the source layer had one. forward(x[..., K]) -> y[..., N]
-through ``lowbit::linear_luta16``.
+through ``lowbit::linear_luta16``. 4-bit codes run in the mma word order (``lowbit.nn.MmaWordsBuffer``);
+the state dict and ``weight`` keep the natural order.
 """
 from __future__ import annotations
 
@@ -12,20 +13,25 @@ import torch
 from torch import nn
 
 from .formats.lut import LutWeight
+from .nn import MmaWordsBuffer
 from .ops_lut import linear_luta16_auto
 from .tp import Shardable
 
 
-class LutLinear(Shardable, nn.Module):
+class LutLinear(MmaWordsBuffer, Shardable, nn.Module):
     def __init__(self, weight: LutWeight, bias: Optional[torch.Tensor] = None) -> None:
         super().__init__()
         self.in_features = weight.in_features
         self.out_features = weight.out_features
         self.bits = weight.bits
         self.group_size = weight.group_size
+        self.k_order = 0
         for name, t in {**weight.tensors(), "bias": None if bias is None else bias.detach().clone()}.items():
             self.register_buffer(name, t)
+        self.use_mma_words()
 
+    def mma_words_apply(self) -> bool:
+        return self.bits == 4
     @classmethod
     def from_linear(cls, linear: nn.Linear, fmt) -> "LutLinear":
         """Quantize ``linear.weight`` with a LUT format (NF4Format, Fp4Format, CodebookFormat)."""
@@ -33,11 +39,12 @@ class LutLinear(Shardable, nn.Module):
 
     @property
     def weight(self) -> LutWeight:
-        return LutWeight(self.qweight, self.scales, self.table, self.bits, self.group_size, self.in_features)
+        return LutWeight(self._natural_qweight(), self.scales, self.table, self.bits, self.group_size,
+                         self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear_luta16_auto(x, self.qweight, self.scales, self.table, self.bias, self.bits,
-                                  self.group_size or 0, self.in_features)
+                                  self.group_size or 0, self.in_features, self.k_order)
 
     def extra_repr(self) -> str:
         gs = "per-channel" if self.group_size is None else self.group_size

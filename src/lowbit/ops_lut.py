@@ -13,6 +13,7 @@ import torch
 
 from . import dispatch
 from .errors import UnsupportedError
+from .formats.intx import from_mma_words
 from .formats.lut import LutWeight, check_lut_tensors
 from .kernels.dequant import dequant_matmul_wxa16
 from .kernels.gemm import gemm_wxa16
@@ -22,25 +23,28 @@ from .ops import PER_CHANNEL_GROUP_LEN, _validate_wxa16, dense_reference, flatte
 _LAUNCHERS = {"triton_gemv": gemv_wxa16, "triton_gemm": gemm_wxa16, "triton_dequant_mm": dequant_matmul_wxa16}
 
 
-def _validate_luta16(x, qweight, scales, table, bias, bits, group_size, in_features) -> None:
-    _validate_wxa16(x, qweight, scales, None, bias, bits, group_size, in_features)
+def _validate_luta16(x, qweight, scales, table, bias, bits, group_size, in_features, k_order=0) -> None:
+    _validate_wxa16(x, qweight, scales, None, bias, bits, group_size, in_features, k_order)
     check_lut_tensors(qweight, scales, table, bits, group_size or None, in_features)
     if table.device != x.device:
         raise UnsupportedError(f"table is on {table.device} but x is on {x.device}; move the module to x's device")
 
 
-def reference_luta16(x2d, qweight, scales, table, bias, bits, group_size, in_features) -> torch.Tensor:
+def reference_luta16(x2d, qweight, scales, table, bias, bits, group_size, in_features, k_order=0) -> torch.Tensor:
     """fp32 dequantize-then-matmul (the oracle, and the CPU backend)."""
+    if k_order:
+        qweight = from_mma_words(qweight)
     w = LutWeight(qweight, scales, table, bits, group_size or None, in_features).dequantize(torch.float32)
     return dense_reference(x2d, w, bias, x2d.dtype)
 
 
 def linear_luta16_eager(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, table: torch.Tensor,
-    bias: Optional[torch.Tensor], bits: int, group_size: int, in_features: int,
+    bias: Optional[torch.Tensor], bits: int, group_size: int, in_features: int, k_order: int = 0,
 ) -> torch.Tensor:
-    """The op's implementation without the torch.library dispatch (eager fast path)."""
-    _validate_luta16(x, qweight, scales, table, bias, bits, group_size, in_features)
+    """The op's implementation without the torch.library dispatch (eager fast path). ``k_order`` 1:
+    4-bit words in the mma word order (``formats.intx.to_mma_words``)."""
+    _validate_luta16(x, qweight, scales, table, bias, bits, group_size, in_features, k_order)
     n = qweight.shape[1]
     group_len = group_size or PER_CHANNEL_GROUP_LEN
 
@@ -48,8 +52,9 @@ def linear_luta16_eager(
         problem = dispatch.WxA16Problem(x2d.shape[0], n, in_features, bits, group_len, x2d.dtype, x2d.device.type)
         backend = dispatch.select_lut(problem)
         if backend == "reference":
-            return reference_luta16(x2d, qweight, scales, table, bias, bits, group_size, in_features)
-        return _LAUNCHERS[backend](x2d, qweight, scales, None, bias, bits, group_len, 0.0, n, table=table)
+            return reference_luta16(x2d, qweight, scales, table, bias, bits, group_size, in_features, k_order)
+        return _LAUNCHERS[backend](x2d, qweight, scales, None, bias, bits, group_len, 0.0, n, table=table,
+                                   k_order=k_order)
 
     return flatten_apply(x, in_features, n, run)
 
@@ -57,14 +62,14 @@ def linear_luta16_eager(
 @torch.library.custom_op("lowbit::linear_luta16", mutates_args=())
 def linear_luta16(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, table: torch.Tensor,
-    bias: Optional[torch.Tensor], bits: int, group_size: int, in_features: int,
+    bias: Optional[torch.Tensor], bits: int, group_size: int, in_features: int, k_order: int = 0,
 ) -> torch.Tensor:
-    return linear_luta16_eager(x, qweight, scales, table, bias, bits, group_size, in_features)
+    return linear_luta16_eager(x, qweight, scales, table, bias, bits, group_size, in_features, k_order)
 
 
 @linear_luta16.register_fake
-def _(x, qweight, scales, table, bias, bits, group_size, in_features):
-    _validate_luta16(x, qweight, scales, table, bias, bits, group_size, in_features)
+def _(x, qweight, scales, table, bias, bits, group_size, in_features, k_order=0):
+    _validate_luta16(x, qweight, scales, table, bias, bits, group_size, in_features, k_order)
     return x.new_empty((*x.shape[:-1], qweight.shape[1]))
 
 

@@ -11,6 +11,7 @@ from typing import Callable, Tuple
 
 import torch
 
+from ..formats.intx import to_mma_words
 from ..formats.lut import CodebookFormat, Fp4Format, NF4Format
 from .cases import PEER, Bound, Case, OpSpec, ShapeData, register
 
@@ -33,12 +34,14 @@ class LutOurs(Case):
         qw = self.make_format(data.spec.group_size, data.spec.dtype).quantize(data.w_ref)
         bits, gs, k = qw.bits, qw.group_size or 0, qw.in_features
         w_ref = qw.dequantize(torch.float32)
+        k_order = int(bits == 4)  # the word order LutLinear runs (lowbit.nn_lut)
+        qweight = to_mma_words(qw.qweight) if k_order else qw.qweight
 
         def run(x, w):
-            return linear_luta16(x, w[0], w[1], w[2], None, bits, gs, k)
+            return linear_luta16(x, w[0], w[1], w[2], None, bits, gs, k, k_order)
 
         e = torch.empty((), dtype=data.spec.dtype).element_size()
-        return Bound((qw.qweight, qw.scales, qw.table), run, qw.ideal_nbytes(), e, e, data.spec.dtype,
+        return Bound((qweight, qw.scales, qw.table), run, qw.ideal_nbytes(), e, e, data.spec.dtype,
                      reference=lambda x: x.float() @ w_ref.t(), note=f"table {tuple(qw.table.shape)}")
 
 

@@ -115,7 +115,8 @@ def _row_table(k0, offs_n, mask_n, Kp, stride_tg, stride_tn, GROUP_LEN: tl.const
 
 @triton.jit
 def _lut_tile(w0, w1, w2, t_ptr, tbase, tmask, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk,
-              P0: tl.constexpr, P1: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+              P0: tl.constexpr, P1: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+              MMA_WORDS: tl.constexpr = False):
     """sum_j x[m, k0 + r*PER + j] * table[tbase + q(n, r, j)] -> fp32 [BLOCK_M, BLOCK_N, ROWS], q the
     whole code (plane 0 field | plane 1 field << P0; codes of <= 4 bits have at most two planes)."""
     PER: tl.constexpr = 32 // P0
@@ -129,7 +130,7 @@ def _lut_tile(w0, w1, w2, t_ptr, tbase, tmask, x_ptr, k0, offs_m, mask_m, K, str
         if P1 > 0:
             q |= ((hi >> (j * P1)) & ((1 << P1) - 1)) << P0
         v = lut_lookup(t_ptr, tbase, q, tmask)
-        xj = _x_slice(x_ptr, k0 + r * PER + j, offs_m, mask_m, K, stride_xm, stride_xk, False)
+        xj = _x_slice(x_ptr, natural_k(k0 + r * PER + j, MMA_WORDS), offs_m, mask_m, K, stride_xm, stride_xk, False)
         tile += xj[:, None, :] * v[None, :, :]
     return tile
 
@@ -168,7 +169,7 @@ def gemv_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
         if LUT:  # whole codes through the table: no per-plane linearity
             tb, tm = _row_table(k0, offs_n, mask_n, Kp, stride_tg, stride_tn, GROUP_LEN, P0, BLOCK_K)
             part = _lut_tile(w0, w1, w2, t_ptr, tb, tm, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk,
-                             P0, P1, BLOCK_M, BLOCK_K)
+                             P0, P1, BLOCK_M, BLOCK_K, MMA_WORDS)
             acc0 += part * s0
         else:
             part, xsum = _plane_tile(w0, magic, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk, P0, 0,
