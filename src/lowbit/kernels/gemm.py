@@ -221,7 +221,9 @@ def one_group_per_tile(cfg: GemmConfig, bits: int, zeros: Optional[torch.Tensor]
     with BLOCK_M <= 16, cut BLOCK_K to 64 (one group per tile: the per-tile scale after the MMA instead
     of per-word-row scales / zeros). H200 (``scripts/group_probe.py``, benchmarks/results/h200/lut_packed/):
     1.03-1.5x faster at M = 1 and 16 on all 3 Llama-3-8B shapes probed, for asymmetric and symmetric
-    codes; slower at M = 64, for group 32 (32-k tiles) and mixed for lookup tables (not applied there)."""
+    codes; slower at M = 64, for group 32 (32-k tiles) and mixed for lookup tables (not applied there;
+    re-measured with the mma word order: NF4 ratio to int4 better on 5 of 8 M = 1/16 points, worse on 3,
+    benchmarks/results/h200/lut_mma_words/bk64_probe/)."""
     if (table is None and cfg.block_m <= 16 and group_len == 64 and cfg.block_k == 128
             and packed4_applies(bits, zeros, sym_zero, table, group_len, 64) and not cfg.prefetch):
         return dataclasses.replace(cfg, block_k=64)
