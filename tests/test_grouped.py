@@ -25,6 +25,7 @@ CONFIGS = {
     "mma-splitk": GroupedConfig(mma=True, block_m=16, block_n=32, block_k=32, split_k=3),
     # 4-bit int zeros: packed dequant with accumulator rows in MMA fragment order (gemm.fragment_row_reps = 1)
     "mma-packed-rows": GroupedConfig(mma=True, block_m=16, block_n=64, block_k=64, split_k=2),
+    "mma-packed-128": GroupedConfig(mma=True, block_m=128, block_n=64, block_k=128, num_warps=4),
     "gemv2": GroupedConfig(mma=False, block_m=2, block_n=32, block_k=64),
     "gemv4-splitk": GroupedConfig(mma=False, block_m=4, block_n=32, block_k=64, split_k=2),
 }
@@ -239,7 +240,7 @@ def test_heuristic_picks_the_loop_by_rows_per_expert(rows, experts, topk, mma, b
     assert cfg.split_k * rows * 14336 * 4 <= (256 << 20) or cfg.split_k == 1
     packed = heuristic_config(rows, experts, 14336, 4096, 128, topk=topk, packed4=True)
     assert packed.mma and packed.block_m == (block_m if mma else 16)
-    assert packed.block_k == (128 if packed.block_m <= 64 else 64)
+    assert packed.block_k == 128 and packed.num_warps == (4 if packed.block_m in (16, 128) else 8)
 
 
 def test_reference_backend_matches_triton(monkeypatch):

@@ -168,7 +168,12 @@ def heuristic_config(rows: int, experts: int, n: int, k: int, group_len: int, nu
             cfg.update(num_warps=8)
         # packed 4-bit: 16-row MMA tiles also for a few rows per expert (the dense path's M = 1..8 winner,
         # H200: the CUDA-core loop ran Mixtral T = 8 at 2x the time of a loop of dense W4A16 calls)
-        if packed_mma and bm <= 64:
+        if packed_mma and bm == 128:
+            # sm_90 compile check (gather + scatter + row weights, mma word order): 128x64x128 x 4 warps
+            # 195 registers, no spills (8 warps split the rows and dequantize every weight twice)
+            cfg.update(num_warps=4)
+            block_k = 128
+        elif packed_mma and bm <= 64:
             # packed dequant (sm_90 compile check, gather + scatter + row weights): 16x64x128 x 4 warps
             # 128 registers, 32x128x128 x 8 warps 145, 64x64x128 x 8 warps 171, no spills
             block_k = 128
