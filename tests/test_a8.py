@@ -368,6 +368,9 @@ def test_op_errors():
     fw = IntxFormat(4, 64, False, "float").quantize(w)
     with pytest.raises(UnsupportedError, match="float"):
         ops.linear_w4a8_fp8(x, fw.qweight, fw.scales, fw.zeros, None, 4, 64, 300)
+    b1 = IntxFormat(1, 64, True).quantize(w)  # z = 0.5: was silently run with z = 0
+    with pytest.raises(UnsupportedError, match="integer zero point"):
+        ops.linear_w4a8_fp8(x, b1.qweight, b1.scales, None, None, 1, 64, 300)
 
 
 def test_dispatch_capability_reasons(monkeypatch):

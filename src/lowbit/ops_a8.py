@@ -188,6 +188,9 @@ def _validate_w4a8(x, qweight, scales, zeros, bias, bits, group_size, in_feature
     if zeros is not None and zeros.dtype != torch.uint8:
         raise UnsupportedError("W4A8-fp8 needs integer (uint8) or symmetric zero points; float (HQQ-style) "
                                f"zeros are not exact in fp8, got {zeros.dtype}")
+    if zeros is None and symmetric_zero(bits) != int(symmetric_zero(bits)):
+        raise UnsupportedError(f"W4A8-fp8 needs an integer zero point; symmetric {bits}-bit codes have "
+                               f"z = {symmetric_zero(bits)} (use asymmetric 1-bit weights)")
 
 
 def reference_w4a8(x2d, qweight, scales, zeros, bias, bits, group_size, in_features) -> torch.Tensor:
