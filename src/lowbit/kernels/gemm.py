@@ -76,20 +76,15 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
             else:  # a tile past K reads no words past Kp (only possible when GPT > 1) and zero x
                 words = tl.load(w_ptrs, mask=mask_n[None, :] & ((k0 + 8 * r) < Kp)[:, None], other=0)
                 xt = tl.load(x_ptrs, mask=mask_m[None, :] & (offs_k[:, None] < K), other=0.0)
-            if GPT == 1:
-                s, z = group_params(s_ptr, z_ptr, k0 // GROUP_LEN, offs_n[None, :], mask_n[None, :], stride_sg,
-                                    HAS_ZEROS, SYM_ZERO)  # [1, BLOCK_N]
-            else:
+            if GPT == 1:  # the tile's group: s, z [1, BLOCK_N]
+                g = k0 // GROUP_LEN
+                g_mask = mask_n[None, :]
+            else:  # its GPT groups: s, z [GPT, BLOCK_N]
                 g = k0 // GROUP_LEN + tl.arange(0, GPT)[:, None]
-                s, z = group_params(s_ptr, z_ptr, g, offs_n[None, :], mask_n[None, :] & (g * GROUP_LEN < Kp),
-                                    stride_sg, HAS_ZEROS, SYM_ZERO)  # [GPT, BLOCK_N]
+                g_mask = mask_n[None, :] & (g * GROUP_LEN < Kp)
+            s, z = group_params(s_ptr, z_ptr, g, offs_n[None, :], g_mask, stride_sg, HAS_ZEROS, SYM_ZERO)
             if not HAS_ZEROS and not LUT:  # keeps the dequantized tile in registers (``register_anchor``)
-                if GPT == 1:
-                    anchor = register_anchor(s_ptr, k0 // GROUP_LEN, offs_n[None, :], mask_n[None, :], stride_sg)
-                else:
-                    anchor = register_anchor(s_ptr, g, offs_n[None, :], mask_n[None, :] & (g * GROUP_LEN < Kp),
-                                             stride_sg)
-                z = anchor + SYM_ZERO
+                z = register_anchor(s_ptr, g, offs_n[None, :], g_mask, stride_sg) + SYM_ZERO
             if ROW_REPS > 0:  # contiguous loads above, then the MMA fragment's row order in registers
                 words = fragment_rows(words, ROW_REPS)
                 s = fragment_rows(s, ROW_REPS)
