@@ -18,39 +18,53 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .formats.intx import IntxFormat, IntxWeight, from_mma_words, mma_words_apply, to_mma_words
+from .formats.intx import IntxFormat, IntxWeight, mma_words_apply, natural_words, runtime_words, to_mma_words
 from .ops import linear_wxa16_auto
 from .tp import Shardable
 
 
 class MmaWordsBuffer:
-    """Mixin of modules with a 4-bit ``qweight`` buffer kept in the mma word order at run time
-    (``formats.intx.to_mma_words``): ``k_order`` says which order the buffer holds, the state dict
-    always has the natural one. The class defines ``mma_words_apply()``."""
+    """Mixin of modules with 4-bit packed-word buffers kept in the mma word order at run time
+    (``formats.intx.to_mma_words``). ``mma_word_buffers()`` -> {buffer name: whether the order applies};
+    buffer ``<p>qweight`` records its order in the attribute ``<p>k_order`` (0 natural, 1 mma); the
+    state dict always holds the natural order."""
 
-    k_order = 0  # 0: qweight in the natural word order, 1: mma word order
+    k_order = 0  # word order of ``qweight`` (modules with other buffer names add their own attributes)
+
+    def mma_word_buffers(self) -> dict:
+        return {"qweight": self.mma_words_apply()}
+
+    @staticmethod
+    def _order_attr(buffer: str) -> str:
+        return buffer.replace("qweight", "k_order")
 
     @torch.no_grad()
     def use_mma_words(self) -> None:
-        """Replace ``qweight`` (natural order) by its mma word order copy, when it applies (a new
+        """Replace each natural-order word buffer by its mma word order copy, where it applies (a new
         tensor: the caller's weight object is left untouched)."""
-        if self.k_order == 0 and self.mma_words_apply() and self.qweight.device.type != "meta":
-            self.qweight = to_mma_words(self.qweight)
-            self.k_order = 1
+        for name, applies in self.mma_word_buffers().items():
+            q = getattr(self, name)
+            if getattr(self, self._order_attr(name)) == 0 and q.device.type != "meta":
+                q, order = runtime_words(q, applies)
+                setattr(self, name, q)
+                setattr(self, self._order_attr(name), order)
 
-    def _natural_qweight(self) -> torch.Tensor:
-        return from_mma_words(self.qweight) if self.k_order else self.qweight
+    def natural(self, buffer: str = "qweight") -> torch.Tensor:
+        """``buffer`` in the natural word order (a converted copy while it holds the mma order)."""
+        return natural_words(getattr(self, buffer), getattr(self, self._order_attr(buffer)))
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self.k_order:
-            destination[prefix + "qweight"] = self._natural_qweight()
+        for name in self.mma_word_buffers():
+            if getattr(self, self._order_attr(name)):
+                destination[prefix + name] = self.natural(name)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        key = prefix + "qweight"
-        if self.k_order and key in state_dict and state_dict[key].shape == self.qweight.shape:
-            state_dict = {**state_dict, key: to_mma_words(state_dict[key].to(self.qweight.device))}
+        for name in self.mma_word_buffers():
+            key, q = prefix + name, getattr(self, name)
+            if getattr(self, self._order_attr(name)) and key in state_dict and state_dict[key].shape == q.shape:
+                state_dict = {**state_dict, key: to_mma_words(state_dict[key].to(q.device))}
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
@@ -65,13 +79,11 @@ class QuantLinear(MmaWordsBuffer, Shardable, nn.Module):
         self.out_features = weight.out_features
         self.bits = weight.bits
         self.group_size = weight.group_size
-        self.k_order = 0  # 0: qweight in the natural word order, 1: mma word order
         self.register_buffer("qweight", weight.qweight)
         self.register_buffer("scales", weight.scales)
         self.register_buffer("zeros", weight.zeros)
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
-        if weight.qweight.device.type != "meta":
-            self.use_mma_words()
+        self.use_mma_words()
 
     def mma_words_apply(self) -> bool:
         """4-bit codes whose zero points are integers (the packed GEMM path's formats)."""
@@ -85,7 +97,7 @@ class QuantLinear(MmaWordsBuffer, Shardable, nn.Module):
     @property
     def weight(self) -> IntxWeight:
         """The packed weight in the natural word order (a converted copy while ``k_order`` is 1)."""
-        return IntxWeight(self._natural_qweight(), self.scales, self.zeros, self.bits, self.group_size,
+        return IntxWeight(self.natural(), self.scales, self.zeros, self.bits, self.group_size,
                           self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

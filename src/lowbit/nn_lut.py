@@ -25,13 +25,13 @@ class LutLinear(MmaWordsBuffer, Shardable, nn.Module):
         self.out_features = weight.out_features
         self.bits = weight.bits
         self.group_size = weight.group_size
-        self.k_order = 0
         for name, t in {**weight.tensors(), "bias": None if bias is None else bias.detach().clone()}.items():
             self.register_buffer(name, t)
         self.use_mma_words()
 
     def mma_words_apply(self) -> bool:
         return self.bits == 4
+
     @classmethod
     def from_linear(cls, linear: nn.Linear, fmt) -> "LutLinear":
         """Quantize ``linear.weight`` with a LUT format (NF4Format, Fp4Format, CodebookFormat)."""
@@ -39,7 +39,7 @@ class LutLinear(MmaWordsBuffer, Shardable, nn.Module):
 
     @property
     def weight(self) -> LutWeight:
-        return LutWeight(self._natural_qweight(), self.scales, self.table, self.bits, self.group_size,
+        return LutWeight(self.natural(), self.scales, self.table, self.bits, self.group_size,
                          self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

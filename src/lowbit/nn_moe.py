@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UnsupportedError
-from .formats.intx import IntxFormat, from_mma_words, mma_words_apply, to_mma_words
+from .formats.intx import IntxFormat, mma_words_apply
 from .formats.intx_experts import IntxExpertWeights, quantize_experts
-from .nn import QuantLinear
+from .nn import MmaWordsBuffer, QuantLinear
 from .ops_moe import grouped_gemm_wxa16_auto, moe_align
 from .tp import shard_weight
 
@@ -35,7 +35,7 @@ def _is_silu(act: nn.Module) -> bool:
     return isinstance(act, nn.SiLU) or type(act).__name__ in ("SiLUActivation", "SiLU")
 
 
-class QuantMoEExperts(nn.Module):
+class QuantMoEExperts(MmaWordsBuffer, nn.Module):
     def __init__(self, gate_up: IntxExpertWeights, down: IntxExpertWeights) -> None:
         super().__init__()
         if gate_up.num_experts != down.num_experts or gate_up.out_features != 2 * down.in_features \
@@ -55,34 +55,10 @@ class QuantMoEExperts(nn.Module):
             self.register_buffer(f"{name}_zeros", w.zeros)
         self.use_mma_words()
 
-    @torch.no_grad()
-    def use_mma_words(self) -> None:
-        """4-bit integer-zero experts in the mma word order at run time (as ``QuantLinear``)."""
-        for name, bits in (("gate_up", self.bits), ("down", self.down_bits)):
-            q = getattr(self, f"{name}_qweight")
-            if (getattr(self, f"{name}_k_order") == 0 and q.device.type != "meta"
-                    and mma_words_apply(bits, getattr(self, f"{name}_zeros"))):
-                setattr(self, f"{name}_qweight", to_mma_words(q))
-                setattr(self, f"{name}_k_order", 1)
-
-    def _natural(self, name: str) -> torch.Tensor:
-        q = getattr(self, f"{name}_qweight")
-        return from_mma_words(q) if getattr(self, f"{name}_k_order") else q
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        for name in ("gate_up", "down"):
-            if getattr(self, f"{name}_k_order"):
-                destination[f"{prefix}{name}_qweight"] = self._natural(name)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        for name in ("gate_up", "down"):
-            key, q = f"{prefix}{name}_qweight", getattr(self, f"{name}_qweight")
-            if getattr(self, f"{name}_k_order") and key in state_dict and state_dict[key].shape == q.shape:
-                state_dict = {**state_dict, key: to_mma_words(state_dict[key].to(q.device))}
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+    def mma_word_buffers(self) -> dict:
+        """4-bit integer-zero experts run in the mma word order (as ``QuantLinear``)."""
+        return {"gate_up_qweight": mma_words_apply(self.bits, self.gate_up_zeros),
+                "down_qweight": mma_words_apply(self.down_bits, self.down_zeros)}
 
     @classmethod
     def from_dense(cls, gate_up: torch.Tensor, down: torch.Tensor, fmt: IntxFormat) -> "QuantMoEExperts":
@@ -91,12 +67,12 @@ class QuantMoEExperts(nn.Module):
 
     @property
     def gate_up(self) -> IntxExpertWeights:
-        return IntxExpertWeights(self._natural("gate_up"), self.gate_up_scales, self.gate_up_zeros, self.bits,
+        return IntxExpertWeights(self.natural("gate_up_qweight"), self.gate_up_scales, self.gate_up_zeros, self.bits,
                                  self.group_size, self.hidden_dim)
 
     @property
     def down(self) -> IntxExpertWeights:
-        return IntxExpertWeights(self._natural("down"), self.down_scales, self.down_zeros, self.down_bits,
+        return IntxExpertWeights(self.natural("down_qweight"), self.down_scales, self.down_zeros, self.down_bits,
                                  self.down_group_size, self.intermediate_dim)
 
     def shard(self, rank: int, world_size: int) -> "QuantMoEExperts":

@@ -14,7 +14,7 @@ import torch
 
 from . import dispatch
 from .errors import FormatError, InputError, UnsupportedError
-from .formats.intx import IntxWeight, from_mma_words, padded_k, symmetric_zero
+from .formats.intx import IntxWeight, natural_words, padded_k, symmetric_zero
 from .kernels.dequant import dequant_matmul_wxa16
 from .kernels.gemm import gemm_wxa16
 from .kernels.gemv import gemv_wxa16
@@ -25,8 +25,7 @@ PER_CHANNEL_GROUP_LEN = 1 << 30  # what kernels see as the group length for per-
 def _validate_wxa16(x, qweight, scales, zeros, bias, bits, group_size, in_features, k_order=0) -> None:
     if not 1 <= bits <= 8:
         raise FormatError(f"bits must be in 1..8, got {bits}")
-    if k_order not in (0, 1) or (k_order == 1 and bits != 4):
-        raise FormatError(f"k_order must be 0 (natural) or 1 (mma word order, 4-bit only); got {k_order} with bits={bits}")
+    check_k_order(k_order, bits)
     if group_size < 0 or group_size % 32:
         raise FormatError(f"group_size must be 0 (per-channel) or a positive multiple of 32, got {group_size}")
     check_x(x, in_features)
@@ -43,6 +42,12 @@ def _validate_wxa16(x, qweight, scales, zeros, bias, bits, group_size, in_featur
     if zeros is not None and tuple(zeros.shape) != (g, n):
         raise FormatError(f"zeros must have shape ({g}, {n}), got {tuple(zeros.shape)}")
     check_bias_devices(x, n, bias, qweight=qweight, scales=scales, zeros=zeros)
+
+
+def check_k_order(k_order: int, bits: int) -> None:
+    """k_order is 0 (natural words) or 1 (mma word order, 4-bit only) (FormatError)."""
+    if k_order not in (0, 1) or (k_order == 1 and bits != 4):
+        raise FormatError(f"k_order must be 0 (natural) or 1 (mma word order, 4-bit only); got {k_order} with bits={bits}")
 
 
 def check_x(x: torch.Tensor, in_features: int) -> None:
@@ -81,9 +86,7 @@ def flatten_apply(x: torch.Tensor, k: int, n: int, run) -> torch.Tensor:
 
 def reference_wxa16(x2d, qweight, scales, zeros, bias, bits, group_size, in_features, k_order=0) -> torch.Tensor:
     """fp32 dequantize-then-matmul (the oracle, and the CPU backend)."""
-    if k_order:
-        qweight = from_mma_words(qweight)
-    w = IntxWeight(qweight, scales, zeros, bits, group_size or None, in_features).dequantize(torch.float32)
+    w = IntxWeight(natural_words(qweight, k_order), scales, zeros, bits, group_size or None, in_features).dequantize(torch.float32)
     return dense_reference(x2d, w, bias, x2d.dtype)
 
 

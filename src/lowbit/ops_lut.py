@@ -13,7 +13,7 @@ import torch
 
 from . import dispatch
 from .errors import UnsupportedError
-from .formats.intx import from_mma_words
+from .formats.intx import natural_words
 from .formats.lut import LutWeight, check_lut_tensors
 from .kernels.dequant import dequant_matmul_wxa16
 from .kernels.gemm import gemm_wxa16
@@ -32,9 +32,8 @@ def _validate_luta16(x, qweight, scales, table, bias, bits, group_size, in_featu
 
 def reference_luta16(x2d, qweight, scales, table, bias, bits, group_size, in_features, k_order=0) -> torch.Tensor:
     """fp32 dequantize-then-matmul (the oracle, and the CPU backend)."""
-    if k_order:
-        qweight = from_mma_words(qweight)
-    w = LutWeight(qweight, scales, table, bits, group_size or None, in_features).dequantize(torch.float32)
+    w = LutWeight(natural_words(qweight, k_order), scales, table, bits, group_size or None,
+                  in_features).dequantize(torch.float32)
     return dense_reference(x2d, w, bias, x2d.dtype)
 
 

@@ -32,10 +32,10 @@ import torch
 
 from .dispatch import KERNEL_DTYPES, eager_unless_compiling, forced_family, triton_available
 from .errors import FormatError, InputError, UnsupportedError
-from .formats.intx import IntxWeight, from_mma_words, padded_k, symmetric_zero
+from .formats.intx import IntxWeight, natural_words, padded_k, symmetric_zero
 from .formats.intx_experts import IntxExpertWeights
 from .kernels.grouped import dequant_grouped_mm, expected_active, grouped_mm_available, grouped_wxa16
-from .ops import PER_CHANNEL_GROUP_LEN
+from .ops import PER_CHANNEL_GROUP_LEN, check_k_order
 
 log = logging.getLogger("lowbit")
 DEQUANT_GROUPED_MIN_ROWS = 256  # rows per active expert from which dequantize + torch._grouped_mm is used
@@ -45,8 +45,7 @@ def _validate_grouped(x, qweight, scales, zeros, bias, bits, group_size, in_feat
                       topk, gather, row_weights, k_order=0) -> None:
     if not 1 <= bits <= 8:
         raise FormatError(f"bits must be in 1..8, got {bits}")
-    if k_order not in (0, 1) or (k_order == 1 and bits != 4):
-        raise FormatError(f"k_order must be 0 (natural) or 1 (mma word order, 4-bit only); got {k_order} with bits={bits}")
+    check_k_order(k_order, bits)
     if group_size < 0 or group_size % 32:
         raise FormatError(f"group_size must be 0 (per-channel) or a positive multiple of 32, got {group_size}")
     if not x.is_floating_point() or x.dim() != 2 or x.shape[1] != in_features:
@@ -197,7 +196,7 @@ def grouped_gemm_wxa16_eager(x, qweight, scales, zeros, bias, bits, group_size, 
     p = GroupedProblem(rows, qweight.shape[0], n, in_features, bits, topk, x.dtype, x.device.type)
     backend = select_grouped(p, forced_family(), fused_only())
     if backend == "reference":
-        return reference_grouped(x, from_mma_words(qweight) if k_order else qweight, scales, zeros, bias, bits,
+        return reference_grouped(x, natural_words(qweight, k_order), scales, zeros, bias, bits,
                                  group_size, in_features, expert_offsets, sorted_ids, topk, gather, scatter, row_weights)
     return _LAUNCHERS[backend](x, qweight, scales, zeros, bias, bits, group_size or PER_CHANNEL_GROUP_LEN,
                                symmetric_zero(bits), expert_offsets, sorted_ids, topk, gather, scatter, row_weights,

@@ -11,7 +11,7 @@ from typing import Callable, Tuple
 
 import torch
 
-from ..formats.intx import to_mma_words
+from ..formats.intx import runtime_words
 from ..formats.lut import CodebookFormat, Fp4Format, NF4Format
 from .cases import PEER, Bound, Case, OpSpec, ShapeData, register
 
@@ -34,8 +34,7 @@ class LutOurs(Case):
         qw = self.make_format(data.spec.group_size, data.spec.dtype).quantize(data.w_ref)
         bits, gs, k = qw.bits, qw.group_size or 0, qw.in_features
         w_ref = qw.dequantize(torch.float32)
-        k_order = int(bits == 4)  # the word order LutLinear runs (lowbit.nn_lut)
-        qweight = to_mma_words(qw.qweight) if k_order else qw.qweight
+        qweight, k_order = runtime_words(qw.qweight, bits == 4)  # the word order LutLinear runs (lowbit.nn_lut)
 
         def run(x, w):
             return linear_luta16(x, w[0], w[1], w[2], None, bits, gs, k, k_order)

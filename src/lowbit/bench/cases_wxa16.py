@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..formats.intx import IntxWeight, mma_words_apply, symmetric_zero, to_mma_words, unpack
+from ..formats.intx import IntxWeight, mma_words_apply, runtime_words, symmetric_zero, unpack
 from .cases import (
     OURS, PEER, Bound, Case, OpSpec, ShapeData, intx_weight_bytes, needs_cuda, register,
 )
@@ -40,8 +40,7 @@ class Ours(Case):
 
         qw = data.qw
         bits, gs, k = qw.bits, qw.group_size or 0, qw.in_features
-        k_order = int(mma_words_apply(bits, qw.zeros))  # the word order QuantLinear runs (lowbit.nn)
-        qweight = to_mma_words(qw.qweight) if k_order else qw.qweight
+        qweight, k_order = runtime_words(qw.qweight, mma_words_apply(bits, qw.zeros))  # as QuantLinear runs
 
         def run(x, w):
             return ops.linear_wxa16(x, w[0], w[1], w[2], None, bits, gs, k, k_order)

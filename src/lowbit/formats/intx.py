@@ -179,6 +179,16 @@ def from_mma_words(qweight: torch.Tensor) -> torch.Tensor:
     return _words_2d(_from_mma_2d, qweight)
 
 
+def natural_words(qweight: torch.Tensor, k_order: int) -> torch.Tensor:
+    """qweight held in word order ``k_order`` (0 natural, 1 mma) -> the natural order."""
+    return from_mma_words(qweight) if k_order else qweight
+
+
+def runtime_words(qweight: torch.Tensor, applies: bool):
+    """(qweight in the order lowbit runs, its k_order): the mma word order when ``applies``."""
+    return (to_mma_words(qweight), 1) if applies else (qweight, 0)
+
+
 def _round_scale_up(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Cast fp32 scales to ``dtype`` never rounding down (so the code range still covers the group)."""
     st = s.to(dtype)

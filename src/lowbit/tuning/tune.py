@@ -17,7 +17,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
-from ..formats.intx import IntxFormat, mma_words_apply, symmetric_zero, to_mma_words
+from ..formats.intx import IntxFormat, mma_words_apply, runtime_words, symmetric_zero
 from ..kernels.dequant import dequant_matmul_wxa16
 from ..kernels.gemm import GemmConfig, gemm_wxa16
 from ..kernels.gemv import MAX_M as GEMV_MAX_M, GemvConfig, gemv_wxa16
@@ -70,7 +70,7 @@ def _problem(bits: int, n: int, k: int, group: int, dtype: torch.dtype, copies: 
     fmt = IntxFormat(bits, group, False, "int", dtype)
     w = torch.randn(n, k, device="cuda") * 0.02
     base = fmt.quantize(w)
-    run = dataclasses.replace(base, qweight=to_mma_words(base.qweight)) if _k_order(base) else base
+    run = dataclasses.replace(base, qweight=runtime_words(base.qweight, _k_order(base))[0])
     qws = [run] + [dataclasses.replace(run, qweight=run.qweight.clone(), scales=run.scales.clone(),
                                        zeros=run.zeros.clone()) for _ in range(copies - 1)]
     return base, qws
