@@ -414,25 +414,27 @@ def _reject_a8_modules(model: nn.Module) -> None:
 def _reject_unsupported_modules(model: nn.Module) -> None:
     """Lookup-table layers (``LutLinear``) have no checkpoint entry yet: say so instead of writing
     a directory that ``load_quantized`` would reject."""
-    from .errors import UnsupportedError
     from .nn_lut import LutLinear
 
-    lut = [fqn for fqn, m in model.named_modules() if isinstance(m, LutLinear)]
-    if lut:
-        raise UnsupportedError(
-            f"save_quantized does not support LutLinear (lookup-table weights) yet: {', '.join(lut[:5])}"
-            f"{' ...' if len(lut) > 5 else ''}; save model.state_dict() (qweight, scales, table, bias) and "
-            "load it into a model quantized with the same config instead")
+    _reject_modules(model, LutLinear, "lookup-table weights", "qweight, scales, table, bias",
+                    "quantized with the same config")
 
 
 def _reject_sparse24_modules(model: nn.Module) -> None:
     """2:4-sparse layers (``Sparse24Linear``) have no checkpoint entry yet (the format is intx-only)."""
-    from .errors import UnsupportedError
     from .nn_sparse24 import Sparse24Linear
 
-    found = [fqn for fqn, m in model.named_modules() if isinstance(m, Sparse24Linear)]
+    _reject_modules(model, Sparse24Linear, "2:4 sparse int4", "qweight, meta, scales, zeros, bias",
+                    "quantize_d with the same Int4Sparse24WeightConfig")
+
+
+def _reject_modules(model: nn.Module, cls, what: str, tensors: str, rebuild: str) -> None:
+    """UnsupportedError naming the first ``cls`` modules of ``model`` and the state-dict way around."""
+    from .errors import UnsupportedError
+
+    found = [fqn for fqn, m in model.named_modules() if isinstance(m, cls)]
     if found:
         raise UnsupportedError(
-            f"save_quantized does not support Sparse24Linear (2:4 sparse int4) yet: {', '.join(found[:5])}"
-            f"{' ...' if len(found) > 5 else ''}; save model.state_dict() (qweight, meta, scales, zeros, bias) "
-            "and load it into a model quantize_d with the same Int4Sparse24WeightConfig instead")
+            f"save_quantized does not support {cls.__name__} ({what}) yet: {', '.join(found[:5])}"
+            f"{' ...' if len(found) > 5 else ''}; save model.state_dict() ({tensors}) "
+            f"and load it into a model {rebuild} instead")
