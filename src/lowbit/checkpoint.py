@@ -88,9 +88,12 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _module_meta(module: QuantLinear) -> Dict:
-    meta = module.weight.meta()
+    # shapes and dtypes only: built from the buffers as they are (``module.weight`` would convert the words
+    # back to the natural order, twice, for every layer at every save and HF load)
+    w = IntxWeight(module.qweight, module.scales, module.zeros, module.bits, module.group_size, module.in_features)
+    meta = w.meta()
     meta.update(
-        {"class": type(module).__name__, "zero_kind": module.weight.zero_kind,
+        {"class": type(module).__name__, "zero_kind": w.zero_kind,
          "scale_dtype": _dtype_name(module.scales.dtype), "bias": module.bias is not None}
     )
     return meta
