@@ -119,13 +119,13 @@ def main():
     if a.kernel == "gemv":
         ce.update(NUM_STAGES=1 if a.prefetch else a.stages, PREFETCH=a.prefetch, EVEN_K=True)
     if a.kernel == "gemm":
-        ce.update(GROUP_M=8, INT_ZERO=True, PREFETCH=False, PACKED4=a.asm4, INLINE_ASM=a.asm4, EVEN_N=a.even, EVEN_K=a.even, ROW_REPS=a.row_reps, SCALE_AFTER=a.scale_after, MMA_WORDS=a.mma_words)
+        ce.update(GROUP_M=8, INT_ZERO=True, PREFETCH=False, PACKED=a.asm4, INLINE_ASM=a.asm4, EVEN_N=a.even, EVEN_K=a.even, ROW_REPS=a.row_reps, SCALE_AFTER=a.scale_after, MMA_WORDS=a.mma_words)
     base_sig = None
     if a.kernel == "grouped":
         del ce["LUT"]  # affine codes only
         ce.update(INT_ZERO=True, EVEN_K=True, HAS_IDS=a.ids, TOPK=2, GATHER=a.ids, SCATTER=a.scatter, HAS_ROW_WEIGHTS=a.row_weights,
                   E_POW2=triton.next_power_of_2(a.experts), NUM_TILES=64, MMA=not a.gemv, GROUP_M=8,
-                  NUM_STAGES=a.stages, PACKED4=a.asm4, INLINE_ASM=a.asm4, ROW_REPS=a.row_reps, MMA_WORDS=a.mma_words)
+                  NUM_STAGES=a.stages, PACKED=a.asm4, INLINE_ASM=a.asm4, ROW_REPS=a.row_reps, MMA_WORDS=a.mma_words)
         base_sig = GROUPED_SIG
     if a.kernel.startswith("sparse24"):  # 4-bit kept values, integer zeros: no planes, no LUT
         for key in ("P0", "P1", "P2", "LUT"):

@@ -3,7 +3,7 @@
 For Llama-3-8B shapes and a few M, times (cold CUDA graph, ``CudaTimer``) ``gemm_wxa16`` with the shipped
 config of this GPU for int4 at group 128 / 64 / 32 (asymmetric and symmetric) and the lookup-table
 formats NF4 (group 64) and FP4 e2m1 (group 32), once with the packed path and once with it switched
-off (``gemm.use_packed4`` -> False: the loop those formats ran before), and packed with BLOCK_K cut to
+off (``gemm.use_packed`` -> False: the loop those formats ran before), and packed with BLOCK_K cut to
 the group size (one group per tile: the per-tile scale instead of per-word-row scales), with the error
 vs the fp32 reference. ``lowbit bench`` is the user-facing harness (dispatch included).
 
@@ -53,7 +53,7 @@ def main():
     p.add_argument("--json", default=None)
     a = p.parse_args()
     timer = CudaTimer(replays=5)
-    saved = gemm_mod.use_packed4
+    saved = gemm_mod.use_packed
     rows = []
     print(f"{'shape':>12} {'M':>4} {'format':>13} {'packed us':>10} {'generic us':>11} {'speedup':>8} {'err packed':>11} "
           f"{'err generic':>12} {'bk=group us':>12}")
@@ -72,12 +72,12 @@ def main():
                                          qw.group_size, x)
                 clamped = dataclasses.replace(shipped, block_k=min(shipped.block_k, qw.group_size))
                 for variant in ("packed", "generic", "bk=group"):
-                    gemm_mod.use_packed4 = saved if variant != "generic" else (lambda *args, **kw: False)
+                    gemm_mod.use_packed = saved if variant != "generic" else (lambda *args, **kw: False)
                     call = launcher(x, n, clamped if variant == "bk=group" else shipped)
                     err = ((call(qw).float() - ref).norm() / ref.norm()).item()
                     row[variant] = {"us": timer.kernel_us([lambda q=q: call(q) for q in copies], Cost("probe", 0, 0)),
                                     "err": err}
-                gemm_mod.use_packed4 = saved
+                gemm_mod.use_packed = saved
                 rows.append(row)
                 print(f"{n:>6}x{k:<5} {m:>4} {fname:>13} {row['packed']['us']:>10.1f} {row['generic']['us']:>11.1f} "
                       f"{row['generic']['us'] / row['packed']['us']:>7.2f}x {row['packed']['err']:>11.1e} "

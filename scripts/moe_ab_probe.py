@@ -2,5 +2,5 @@
 import sys, pytest
 import lowbit.kernels.grouped as g
 if sys.argv[1] == "off":
-    g.packed4_applies = lambda *a, **k: False
+    g.packed_applies = lambda *a, **k: False
 sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "tests/test_moe_module.py", "-k", "gpu_bf16 or state_dict", "--tb=short", "-W", "ignore"]))

@@ -35,13 +35,13 @@ def configs(m):
 
 
 def run(qw, x, cfg, packed):
-    saved = gemm_mod.use_packed4
+    saved = gemm_mod.use_packed
     if not packed:
-        gemm_mod.use_packed4 = lambda *a, **k: False
+        gemm_mod.use_packed = lambda *a, **k: False
     try:
         return gemm_wxa16(x, qw.qweight, qw.scales, qw.zeros, None, 4, qw.group_len, 8.0, qw.out_features, cfg)
     finally:
-        gemm_mod.use_packed4 = saved
+        gemm_mod.use_packed = saved
 
 
 def main():

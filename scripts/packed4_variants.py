@@ -1,4 +1,4 @@
-"""Dev probe: what each option of the packed 4-bit GEMM path (``gemm.PACKED4_OPTIONS``) is worth.
+"""Dev probe: what each option of the packed 4-bit GEMM path (``gemm.PACKED_OPTIONS``) is worth.
 
 For a few Llama-3-8B shapes and M, times (cold CUDA graph, ``CudaTimer``) the packed GEMM with every
 combination of fragment_rows / scale_after over a small config grid and prints the best of each, with
@@ -49,7 +49,7 @@ def main():
             ref = x.float() @ ref_w.t()
             row = {"n": n, "k": k, "m": m}
             for name, (rows_opt, scale_opt) in VARIANTS.items():
-                gemm_mod.PACKED4_OPTIONS = {"fragment_rows": rows_opt, "scale_after": scale_opt}
+                gemm_mod.PACKED_OPTIONS = {"fragment_rows": rows_opt, "scale_after": scale_opt}
                 best = None
                 for cfg in configs(m):
                     def call(q, c=cfg):

@@ -1,7 +1,7 @@
 """A tiny interpreter for the straight-line PTX of lowbit's inline-asm dequantizers (CPU tests).
 
 Runs the exact asm text of ``lowbit.kernels.unpack`` on Python ints for the handful of instructions
-it uses (mov, and, shr, shl, prmt, lop3, fma.rn.{f16x2,bf16x2}), so selector and truth-table mistakes
+it uses (mov, and, shr, shl, prmt, lop3, fma.rn.{f16x2,bf16x2}, sub/mul.f32, cvt.rn.bf16x2.f32), so selector and truth-table mistakes
 show up without a GPU. prmt / lop3 follow the PTX ISA (default prmt mode: byte index in bits 0-2 of
 each selector nibble, bit 3 replicates the selected byte's sign bit).
 """
@@ -45,6 +45,15 @@ def _float_to_halves(vals: List[float], dtype: torch.dtype) -> int:
     return int(t[0]) | (int(t[1]) << 16)
 
 
+def _f32(v: int) -> float:
+    return float(torch.tensor([v & MASK], dtype=torch.int64).to(torch.int32).view(torch.float32))
+
+
+def _f32_bits(x: float) -> int:
+    """x rounded to fp32 (as the hardware's .rn result) -> its bits."""
+    return int(torch.tensor([x], dtype=torch.float64).to(torch.float32).view(torch.int32)) & MASK
+
+
 def run(asm: str, inputs: List[int], n_out: int) -> List[int]:
     """Execute ``asm`` with $0..$(n_out-1) as outputs and the following $i bound to ``inputs``."""
     regs: Dict[str, int] = {f"${n_out + i}": v & MASK for i, v in enumerate(inputs)}
@@ -78,6 +87,11 @@ def run(asm: str, inputs: List[int], n_out: int) -> List[int]:
             dt = torch.float16 if m.group(1) == "f16x2" else torch.bfloat16
             a, b, c = (_halves_to_float(s, dt) for s in srcs)
             r = _float_to_halves([a[i] * b[i] + c[i] for i in range(2)], dt)
+        elif op in ("sub.f32", "mul.f32"):
+            a, b = (_f32(v) for v in srcs)
+            r = _f32_bits(a - b if op == "sub.f32" else a * b)
+        elif op == "cvt.rn.bf16x2.f32":  # d.hi = a, d.lo = b, each rounded to nearest even
+            r = _float_to_halves([_f32(srcs[1]), _f32(srcs[0])], torch.bfloat16)
         else:
             raise NotImplementedError(op)
         regs[d] = r & MASK

@@ -238,7 +238,7 @@ def test_heuristic_picks_the_loop_by_rows_per_expert(rows, experts, topk, mma, b
     cfg = heuristic_config(rows, experts, 14336, 4096, 128, topk=topk)
     assert (cfg.mma, cfg.block_m) == (mma, block_m)
     assert cfg.split_k * rows * 14336 * 4 <= (256 << 20) or cfg.split_k == 1
-    packed = heuristic_config(rows, experts, 14336, 4096, 128, topk=topk, packed4=True)
+    packed = heuristic_config(rows, experts, 14336, 4096, 128, topk=topk, packed=True)
     assert packed.mma and packed.block_m == (block_m if mma else 16)
     assert packed.block_k == 128 and packed.num_warps == (4 if packed.block_m in (16, 128) else 8)
 

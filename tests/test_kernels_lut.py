@@ -192,10 +192,10 @@ def test_torch_compile_fullgraph_lutlinear():
 def test_lut_packed4_gemm(config, fmt, n, k):
     """The packed lookup-table path of the GEMM (``unpack.lut4_packed``; one global 16-entry table or one
     per channel, masked table rows on the N tail)."""
-    from lowbit.kernels.gemm import use_packed4
+    from lowbit.kernels.gemm import use_packed
 
     qw = _make(fmt, n, k, torch.float16, seed=n)
-    assert use_packed4(4, None, 0.0, qw.table, qw.group_size, config)
+    assert use_packed(4, None, 0.0, qw.table, qw.group_size, config)
     x = torch.randn(7, k, generator=torch.Generator().manual_seed(2)).to(DEVICE, torch.float16)
     bias = torch.randn(n, generator=torch.Generator().manual_seed(3)).to(DEVICE, torch.float16)
     y = _launch("gemm", x, qw, bias, config)

@@ -131,11 +131,11 @@ def test_packed4_gemm_paths(n, k, config, options, monkeypatch):
     scale against the oracle, on tile-aligned shapes (mask-free EVEN path) and on tails."""
     from lowbit.kernels import gemm
 
-    monkeypatch.setattr(gemm, "PACKED4_OPTIONS", options)
+    monkeypatch.setattr(gemm, "PACKED_OPTIONS", options)
     dtype = torch.float16
     qw = _make(4, 128, False, "int", n, k, dtype, seed=n)
-    assert gemm.use_packed4(4, qw.zeros, symmetric_zero(4), None, 128, config)
-    meta = gemm.packed4_meta(True, config, n, k, False)
+    assert gemm.use_packed(4, qw.zeros, symmetric_zero(4), None, 128, config)
+    meta = gemm.packed_meta(True, config, n, k, False)
     assert meta["EVEN_N"] == meta["EVEN_K"] == (n == 128)
     assert (meta["ROW_REPS"] > 0) == options["fragment_rows"]
     x = torch.randn(5, k, generator=torch.Generator().manual_seed(3)).to(DEVICE, dtype)
@@ -157,26 +157,32 @@ def test_packed4_gemm_several_groups_per_tile(n, k, group_size, symmetric, confi
 
     dtype = torch.float16
     qw = _make(4, group_size, symmetric, "int", n, k, dtype, seed=group_size)
-    assert gemm.use_packed4(4, qw.zeros, symmetric_zero(4), None, group_size, config)
+    assert gemm.use_packed(4, qw.zeros, symmetric_zero(4), None, group_size, config)
     x = torch.randn(6, k, generator=torch.Generator().manual_seed(5)).to(DEVICE, dtype)
     y = _launch("gemm", x, qw, None, config)
     assert_close_matmul(y, reference_linear(x, qw), x, qw.dequantize(), dtype)
 
 
-def test_packed4_applies_rules():
-    from lowbit.kernels.gemm import packed4_applies
+def test_packed_applies_rules():
+    from lowbit.kernels.gemm import packed_applies
 
     z = torch.zeros(1, dtype=torch.uint8)
-    assert packed4_applies(4, z, 8.0, None, 128, 128) and packed4_applies(4, z, 8.0, None, 32, 128)
-    assert packed4_applies(4, None, 8.0, None, PER_CHANNEL_GROUP_LEN, 128)
-    assert not packed4_applies(4, z, 8.0, None, 96, 128)      # a group straddles tiles
-    assert not packed4_applies(4, z, 8.0, None, 16, 64)       # groups shorter than a 32-k chunk
-    assert not packed4_applies(4, z, 8.0, None, 128, 16)      # tile shorter than a 32-k chunk
-    assert not packed4_applies(3, z, 4.0, None, 128, 128)
-    assert not packed4_applies(4, None, 7.5, None, 128, 128)  # a non-integer symmetric zero
-    assert packed4_applies(4, None, 0.0, torch.zeros(1, 1, 16), 64, 128)  # one global table
-    assert packed4_applies(4, None, 0.0, torch.zeros(1, 8, 16), 64, 128)  # one table per channel
-    assert not packed4_applies(4, None, 0.0, torch.zeros(4, 8, 16), 64, 128)  # tables change along K
+    assert packed_applies(4, z, 8.0, None, 128, 128) and packed_applies(4, z, 8.0, None, 32, 128)
+    assert packed_applies(4, None, 8.0, None, PER_CHANNEL_GROUP_LEN, 128)
+    assert not packed_applies(4, z, 8.0, None, 96, 128)      # a group straddles tiles
+    assert not packed_applies(4, z, 8.0, None, 16, 64)       # groups shorter than a 32-k chunk
+    assert not packed_applies(4, z, 8.0, None, 128, 16)      # tile shorter than a 32-k chunk
+    assert not packed_applies(3, z, 4.0, None, 128, 128)
+    assert not packed_applies(2, z, 2.0, None, 128, 128)               # 1/2/8 bits: mma word order only
+    assert packed_applies(2, z, 2.0, None, 128, 128, 1) and packed_applies(8, None, 128.0, None, 64, 128, 1)
+    assert packed_applies(2, z, 2.0, None, 64, 128, 1) and not packed_applies(2, z, 2.0, None, 32, 128, 1)
+    assert not packed_applies(2, z, 2.0, None, 128, 32, 1)             # tile shorter than a 64-k chunk
+    assert packed_applies(1, z, 1.0, None, 128, 128, 1) and not packed_applies(1, z, 1.0, None, 128, 64, 1)
+    assert not packed_applies(1, None, 0.5, None, 128, 128, 1)         # symmetric 1-bit: zero point 0.5
+    assert not packed_applies(4, None, 7.5, None, 128, 128)  # a non-integer symmetric zero
+    assert packed_applies(4, None, 0.0, torch.zeros(1, 1, 16), 64, 128)  # one global table
+    assert packed_applies(4, None, 0.0, torch.zeros(1, 8, 16), 64, 128)  # one table per channel
+    assert not packed_applies(4, None, 0.0, torch.zeros(4, 8, 16), 64, 128)  # tables change along K
 
 
 def test_one_group_per_tile_rule():
@@ -202,21 +208,69 @@ def test_one_group_per_tile_rule():
     ("dequant", None),
 ], ids=["gemm-packed", "gemm-packed-bk64", "gemm-generic", "gemv", "gemv-prefetch", "dequant"])
 @pytest.mark.parametrize("group_size,symmetric", [(128, False), (64, True), (None, False)], ids=["g128", "g64-sym", "perchannel"])
-def test_mma_word_order_matches_natural(kind, config, group_size, symmetric):
-    """Every kernel reading 4-bit words in the mma word order (``formats.intx.to_mma_words``, k_order=1)
-    gives the natural-order result: the packed GEMM without its X permutation, the generic GEMM and the
-    GEMV gathering X through ``unpack.natural_k``, the dequant kernel scattering columns back."""
-    from lowbit.formats.intx import to_mma_words
+@pytest.mark.parametrize("bits", [4, 2, 8, 1])
+def test_mma_word_order_matches_natural(bits, kind, config, group_size, symmetric):
+    """Every kernel reading words in the mma word order (``formats.intx.to_mma_words``, k_order=1) gives
+    the natural-order result: the packed GEMM (4 bits: without its X permutation), the generic GEMM and
+    the GEMV gathering X through ``unpack.natural_k`` (tiles shorter than a 1/2-bit chunk included: the
+    loop runs to whole chunks), the dequant kernel reordering columns back."""
+    from lowbit.formats.intx import mma_words_layout_ok, padded_k, to_mma_words
     from lowbit.kernels.dequant import dequant_matmul_wxa16
 
     dtype = torch.float16
-    n, k = 72, 300
-    qw = _make(4, group_size, symmetric, "int", n, k, dtype, seed=11)
-    mma = to_mma_words(qw.qweight)
+    n, k = 72, 300 if bits != 1 else 250  # 1 bit: per-channel Kp = 256 (whole 128-k chunks)
+    kp = padded_k(k, group_size)
+    if not mma_words_layout_ok(bits, kp, group_size or kp) or (symmetric and bits == 1):
+        pytest.skip("no mma word order for this layout (tested in test_mma_words_layout_rules)")
+    qw = _make(bits, group_size, symmetric, "int", n, k, dtype, seed=11)
+    mma = to_mma_words(qw.qweight, bits)
     assert not torch.equal(mma, qw.qweight)
     x = torch.randn(3 if kind == "gemv" else 20, k, generator=torch.Generator().manual_seed(1)).to(DEVICE, dtype)
     launcher = {"gemm": gemm_wxa16, "gemv": gemv_wxa16, "dequant": dequant_matmul_wxa16}[kind]
     gl = group_size or PER_CHANNEL_GROUP_LEN
-    args = (x, mma, qw.scales, qw.zeros, None, 4, gl, symmetric_zero(4), n)
+    args = (x, mma, qw.scales, qw.zeros, None, bits, gl, symmetric_zero(bits), n)
     y = launcher(*args, config=config, k_order=1)
     assert_close_matmul(y, reference_linear(x, qw), x, qw.dequantize(), dtype)
+
+
+def test_mma_words_layout_rules():
+    from lowbit.formats.intx import mma_words_apply, mma_words_layout_ok
+
+    z = torch.zeros(1, dtype=torch.uint8)
+    assert all(mma_words_layout_ok(b, 256, 128) for b in (1, 2, 4, 8))
+    assert not any(mma_words_layout_ok(b, 256, 128) for b in (3, 5, 6, 7))   # several bit-planes
+    assert mma_words_layout_ok(2, 192, 64) and not mma_words_layout_ok(2, 160, 32)  # 64-k chunks
+    assert mma_words_layout_ok(1, 384, 128) and not mma_words_layout_ok(1, 320, 64)  # 128-k chunks
+    assert mma_words_layout_ok(8, 48, 48) and mma_words_layout_ok(4, 96, 32)
+    assert mma_words_apply(2, None, 256, 128) and mma_words_apply(8, z, 256, 128)
+    assert not mma_words_apply(1, None, 256, 128)                     # symmetric 1-bit: zero point 0.5
+    assert not mma_words_apply(2, z.float(), 256, 128)                # float zero points
+
+
+@pytest.mark.parametrize("bits", [2, 8, 1])
+@pytest.mark.parametrize("n,k", [(128, 512), (72, 300)], ids=["even", "tails"])
+@pytest.mark.parametrize("group_size,symmetric", [(128, False), (64, True), (None, False)], ids=["g128", "g64-sym", "perchannel"])
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("config", [
+    GemmConfig(block_m=16, block_n=64, block_k=128, split_k=2, num_warps=4),   # ROW_REPS 1
+    GemmConfig(block_m=32, block_n=128, block_k=128, split_k=1, num_warps=8),  # ROW_REPS 1, 8 warps
+], ids=["16x64x128", "32x128x128w8"])
+def test_packed_gemm_bits(bits, n, k, group_size, symmetric, dtype, config):
+    """The packed 1/2/8-bit GEMM (``unpack.dequant_packed``, mma word order): one group per tile (scale
+    after the MMA), two groups per tile (per-word-row scales), per-channel, mask-free and tail shapes;
+    fp16 on CPU, fp16 + bf16 (the 8-bit fp32 route) on the GPU."""
+    from lowbit.formats.intx import mma_words_layout_ok, padded_k, to_mma_words
+    from lowbit.kernels import gemm
+
+    kp = padded_k(k, group_size)
+    if bits == 1 and (symmetric or not mma_words_layout_ok(1, kp, group_size or kp)):
+        pytest.skip("1 bit: integer zeros and 128-k chunks only")
+    qw = _make(bits, group_size, symmetric, "int", n, k, dtype, seed=bits + n)
+    gl = group_size or PER_CHANNEL_GROUP_LEN
+    assert gemm.use_packed(bits, qw.zeros, symmetric_zero(bits), None, gl, config, 1)
+    assert not gemm.use_packed(bits, qw.zeros, symmetric_zero(bits), None, gl, config, 0)
+    x = torch.randn(5, k, generator=torch.Generator().manual_seed(3)).to(DEVICE, dtype)
+    bias = torch.randn(n, generator=torch.Generator().manual_seed(4)).to(DEVICE, dtype)
+    y = gemm_wxa16(x, to_mma_words(qw.qweight, bits), qw.scales, qw.zeros, bias, bits, gl, symmetric_zero(bits), n,
+                   config=config, k_order=1)
+    assert_close_matmul(y, reference_linear(x, qw, bias), x, qw.dequantize(), dtype)

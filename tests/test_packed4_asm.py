@@ -1,5 +1,6 @@
-"""The inline PTX of the packed 4-bit dequantizers, executed on CPU by ``ptx_emu`` against plain torch:
-table lookups (``unpack.LUT4_*``) and the affine magic-number path (``unpack.DEQUANT4_*``)."""
+"""The inline PTX of the packed dequantizers, executed on CPU by ``ptx_emu`` against plain torch:
+4-bit table lookups (``unpack.LUT4_*``), the 4-bit affine magic-number path (``unpack.DEQUANT4_*``) and
+the 1/2/8-bit affine paths (``unpack.DEQUANT_FIELDS``)."""
 import pytest
 import torch
 import triton
@@ -91,3 +92,28 @@ def test_kernel_table_words_match_the_asm_operands(dtype):
         out = torch.zeros(8, 64, dtype=torch.int32, device=DEVICE)
         _table_words_kernel[(1,)](table, out, tl.float16 if dtype == torch.float16 else tl.bfloat16, row_reps)
         assert out.tolist() == [[w] * 64 for w in want]
+
+
+@pytest.mark.parametrize("bits", [1, 2, 8])
+@pytest.mark.parametrize("dt", ["f16x2", "bf16x2"])
+@pytest.mark.parametrize("scaled", [True, False], ids=["scaled", "q-z"])
+def test_dequant_fields_asm_matches_affine(bits, dt, scaled):
+    """Register e of the 1/2/8-bit asm = fields e and H + e of the word (H = 16 / bits), (q - z) * s rounded
+    once to the output dtype (or q - z exactly), for every code value, the largest zero point and a
+    mid one."""
+    dtype = DTYPES[dt]
+    h = 16 // bits
+    s = torch.tensor(0.0213, dtype=dtype).double()
+    asm = unpack.DEQUANT_FIELDS[(bits, dt, scaled)].value
+    for z in (float(2 ** bits - 1), float(2 ** (bits - 1))):
+        if bits == 8 and dt == "bf16x2":
+            ops = [ptx_emu._f32_bits(float(s)), ptx_emu._f32_bits(z + 2.0 ** 23)]
+        else:
+            magic = 1024.0 if dt == "f16x2" else 128.0
+            ops = [_pair(s, s, dtype)] + [_pair(-(z + magic / 2 ** o), -(z + magic / 2 ** o), dtype)
+                                          for o in unpack.field_offsets(bits)]
+        for word in _words(5, 24):
+            codes = [(word >> (bits * j)) & ((1 << bits) - 1) for j in range(32 // bits)]
+            out = ptx_emu.run(asm, [word] + ops, h)
+            f = (lambda q: (q - z) * float(s)) if scaled else (lambda q: q - z)
+            assert out == [_pair(f(codes[e]), f(codes[h + e]), dtype) for e in range(h)], (hex(word), z)

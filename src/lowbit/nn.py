@@ -4,9 +4,10 @@ Buffers (the state dict): ``qweight`` int32 (Kp*bits//32, N), ``scales`` (G, N),
 (G, N, only when asymmetric) and ``bias`` (N,) when the source layer had one. Layout:
 ``lowbit.formats.intx``. forward(x[..., K]) -> y[..., N] through ``lowbit.ops``.
 
-Run-time word order: 4-bit weights with integer (or symmetric integer) zero points keep ``qweight``
-in the mma word order (``formats.intx.to_mma_words``: the packed GEMM then needs no per-tile
-activation permutation, 8-18 % faster at M = 1..16 on the H200). ``k_order`` says which order the
+Run-time word order: 1/2/4/8-bit weights with integer (or symmetric integer) zero points keep
+``qweight`` in the mma word order (``formats.intx.to_mma_words``, where ``mma_words_layout_ok``: the
+packed GEMM then needs no per-tile activation permutation, 8-18 % faster at M = 1..16 on the H200 for
+4 bits; the 1/2/8-bit packed GEMM reads only this order). ``k_order`` says which order the
 buffer holds; the state dict, ``weight`` and checkpoints always see the natural order (converted on
 save and load). Modules built on the meta device start natural; ``use_mma_words_(model)`` converts
 them once their buffers are filled (``load_quantized`` and the HF loader call it).
@@ -18,21 +19,24 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .formats.intx import IntxFormat, IntxWeight, mma_words_apply, natural_words, runtime_words, to_mma_words
+from .formats.intx import IntxFormat, IntxWeight, natural_words, runs_mma_words, runtime_words, to_mma_words
 from .ops import linear_wxa16_auto
 from .tp import Shardable
 
 
 class MmaWordsBuffer:
-    """Mixin of modules with 4-bit packed-word buffers kept in the mma word order at run time
-    (``formats.intx.to_mma_words``). ``mma_word_buffers()`` -> {buffer name: whether the order applies};
-    buffer ``<p>qweight`` records its order in the attribute ``<p>k_order`` (0 natural, 1 mma); the
-    state dict always holds the natural order."""
+    """Mixin of modules with packed-word buffers kept in the mma word order at run time
+    (``formats.intx.to_mma_words``). ``mma_word_buffers()`` -> {buffer name: whether the order applies},
+    ``word_bits(name)`` the bits of its codes; buffer ``<p>qweight`` records its order in the attribute
+    ``<p>k_order`` (0 natural, 1 mma); the state dict always holds the natural order."""
 
     k_order = 0  # word order of ``qweight`` (modules with other buffer names add their own attributes)
 
     def mma_word_buffers(self) -> dict:
         return {"qweight": self.mma_words_apply()}
+
+    def word_bits(self, buffer: str) -> int:
+        return self.bits
 
     @staticmethod
     def _order_attr(buffer: str) -> str:
@@ -45,13 +49,13 @@ class MmaWordsBuffer:
         for name, applies in self.mma_word_buffers().items():
             q = getattr(self, name)
             if getattr(self, self._order_attr(name)) == 0 and q.device.type != "meta":
-                q, order = runtime_words(q, applies)
+                q, order = runtime_words(q, applies, self.word_bits(name))
                 setattr(self, name, q)
                 setattr(self, self._order_attr(name), order)
 
     def natural(self, buffer: str = "qweight") -> torch.Tensor:
         """``buffer`` in the natural word order (a converted copy while it holds the mma order)."""
-        return natural_words(getattr(self, buffer), getattr(self, self._order_attr(buffer)))
+        return natural_words(getattr(self, buffer), getattr(self, self._order_attr(buffer)), self.word_bits(buffer))
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -64,7 +68,7 @@ class MmaWordsBuffer:
         for name in self.mma_word_buffers():
             key, q = prefix + name, getattr(self, name)
             if getattr(self, self._order_attr(name)) and key in state_dict and state_dict[key].shape == q.shape:
-                state_dict = {**state_dict, key: to_mma_words(state_dict[key].to(q.device))}
+                state_dict = {**state_dict, key: to_mma_words(state_dict[key].to(q.device), self.word_bits(name))}
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
@@ -86,8 +90,8 @@ class QuantLinear(MmaWordsBuffer, Shardable, nn.Module):
         self.use_mma_words()
 
     def mma_words_apply(self) -> bool:
-        """4-bit codes whose zero points are integers (the packed GEMM path's formats)."""
-        return self.RUNTIME_MMA_WORDS and mma_words_apply(self.bits, self.zeros)
+        """Codes of one bit-plane whose zero points are integers (the packed GEMM path's formats)."""
+        return self.RUNTIME_MMA_WORDS and runs_mma_words(self)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, fmt: IntxFormat) -> "QuantLinear":

@@ -56,9 +56,17 @@ class QuantMoEExperts(MmaWordsBuffer, nn.Module):
         self.use_mma_words()
 
     def mma_word_buffers(self) -> dict:
-        """4-bit integer-zero experts run in the mma word order (as ``QuantLinear``)."""
-        return {"gate_up_qweight": mma_words_apply(self.bits, self.gate_up_zeros),
-                "down_qweight": mma_words_apply(self.down_bits, self.down_zeros)}
+        """Integer-zero experts of one bit-plane run in the mma word order (as ``QuantLinear``)."""
+        return {f"{name}_qweight": mma_words_apply(self.word_bits(name), getattr(self, f"{name}_zeros"), kp, gs or kp)
+                for name, kp, gs in (("gate_up", self._kp(self.gate_up_qweight, self.bits), self.group_size),
+                                     ("down", self._kp(self.down_qweight, self.down_bits), self.down_group_size))}
+
+    def word_bits(self, buffer: str) -> int:
+        return self.down_bits if buffer.startswith("down") else self.bits
+
+    @staticmethod
+    def _kp(qweight: torch.Tensor, bits: int) -> int:
+        return qweight.shape[-2] * 32 // bits
 
     @classmethod
     def from_dense(cls, gate_up: torch.Tensor, down: torch.Tensor, fmt: IntxFormat) -> "QuantMoEExperts":

@@ -14,7 +14,7 @@ import torch
 
 from . import dispatch
 from .errors import FormatError, InputError, UnsupportedError
-from .formats.intx import IntxWeight, natural_words, padded_k, symmetric_zero
+from .formats.intx import IntxWeight, mma_words_layout_ok, natural_words, padded_k, symmetric_zero
 from .kernels.dequant import dequant_matmul_wxa16
 from .kernels.gemm import gemm_wxa16
 from .kernels.gemv import gemv_wxa16
@@ -25,11 +25,11 @@ PER_CHANNEL_GROUP_LEN = 1 << 30  # what kernels see as the group length for per-
 def _validate_wxa16(x, qweight, scales, zeros, bias, bits, group_size, in_features, k_order=0) -> None:
     if not 1 <= bits <= 8:
         raise FormatError(f"bits must be in 1..8, got {bits}")
-    check_k_order(k_order, bits)
     if group_size < 0 or group_size % 32:
         raise FormatError(f"group_size must be 0 (per-channel) or a positive multiple of 32, got {group_size}")
     check_x(x, in_features)
     kp = padded_k(in_features, group_size or None)
+    check_k_order(k_order, bits, kp, group_size or kp)
     if qweight.dtype != torch.int32 or qweight.dim() != 2 or qweight.shape[0] != kp * bits // 32:
         raise FormatError(
             f"qweight must be int32 of shape ({kp * bits // 32}, N) for K={in_features}, bits={bits}, "
@@ -44,10 +44,12 @@ def _validate_wxa16(x, qweight, scales, zeros, bias, bits, group_size, in_featur
     check_bias_devices(x, n, bias, qweight=qweight, scales=scales, zeros=zeros)
 
 
-def check_k_order(k_order: int, bits: int) -> None:
-    """k_order is 0 (natural words) or 1 (mma word order, 4-bit only) (FormatError)."""
-    if k_order not in (0, 1) or (k_order == 1 and bits != 4):
-        raise FormatError(f"k_order must be 0 (natural) or 1 (mma word order, 4-bit only); got {k_order} with bits={bits}")
+def check_k_order(k_order: int, bits: int, kp: int, group_len: int) -> None:
+    """k_order is 0 (natural words) or 1 (mma word order: ``formats.intx.mma_words_layout_ok``) (FormatError)."""
+    if k_order not in (0, 1) or (k_order == 1 and not mma_words_layout_ok(bits, kp, group_len)):
+        raise FormatError(f"k_order must be 0 (natural) or 1 (mma word order: 1, 2, 4 or 8 bits, Kp and the group "
+                          f"a multiple of {128 // bits if bits in (1, 2, 4, 8) else '128/bits'}); got {k_order} with "
+                          f"bits={bits}, Kp={kp}, group={group_len}")
 
 
 def check_x(x: torch.Tensor, in_features: int) -> None:
@@ -86,7 +88,7 @@ def flatten_apply(x: torch.Tensor, k: int, n: int, run) -> torch.Tensor:
 
 def reference_wxa16(x2d, qweight, scales, zeros, bias, bits, group_size, in_features, k_order=0) -> torch.Tensor:
     """fp32 dequantize-then-matmul (the oracle, and the CPU backend)."""
-    w = IntxWeight(natural_words(qweight, k_order), scales, zeros, bits, group_size or None, in_features).dequantize(torch.float32)
+    w = IntxWeight(natural_words(qweight, k_order, bits), scales, zeros, bits, group_size or None, in_features).dequantize(torch.float32)
     return dense_reference(x2d, w, bias, x2d.dtype)
 
 

@@ -32,7 +32,7 @@ def _validate_luta16(x, qweight, scales, table, bias, bits, group_size, in_featu
 
 def reference_luta16(x2d, qweight, scales, table, bias, bits, group_size, in_features, k_order=0) -> torch.Tensor:
     """fp32 dequantize-then-matmul (the oracle, and the CPU backend)."""
-    w = LutWeight(natural_words(qweight, k_order), scales, table, bits, group_size or None,
+    w = LutWeight(natural_words(qweight, k_order, bits), scales, table, bits, group_size or None,
                   in_features).dequantize(torch.float32)
     return dense_reference(x2d, w, bias, x2d.dtype)
 

@@ -45,9 +45,10 @@ def _validate_grouped(x, qweight, scales, zeros, bias, bits, group_size, in_feat
                       topk, gather, row_weights, k_order=0) -> None:
     if not 1 <= bits <= 8:
         raise FormatError(f"bits must be in 1..8, got {bits}")
-    check_k_order(k_order, bits)
     if group_size < 0 or group_size % 32:
         raise FormatError(f"group_size must be 0 (per-channel) or a positive multiple of 32, got {group_size}")
+    check_k_order(k_order, bits, padded_k(in_features, group_size or None),
+                  group_size or padded_k(in_features, group_size or None))
     if not x.is_floating_point() or x.dim() != 2 or x.shape[1] != in_features:
         raise InputError(f"x must be a 2-D float tensor (rows, in_features={in_features}), got {x.dtype} "
                          f"{tuple(x.shape)}")
@@ -196,7 +197,7 @@ def grouped_gemm_wxa16_eager(x, qweight, scales, zeros, bias, bits, group_size, 
     p = GroupedProblem(rows, qweight.shape[0], n, in_features, bits, topk, x.dtype, x.device.type)
     backend = select_grouped(p, forced_family(), fused_only())
     if backend == "reference":
-        return reference_grouped(x, natural_words(qweight, k_order), scales, zeros, bias, bits,
+        return reference_grouped(x, natural_words(qweight, k_order, bits), scales, zeros, bias, bits,
                                  group_size, in_features, expert_offsets, sorted_ids, topk, gather, scatter, row_weights)
     return _LAUNCHERS[backend](x, qweight, scales, zeros, bias, bits, group_size or PER_CHANNEL_GROUP_LEN,
                                symmetric_zero(bits), expert_offsets, sorted_ids, topk, gather, scatter, row_weights,

@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..formats.intx import IntxWeight, mma_words_apply, runtime_words, symmetric_zero, unpack
+from ..formats.intx import IntxWeight, runs_mma_words, runtime_words, symmetric_zero, unpack
 from .cases import (
     OURS, PEER, Bound, Case, OpSpec, ShapeData, intx_weight_bytes, needs_cuda, register,
 )
@@ -40,7 +40,7 @@ class Ours(Case):
 
         qw = data.qw
         bits, gs, k = qw.bits, qw.group_size or 0, qw.in_features
-        qweight, k_order = runtime_words(qw.qweight, mma_words_apply(bits, qw.zeros))  # as QuantLinear runs
+        qweight, k_order = runtime_words(qw.qweight, runs_mma_words(qw), bits)  # as QuantLinear runs
 
         def run(x, w):
             return ops.linear_wxa16(x, w[0], w[1], w[2], None, bits, gs, k, k_order)

@@ -92,10 +92,10 @@ def _loop(counts: List[int], fn: Callable[[int, int, int], torch.Tensor]) -> Lis
 def bind_method(name: str, qw, w_dense: torch.Tensor, pt: Point, shape: MoeShape):
     """(weights to copy for cold timing, run(weights) -> Y, bytes per stored weight element)."""
     from .. import ops
-    from ..formats.intx import mma_words_apply, runtime_words
+    from ..formats.intx import runs_mma_words, runtime_words
 
     if name.startswith("lowbit"):  # the word order QuantMoE / QuantLinear run (lowbit.nn)
-        qweight, ko = runtime_words(qw.qweight, mma_words_apply(qw.bits, qw.zeros))
+        qweight, ko = runtime_words(qw.qweight, runs_mma_words(qw), qw.bits)
         qw = type(qw)(qweight, qw.scales, qw.zeros, qw.bits, qw.group_size, qw.in_features)
     if name == "lowbit":
         return qw, lambda w: ops.grouped_gemm(pt.xs, w, pt.offsets, k_order=ko), qw.bits / 8

@@ -127,27 +127,60 @@ def unpack(qweight: torch.Tensor, bits: int, kp: int) -> torch.Tensor:
     return q.t().to(torch.uint8).contiguous()
 
 
-# --- the "mma" word order of 4-bit codes (a runtime layout of ``QuantLinear``, never stored) ---
+# --- the "mma" word order (a runtime layout of ``QuantLinear``, never stored) ---
 #
-# Within every 32-k chunk the 32 codes are permuted so that storage slot s (word s // 8, nibble s % 8)
-# holds the code of input channel ``mma_natural_k(s)``: the packed GEMM's dequantization
-# (``kernels.unpack.dequant4_packed``) then yields the MMA fragment's columns in natural k order and the
-# activations need no per-tile permutation (``kernels.unpack.mma_k_order`` undone offline, as Marlin
-# does). With slot s = 32P + 8c + 4t + 2a + b: natural k = 32P + 16t + 8a + 2c + b.
+# Codes of 1, 2, 4 or 8 bits (one bit-plane) are permuted inside every chunk of ``mma_chunk(bits)`` =
+# 4 words (128 / bits input channels) so that the packed GEMM's dequantization
+# (``kernels.unpack.dequant_packed``) yields the Hopper MMA A-fragment in natural k order: lane c of a
+# quad holds k-pairs (2c, 2c+1) and (2c+8, 2c+9) of every 16-k step, all of them from word c of the chunk,
+# and the activations need no per-tile permutation (``kernels.unpack.mma_k_order`` undone offline, as
+# Marlin does). Storage slot s = CH*p + (32/bits)*c + j (chunk p, word c, field j at bit bits*j) holds
+# natural k = CH*p + 16*st + 8*a + 2*c + b, where
+#   4 bits (fields paired by byte: j = 4*st + 2*a + b);
+#   1, 2, 8 bits (fields paired by 16-bit half: j = H*b + 2*st + a, H = 16 / bits).
 
-def mma_natural_k(k):
+def mma_chunk(bits: int) -> int:
+    """Input channels per mma word-order chunk: 4 words of 32 / bits codes."""
+    return 128 // bits
+
+
+def mma_natural_k(k, bits: int = 4):
     """Input channel whose code storage slot k holds in the mma word order (int or integer tensor)."""
-    return (k & -32) | ((k & 6) << 2) | ((k >> 2) & 6) | (k & 1)
+    if bits == 4:
+        return (k & -32) | ((k & 6) << 2) | ((k >> 2) & 6) | (k & 1)
+    vpw = 32 // bits
+    h = vpw // 2
+    j = k % vpw
+    c = (k // vpw) % 4
+    b, e = j // h, j % h
+    return (k // (4 * vpw)) * (4 * vpw) + 16 * (e // 2) + 8 * (e % 2) + 2 * c + b
 
 
-def mma_words_apply(bits: int, zeros: Optional[torch.Tensor]) -> bool:
-    """Whether lowbit runs this weight in the mma word order: 4-bit codes with integer (uint8) or
-    symmetric zero points, the formats of the packed GEMM path."""
-    return bits == 4 and (zeros is None or zeros.dtype == torch.uint8)
+def mma_words_layout_ok(bits: int, kp: int, group_len: int) -> bool:
+    """Whether codes of ``bits`` bits with padded K ``kp`` and groups of ``group_len`` can take the mma
+    word order: one bit-plane of 1, 2, 4 or 8 bits, whole chunks, no chunk split by a group boundary."""
+    if bits not in (1, 2, 4, 8):
+        return False
+    ch = mma_chunk(bits)
+    return kp % ch == 0 and group_len % ch == 0
+
+
+def mma_words_apply(bits: int, zeros: Optional[torch.Tensor], kp: int, group_len: int) -> bool:
+    """Whether lowbit runs this weight in the mma word order: codes of one bit-plane
+    (``mma_words_layout_ok``) with integer (uint8) or integer symmetric zero points, the formats of the
+    packed GEMM path."""
+    int_zero = zeros.dtype == torch.uint8 if zeros is not None else symmetric_zero(bits).is_integer()
+    return int_zero and mma_words_layout_ok(bits, kp, group_len)
+
+
+def runs_mma_words(w) -> bool:
+    """``mma_words_apply`` of a packed weight (``IntxWeight`` or stacked experts: qweight [..., Kp*bits/32, N])."""
+    kp = w.qweight.shape[-2] * 32 // w.bits
+    return mma_words_apply(w.bits, w.zeros, kp, w.group_size or kp)
 
 
 def _words_2d(convert, qweight: torch.Tensor) -> torch.Tensor:
-    """Apply a (Kp/8, N) word conversion to qweight [..., Kp/8, N] (stacked experts: E leading)."""
+    """Apply a (Kp*bits/32, N) word conversion to qweight [..., Kp*bits/32, N] (stacked experts: E leading)."""
     if qweight.dim() == 2:
         return convert(qweight)
     flat = qweight.movedim(-2, 0)
@@ -155,38 +188,40 @@ def _words_2d(convert, qweight: torch.Tensor) -> torch.Tensor:
     return out.movedim(0, -2).contiguous()
 
 
-def _to_mma_2d(qweight: torch.Tensor) -> torch.Tensor:
-    kp = qweight.shape[0] * 8
-    slots = mma_natural_k(torch.arange(kp, device=qweight.device))
-    return pack(unpack(qweight, 4, kp)[:, slots], 4)
+def _slots(qweight: torch.Tensor, bits: int):
+    kp = qweight.shape[0] * 32 // bits
+    if kp % mma_chunk(bits):
+        raise FormatError(f"the mma word order of {bits}-bit codes needs Kp % {mma_chunk(bits)} == 0, got Kp={kp}")
+    return kp, mma_natural_k(torch.arange(kp, device=qweight.device), bits)
 
 
-def _from_mma_2d(qweight: torch.Tensor) -> torch.Tensor:
-    kp = qweight.shape[0] * 8
-    codes = unpack(qweight, 4, kp)
-    natural = torch.empty_like(codes)
-    natural[:, mma_natural_k(torch.arange(kp, device=qweight.device))] = codes
-    return pack(natural, 4)
+def to_mma_words(qweight: torch.Tensor, bits: int = 4) -> torch.Tensor:
+    """qweight [..., Kp*bits/32, N] in the natural order -> the same codes in the mma word order."""
+    def convert(q):
+        kp, slots = _slots(q, bits)
+        return pack(unpack(q, bits, kp)[:, slots], bits)
+    return _words_2d(convert, qweight)
 
 
-def to_mma_words(qweight: torch.Tensor) -> torch.Tensor:
-    """4-bit qweight [..., Kp/8, N] in the natural order -> the same codes in the mma word order."""
-    return _words_2d(_to_mma_2d, qweight)
-
-
-def from_mma_words(qweight: torch.Tensor) -> torch.Tensor:
+def from_mma_words(qweight: torch.Tensor, bits: int = 4) -> torch.Tensor:
     """Inverse of ``to_mma_words``."""
-    return _words_2d(_from_mma_2d, qweight)
+    def convert(q):
+        kp, slots = _slots(q, bits)
+        codes = unpack(q, bits, kp)
+        natural = torch.empty_like(codes)
+        natural[:, slots] = codes
+        return pack(natural, bits)
+    return _words_2d(convert, qweight)
 
 
-def natural_words(qweight: torch.Tensor, k_order: int) -> torch.Tensor:
+def natural_words(qweight: torch.Tensor, k_order: int, bits: int = 4) -> torch.Tensor:
     """qweight held in word order ``k_order`` (0 natural, 1 mma) -> the natural order."""
-    return from_mma_words(qweight) if k_order else qweight
+    return from_mma_words(qweight, bits) if k_order else qweight
 
 
-def runtime_words(qweight: torch.Tensor, applies: bool):
+def runtime_words(qweight: torch.Tensor, applies: bool, bits: int = 4):
     """(qweight in the order lowbit runs, its k_order): the mma word order when ``applies``."""
-    return (to_mma_words(qweight), 1) if applies else (qweight, 0)
+    return (to_mma_words(qweight, bits), 1) if applies else (qweight, 0)
 
 
 def _round_scale_up(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

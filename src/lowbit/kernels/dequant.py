@@ -16,7 +16,7 @@ import triton.language as tl
 from ..errors import UnsupportedError
 from .launch import table_strides
 from .unpack import (
-    codes_from_words_nk, dequant_tile, group_params, load_codes_nk, lut_dequant_tile, mma_k_order, plane_constexprs,
+    codes_from_words_nk, dequant_tile, group_params, load_codes_nk, lut_dequant_tile, mma_slots_to_natural, plane_constexprs,
     table_base,
 )
 
@@ -50,7 +50,7 @@ def dequantize_intx_kernel(
     else:
         w = dequant_tile(q, s[:, None], z[:, None], INT_ZERO, w_ptr.dtype.element_ty)
     if MMA_WORDS:  # storage slot s holds column natural_k(s): reorder the tile's columns in registers
-        w = tl.trans(mma_k_order(tl.trans(w), BLOCK_K))  # (contiguous stores; a scatter was 5x slower)
+        w = tl.trans(mma_slots_to_natural(tl.trans(w), BLOCK_K, P0))  # (contiguous stores; a scatter was 5x slower)
     tl.store(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :], w,
              mask=mask_n[:, None] & (offs_k < K)[None, :])
 
@@ -64,7 +64,7 @@ def dequantize_intx(qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional
                     group_len: int, sym_zero: float, in_features: int, dtype: torch.dtype,
                     table: Optional[torch.Tensor] = None, k_order: int = 0) -> torch.Tensor:
     """Dense (N, K) weight in ``dtype`` (fp16/bf16) on the weight's device; ``table``: LUT codes;
-    ``k_order`` 1: 4-bit words in the mma word order (``formats.intx.to_mma_words``);
+    ``k_order`` 1: words in the mma word order (``formats.intx.to_mma_words``);
     stacked experts (qweight (E, Kp*bits/32, N), scales/zeros (E, G, N)) give (E, N, K) in one launch."""
     experts = qweight.shape[0] if qweight.dim() == 3 else 0
     if experts and table is not None:

@@ -18,10 +18,12 @@ import triton.language as tl
 
 from .dequant import int_zero
 from .epilogue import grouped_tile_ids, split_k_tiles, write_linear_output
+from ..formats.intx import mma_chunk
 from .launch import launch_intx, resolve_config
 from .unpack import (
-    codes_from_words_nk, dequant4_packed, dequant_tile, fragment_channels, fragment_rows, group_params, load_codes_nk,
-    lut4_packed, lut4_table_words, lut_dequant_tile, mma_k_order, natural_k, register_anchor, table_base,
+    codes_from_words_nk, dequant_packed, dequant_tile, fragment_channels, fragment_rows, group_params, load_codes_nk,
+    lut4_packed, lut4_table_words, lut_dequant_tile, mma_k_order, natural_k, register_anchor, stored_k_extent,
+    table_base,
 )
 
 
@@ -43,20 +45,23 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
                     GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
                     HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, LUT: tl.constexpr, INT_ZERO: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr,
-                    PACKED4: tl.constexpr = False, INLINE_ASM: tl.constexpr = False,
+                    PACKED: tl.constexpr = False, INLINE_ASM: tl.constexpr = False,
                     EVEN_K: tl.constexpr = False, ROW_REPS: tl.constexpr = 0, SCALE_AFTER: tl.constexpr = False,
                     MMA_WORDS: tl.constexpr = False):
     """Y^T tile [BLOCK_N, BLOCK_M] (fp32) over the K tiles [t0, t1): rows ``offs_m`` of X (any row
     indices: the grouped kernel passes gathered token rows) times output channels ``offs_n`` of W.
-    PACKED4 (4-bit codes, integer zeros, GROUP_LEN % BLOCK_K == 0, BLOCK_K % 32 == 0): the packed
-    dequantization of ``unpack.dequant4_packed`` (PTX when INLINE_ASM), K in ``mma_k_order``.
-    MMA_WORDS: 4-bit words in the mma word order (``formats.intx.to_mma_words``): the packed path takes
-    X in natural order, the generic one gathers X rows through ``unpack.natural_k``."""
+    PACKED (``packed_applies``: codes of one P0-bit plane, integer zeros or a 4-bit table): the packed
+    dequantization of ``unpack.dequant_packed`` / ``lut4_packed`` (PTX when INLINE_ASM).
+    MMA_WORDS: words in the mma word order (``formats.intx.to_mma_words``): the packed path takes X in
+    natural order (4-bit natural words: X permuted by ``mma_k_order``), the generic one gathers X rows
+    through ``unpack.natural_k``."""
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    if PACKED4:
+    if PACKED:
         # GPT groups per K tile (GROUP_LEN < BLOCK_K, GROUP_LEN % 32 == 0): scales per word-row
         GPT: tl.constexpr = BLOCK_K // GROUP_LEN if GROUP_LEN < BLOCK_K else 1
-        R: tl.constexpr = BLOCK_K // 8
+        VPW: tl.constexpr = 32 // P0  # codes per word
+        R: tl.constexpr = BLOCK_K // VPW
+        tl.static_assert(MMA_WORDS or P0 == 4, "the packed 1/2/8-bit path reads the mma word order only")
         POST_SCALE: tl.constexpr = SCALE_AFTER and GPT == 1
         if LUT:  # one global table or one per channel (stride_tn 0 or 16), constant along K
             t_rows = tl.where(mask_n, offs_n * stride_tn, 0)
@@ -68,13 +73,13 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
             k0 = t * BLOCK_K
             offs_k = k0 + tl.arange(0, BLOCK_K)
             r = tl.arange(0, R)
-            w_ptrs = qw_ptr + offs_n[None, :] + (k0 // 8 + r)[:, None] * stride_qk  # [BLOCK_K // 8, BLOCK_N]
+            w_ptrs = qw_ptr + offs_n[None, :] + (k0 // VPW + r)[:, None] * stride_qk  # [R, BLOCK_N]
             x_ptrs = x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None] * stride_xk  # [BLOCK_K, BLOCK_M]
             if EVEN_K:
                 words = tl.load(w_ptrs, mask=mask_n[None, :], other=0)
                 xt = tl.load(x_ptrs, mask=mask_m[None, :], other=0.0)
             else:  # a tile past K reads no words past Kp (only possible when GPT > 1) and zero x
-                words = tl.load(w_ptrs, mask=mask_n[None, :] & ((k0 + 8 * r) < Kp)[:, None], other=0)
+                words = tl.load(w_ptrs, mask=mask_n[None, :] & ((k0 + VPW * r) < Kp)[:, None], other=0)
                 xt = tl.load(x_ptrs, mask=mask_m[None, :] & (offs_k[:, None] < K), other=0.0)
             if GPT == 1:  # the tile's group: s, z [1, BLOCK_N]
                 g = k0 // GROUP_LEN
@@ -89,13 +94,13 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
                 words = fragment_rows(words, ROW_REPS)
                 s = fragment_rows(s, ROW_REPS)
                 z = fragment_rows(z, ROW_REPS)
-            if GPT > 1:  # word-row r lies in group r // (GROUP_LEN // 8) of the tile
+            if GPT > 1:  # word-row r lies in group r // (GROUP_LEN // VPW) of the tile
                 s = tl.reshape(tl.broadcast_to(s[:, None, :], (GPT, R // GPT, BLOCK_N)), (R, BLOCK_N))
                 z = tl.reshape(tl.broadcast_to(z[:, None, :], (GPT, R // GPT, BLOCK_N)), (R, BLOCK_N))
             if LUT:
                 w = lut4_packed(words, t_ptr, t_rows, tw, s, x_ptr.dtype.element_ty, INLINE_ASM, not POST_SCALE)
             else:
-                w = dequant4_packed(words, s, z, x_ptr.dtype.element_ty, INLINE_ASM, not POST_SCALE)
+                w = dequant_packed(words, s, z, x_ptr.dtype.element_ty, INLINE_ASM, not POST_SCALE, P0)
             if not MMA_WORDS:  # natural-order words: permute X to the fragment's k order every tile
                 xt = mma_k_order(xt, BLOCK_K)
             if POST_SCALE:  # one scale per row and K tile: scale the tile's product, not each weight
@@ -115,7 +120,7 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
             w0, w1, w2 = load_codes_nk(qw_ptr, k0, offs_n, mask_n, stride_qk, Kp, Kp, P0, P1, P2, BLOCK_K)
             n0, n1, n2 = w0, w1, w2
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        xk = natural_k(offs_k, MMA_WORDS)
+        xk = natural_k(offs_k, MMA_WORDS, P0)
         xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + xk[:, None] * stride_xk,
                      mask=mask_m[None, :] & (xk[:, None] < K), other=0.0)  # [BLOCK_K, BLOCK_M]
         q = codes_from_words_nk(w0, w1, w2, P0, P1, P2, BLOCK_N, BLOCK_K)
@@ -150,7 +155,7 @@ def gemm_wxa16_kernel(
     INT_ZERO: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, PREFETCH: tl.constexpr,
-    PACKED4: tl.constexpr = False, INLINE_ASM: tl.constexpr = False,
+    PACKED: tl.constexpr = False, INLINE_ASM: tl.constexpr = False,
     EVEN_N: tl.constexpr = False, EVEN_K: tl.constexpr = False, ROW_REPS: tl.constexpr = 0,
     SCALE_AFTER: tl.constexpr = False, MMA_WORDS: tl.constexpr = False,
 ):
@@ -167,11 +172,11 @@ def gemm_wxa16_kernel(
         mask_n = tl.full((BLOCK_N,), 1, tl.int1)
     else:
         mask_n = offs_n < N
-    t0, t1 = split_k_tiles(K, pid_k, BLOCK_K, SPLIT_K)
+    t0, t1 = split_k_tiles(stored_k_extent(K, MMA_WORDS, P0), pid_k, BLOCK_K, SPLIT_K)
     acc = gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, mask_n, K, Kp, t0, t1,
                           stride_xm, stride_xk, stride_qk, stride_sg, stride_tg, stride_tn,
                           GROUP_LEN, P0, P1, P2, HAS_ZEROS, SYM_ZERO, LUT, INT_ZERO,
-                          BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, PACKED4, INLINE_ASM, EVEN_K, ROW_REPS, SCALE_AFTER,
+                          BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, PACKED, INLINE_ASM, EVEN_K, ROW_REPS, SCALE_AFTER,
                           MMA_WORDS)
     if ROW_REPS > 0:
         offs_n = fragment_channels(offs_n, ROW_REPS)
@@ -202,11 +207,11 @@ def gemm_wxa16(
     else:
         cfg = config
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(out_features, cfg.block_n), cfg.split_k)
-    packed4 = use_packed4(bits, zeros, sym_zero, table, group_len, cfg)
+    packed = use_packed(bits, zeros, sym_zero, table, group_len, cfg, k_order)
     return launch_intx(gemm_wxa16_kernel, grid, x, qweight, scales, zeros, bias, bits, group_len, sym_zero,
                        out_features, cfg.split_k, INT_ZERO=int_zero(zeros, sym_zero), BLOCK_M=cfg.block_m,
                        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, PREFETCH=cfg.prefetch,
-                       **packed4_meta(packed4, cfg, out_features, k, x.is_cuda), MMA_WORDS=bool(k_order),
+                       **packed_meta(packed, cfg, out_features, k, x.is_cuda), MMA_WORDS=bool(k_order),
                        num_warps=cfg.num_warps, num_stages=cfg.num_stages, table=table)
 
 
@@ -220,30 +225,30 @@ def one_group_per_tile(cfg: GemmConfig, bits: int, zeros: Optional[torch.Tensor]
     re-measured with the mma word order: NF4 ratio to int4 better on 5 of 8 M = 1/16 points, worse on 3,
     benchmarks/results/h200/lut_mma_words/bk64_probe/)."""
     if (table is None and cfg.block_m <= 16 and group_len == 64 and cfg.block_k == 128
-            and packed4_applies(bits, zeros, sym_zero, table, group_len, 64) and not cfg.prefetch):
+            and packed_applies(bits, zeros, sym_zero, table, group_len, 64) and not cfg.prefetch):
         return dataclasses.replace(cfg, block_k=64)
     return cfg
 
 
 # Packed-path options (module level so a probe can switch one off and time the difference).
-PACKED4_OPTIONS = {"fragment_rows": True, "scale_after": True}
+PACKED_OPTIONS = {"fragment_rows": True, "scale_after": True}
 
 
-def packed4_meta(packed4: bool, cfg: GemmConfig, n: int, k: int, on_gpu: bool) -> dict:
+def packed_meta(packed: bool, cfg: GemmConfig, n: int, k: int, on_gpu: bool) -> dict:
     """Constexprs of the packed 4-bit path: EVEN_N / EVEN_K drop masks on tile-aligned shapes,
     ROW_REPS orders the accumulator rows like the Hopper MMA fragment (``unpack.fragment_rows``) so
     word loads are 8/16-byte vectors, SCALE_AFTER scales each K tile's product instead of each weight."""
-    if not packed4:
-        return {"PACKED4": False}
-    return {**packed4_tile_meta(cfg.block_n, cfg.num_warps, on_gpu), "EVEN_N": n % cfg.block_n == 0,
-            "EVEN_K": k % cfg.block_k == 0, "SCALE_AFTER": PACKED4_OPTIONS["scale_after"]}
+    if not packed:
+        return {"PACKED": False}
+    return {**packed_tile_meta(cfg.block_n, cfg.num_warps, on_gpu), "EVEN_N": n % cfg.block_n == 0,
+            "EVEN_K": k % cfg.block_k == 0, "SCALE_AFTER": PACKED_OPTIONS["scale_after"]}
 
 
-def packed4_tile_meta(block_n: int, num_warps: int, on_gpu: bool) -> dict:
-    """PACKED4 / INLINE_ASM / ROW_REPS: the constexprs every kernel calling the packed path of
+def packed_tile_meta(block_n: int, num_warps: int, on_gpu: bool) -> dict:
+    """PACKED / INLINE_ASM / ROW_REPS: the constexprs every kernel calling the packed path of
     ``gemm_accumulate`` takes (the GEMM and the grouped MoE kernel)."""
-    rows = fragment_row_reps(block_n, num_warps) if PACKED4_OPTIONS["fragment_rows"] else 0
-    return {"PACKED4": True, "INLINE_ASM": on_gpu, "ROW_REPS": rows}
+    rows = fragment_row_reps(block_n, num_warps) if PACKED_OPTIONS["fragment_rows"] else 0
+    return {"PACKED": True, "INLINE_ASM": on_gpu, "ROW_REPS": rows}
 
 
 def fragment_row_reps(block_n: int, num_warps: int) -> int:
@@ -258,18 +263,22 @@ def fragment_row_reps(block_n: int, num_warps: int) -> int:
     return block_n // (16 * wm) if block_n % (16 * wm) == 0 else 0
 
 
-def use_packed4(bits: int, zeros: Optional[torch.Tensor], sym_zero: float, table: Optional[torch.Tensor],
-                group_len: int, cfg: GemmConfig) -> bool:
-    """Whether the packed 4-bit dequantization applies (``unpack.dequant4_packed``)."""
-    return packed4_applies(bits, zeros, sym_zero, table, group_len, cfg.block_k) and not cfg.prefetch
+def use_packed(bits: int, zeros: Optional[torch.Tensor], sym_zero: float, table: Optional[torch.Tensor],
+               group_len: int, cfg: GemmConfig, k_order: int = 0) -> bool:
+    """Whether the packed dequantization applies (``unpack.dequant_packed`` / ``lut4_packed``)."""
+    return packed_applies(bits, zeros, sym_zero, table, group_len, cfg.block_k, k_order) and not cfg.prefetch
 
 
-def packed4_applies(bits: int, zeros: Optional[torch.Tensor], sym_zero: float, table: Optional[torch.Tensor],
-                    group_len: int, block_k: int) -> bool:
-    """4-bit codes, whole 32-k chunks per K tile, groups that are whole multiples of the tile or of 32
-    k that divide it; affine codes need integer zeros, 16-entry lookup tables must not change along K
-    (one global table, or one per channel)."""
-    if bits != 4 or block_k % 32 or not (group_len % block_k == 0 or (block_k % group_len == 0 and group_len % 32 == 0)):
+def packed_applies(bits: int, zeros: Optional[torch.Tensor], sym_zero: float, table: Optional[torch.Tensor],
+                   group_len: int, block_k: int, k_order: int = 0) -> bool:
+    """Codes of one bit-plane (1, 2, 4 or 8 bits; 1/2/8 only in the mma word order, ``k_order`` 1), whole
+    mma chunks (``formats.intx.mma_chunk``: 4 words) per K tile, groups that are whole multiples of the
+    tile or whole chunks dividing it; affine codes need integer zeros, 16-entry 4-bit lookup tables must
+    not change along K (one global table, or one per channel)."""
+    if bits not in (1, 2, 4, 8) or (bits != 4 and (not k_order or table is not None)):
+        return False
+    ch = mma_chunk(bits)
+    if block_k % ch or not (group_len % block_k == 0 or (block_k % group_len == 0 and group_len % ch == 0)):
         return False
     if table is None:
         return int_zero(zeros, sym_zero)

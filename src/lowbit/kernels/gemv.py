@@ -24,8 +24,8 @@ import triton
 import triton.language as tl
 
 from .epilogue import split_k_tiles, write_linear_output
-from .launch import launch_intx, resolve_config
-from .unpack import align_plane_rows, group_params, load_codes_nk, lut_lookup, natural_k, table_base
+from .launch import even_k, launch_intx, resolve_config
+from .unpack import align_plane_rows, group_params, load_codes_nk, lut_lookup, natural_k, stored_k_extent, table_base
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def _plane_tile(words, magic, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk
             SH = POS - 12
             field = (shifted & (MASK << SH)) | magic
         v = field.to(tl.float32, bitcast=True) - 8388608.0
-        xj = _x_slice(x_ptr, natural_k(k0 + r * PER + j, MMA_WORDS), offs_m, mask_m, K, stride_xm, stride_xk,
+        xj = _x_slice(x_ptr, natural_k(k0 + r * PER + j, MMA_WORDS, P), offs_m, mask_m, K, stride_xm, stride_xk,
                       EVEN_K)
         tile += (xj * ((1 << OFF) / (1 << SH)))[:, None, :] * v[None, :, :]
         xsum += xj
@@ -130,7 +130,7 @@ def _lut_tile(w0, w1, w2, t_ptr, tbase, tmask, x_ptr, k0, offs_m, mask_m, K, str
         if P1 > 0:
             q |= ((hi >> (j * P1)) & ((1 << P1) - 1)) << P0
         v = lut_lookup(t_ptr, tbase, q, tmask)
-        xj = _x_slice(x_ptr, natural_k(k0 + r * PER + j, MMA_WORDS), offs_m, mask_m, K, stride_xm, stride_xk, False)
+        xj = _x_slice(x_ptr, natural_k(k0 + r * PER + j, MMA_WORDS, P0), offs_m, mask_m, K, stride_xm, stride_xk, False)
         tile += xj[:, None, :] * v[None, :, :]
     return tile
 
@@ -214,7 +214,7 @@ def gemv_wxa16_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < N
-    t0, t1 = split_k_tiles(K, pid_k, BLOCK_K, SPLIT_K)
+    t0, t1 = split_k_tiles(stored_k_extent(K, MMA_WORDS, P0), pid_k, BLOCK_K, SPLIT_K)
     acc = gemv_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, mask_n, K, Kp, t0, t1,
                           stride_xm, stride_xk, stride_qk, stride_sg, stride_tg, stride_tn, magic,
                           GROUP_LEN, P0, P1, P2, HAS_ZEROS, SYM_ZERO, LUT,
@@ -262,5 +262,5 @@ def gemv_wxa16(
                        out_features, cfg.split_k, BLOCK_M=max(1, triton.next_power_of_2(m)),
                        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
                        NUM_STAGES=1 if cfg.prefetch else cfg.num_stages, PREFETCH=cfg.prefetch,
-                       EVEN_K=k % cfg.block_k == 0, magic=FLOAT_2_23_BITS, MMA_WORDS=bool(k_order),
+                       EVEN_K=even_k(k, cfg.block_k, bits, k_order), magic=FLOAT_2_23_BITS, MMA_WORDS=bool(k_order),
                        num_warps=cfg.num_warps, num_stages=cfg.num_stages, table=table)

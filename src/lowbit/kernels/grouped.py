@@ -27,10 +27,10 @@ import triton.language as tl
 
 from .dequant import dequantize_intx, int_zero
 from .epilogue import grouped_tile_ids, split_k_tiles, write_output
-from .gemm import gemm_accumulate, packed4_applies, packed4_tile_meta
+from .gemm import gemm_accumulate, packed_applies, packed_tile_meta
 from .gemv import FLOAT_2_23_BITS, gemv_accumulate
-from .launch import MAX_SPLIT_K_TILES, output_buffers
-from .unpack import fragment_channels, plane_constexprs
+from .launch import MAX_SPLIT_K_TILES, even_k, output_buffers
+from .unpack import fragment_channels, plane_constexprs, stored_k_extent
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def grouped_wxa16_kernel(
     E_POW2: tl.constexpr, NUM_TILES: tl.constexpr, MMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, NUM_STAGES: tl.constexpr, EVEN_K: tl.constexpr,
-    PACKED4: tl.constexpr = False, INLINE_ASM: tl.constexpr = False, ROW_REPS: tl.constexpr = 0,
+    PACKED: tl.constexpr = False, INLINE_ASM: tl.constexpr = False, ROW_REPS: tl.constexpr = 0,
     MMA_WORDS: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
@@ -106,12 +106,12 @@ def grouped_wxa16_kernel(
     qw_e = qw_ptr + ex * stride_qe
     s_e = s_ptr + ex * stride_se
     z_e = z_ptr + ex * stride_se
-    t0, t1 = split_k_tiles(K, pid_k, BLOCK_K, SPLIT_K)
+    t0, t1 = split_k_tiles(stored_k_extent(K, MMA_WORDS, P0), pid_k, BLOCK_K, SPLIT_K)
     # affine codes only: LUT=False, so the table pointer (s_e stands in) and its strides are never read
     if MMA:
         acc = gemm_accumulate(x_ptr, qw_e, s_e, z_e, s_e, src, mask_m, offs_n, mask_n, K, Kp, t0, t1,
                               stride_xm, stride_xk, stride_qk, stride_sg, 0, 0, GROUP_LEN, P0, P1, P2, HAS_ZEROS,
-                              SYM_ZERO, False, INT_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, False, PACKED4, INLINE_ASM, EVEN_K,
+                              SYM_ZERO, False, INT_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, False, PACKED, INLINE_ASM, EVEN_K,
                               ROW_REPS, MMA_WORDS=MMA_WORDS)
         if ROW_REPS > 0:  # the packed path's accumulator rows are in MMA fragment order
             offs_n = fragment_channels(offs_n, ROW_REPS)
@@ -145,15 +145,15 @@ def expected_active(rows: int, experts: int, topk: int = 1) -> float:
 
 
 def heuristic_config(rows: int, experts: int, n: int, k: int, group_len: int, num_sms: int = 132,
-                     topk: int = 1, packed4: bool = False) -> GroupedConfig:
+                     topk: int = 1, packed: bool = False) -> GroupedConfig:
     """Tiles from the expected rows per active expert (no host sync: routing is not looked at).
-    packed4: 4-bit codes with integer zeros (``gemm.packed4_applies``), tiles for the packed dequant."""
+    packed: codes for the packed dequant (``gemm.packed_applies`` with 32-k tiles), tiles for it."""
     active = max(1.0, expected_active(rows, experts, topk))
     per_expert = round(rows / active, 3)
     block_k = 128
     while group_len % block_k:
         block_k //= 2
-    packed_mma = packed4 and group_len % 128 == 0
+    packed_mma = packed and group_len % 128 == 0
     if per_expert <= GEMV_MAX_ROWS and not packed_mma:
         # room above the mean: an expert with more rows than BLOCK_M streams its weights once per tile
         bm = 1 if per_expert <= 1.05 else min(8, triton.next_power_of_2(math.ceil(1.5 * per_expert)))
@@ -196,13 +196,14 @@ def grouped_wxa16(
     row_weights: Optional[torch.Tensor] = None, config: Optional[GroupedConfig] = None, k_order: int = 0,
 ) -> torch.Tensor:
     """-> Y (rows, N), rows = len(sorted_ids) or x's rows. Inputs already validated by ``lowbit.ops``;
-    ``k_order`` 1: 4-bit expert words in the mma word order (``formats.intx.to_mma_words``)."""
+    ``k_order`` 1: expert words in the mma word order (``formats.intx.to_mma_words``)."""
     e, _, n = qweight.shape
     k = x.shape[1]
     rows = sorted_ids.numel() if sorted_ids is not None else x.shape[0]
     num_sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 132
     cfg = config or heuristic_config(rows, e, n, k, group_len, num_sms, topk,
-                                     packed4_applies(bits, zeros, sym_zero, None, group_len, 32))
+                                     packed_applies(bits, zeros, sym_zero, None, group_len, 32, k_order)
+                                     or packed_applies(bits, zeros, sym_zero, None, group_len, 128, k_order))
     tiles = max_tiles(rows, e, cfg.block_m)
     grid = (tiles * triton.cdiv(n, cfg.block_n), cfg.split_k)
     if cfg.split_k > 1 and grid[0] > MAX_SPLIT_K_TILES:
@@ -223,18 +224,18 @@ def grouped_wxa16(
         TOPK=topk, GATHER=gather, SCATTER=scatter, HAS_ROW_WEIGHTS=row_weights is not None,
         E_POW2=triton.next_power_of_2(e), NUM_TILES=tiles, MMA=cfg.mma,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k, GROUP_M=cfg.group_m,
-        NUM_STAGES=cfg.num_stages, EVEN_K=k % cfg.block_k == 0, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        **grouped_packed4_meta(cfg, bits, zeros, sym_zero, group_len, x.is_cuda), MMA_WORDS=bool(k_order),
+        NUM_STAGES=cfg.num_stages, EVEN_K=even_k(k, cfg.block_k, bits, k_order), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **grouped_packed_meta(cfg, bits, zeros, sym_zero, group_len, x.is_cuda, k_order), MMA_WORDS=bool(k_order),
     )
     return y
 
 
-def grouped_packed4_meta(cfg: GroupedConfig, bits: int, zeros: Optional[torch.Tensor], sym_zero: float,
-                         group_len: int, on_gpu: bool) -> dict:
-    """The packed 4-bit dequantization of the GEMM (``gemm.packed4_meta``) for the tensor-core loop."""
-    if not (cfg.mma and packed4_applies(bits, zeros, sym_zero, None, group_len, cfg.block_k)):
+def grouped_packed_meta(cfg: GroupedConfig, bits: int, zeros: Optional[torch.Tensor], sym_zero: float,
+                        group_len: int, on_gpu: bool, k_order: int = 0) -> dict:
+    """The packed dequantization of the GEMM (``gemm.packed_meta``) for the tensor-core loop."""
+    if not (cfg.mma and packed_applies(bits, zeros, sym_zero, None, group_len, cfg.block_k, k_order)):
         return {}
-    return packed4_tile_meta(cfg.block_n, cfg.num_warps, on_gpu)
+    return packed_tile_meta(cfg.block_n, cfg.num_warps, on_gpu)
 
 
 def dequant_grouped_mm(

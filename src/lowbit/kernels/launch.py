@@ -63,6 +63,12 @@ def resolve_config(kernel: str, config_cls, heuristic, m: int, n: int, k: int, b
     return heuristic(m, n, k, group_len)
 
 
+def even_k(k: int, block_k: int, bits: int, k_order: int) -> bool:
+    """EVEN_K of the intx kernels: every K tile the loop visits lies below K (no x mask along K); with
+    mma-ordered words the loop runs to whole chunks (``unpack.stored_k_extent``), so K must fill them too."""
+    return k % block_k == 0 and (not k_order or k % (128 // bits) == 0)
+
+
 def launch_intx(kernel, grid, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                 zeros: Optional[torch.Tensor], bias: Optional[torch.Tensor], bits: int, group_len: int,
                 sym_zero: float, out_features: int, split_k: int, table: Optional[torch.Tensor] = None,

@@ -93,13 +93,30 @@ def dequant_tile(q, s, z, INT_ZERO: tl.constexpr, OUT_DTYPE: tl.constexpr):
 # --- lookup-table (non-uniform) codes: w = table[tg, tn, q] * s (layout: ``lowbit.formats.lut``) ---
 
 @triton.jit
-def natural_k(k, MMA_WORDS: tl.constexpr):
-    """Input channel multiplied by the code at storage slot k: k itself, or for 4-bit words in the mma
-    word order (``lowbit.formats.intx.to_mma_words``) the permutation inside each 32-k chunk."""
+def natural_k(k, MMA_WORDS: tl.constexpr, P: tl.constexpr = 4):
+    """Input channel multiplied by the code at storage slot k: k itself, or for P-bit words in the mma
+    word order (``lowbit.formats.intx.mma_natural_k``) the permutation inside each chunk of 128 / P k."""
     if MMA_WORDS:
-        return (k & -32) | ((k & 6) << 2) | ((k >> 2) & 6) | (k & 1)
+        if P == 4:
+            return (k & -32) | ((k & 6) << 2) | ((k >> 2) & 6) | (k & 1)
+        else:
+            VPW: tl.constexpr = 32 // P
+            H: tl.constexpr = VPW // 2
+            j = k % VPW
+            e = j % H
+            return (k // (4 * VPW)) * (4 * VPW) + 16 * (e // 2) + 8 * (e % 2) + 2 * ((k // VPW) % 4) + j // H
     else:
         return k
+
+
+@triton.jit
+def stored_k_extent(K, MMA_WORDS: tl.constexpr, P: tl.constexpr):
+    """Storage slots a K loop must visit: K, or in the mma word order K rounded up to whole chunks of
+    128 / P (a slot past K can hold an input channel below K when a tile is shorter than the chunk)."""
+    if MMA_WORDS:
+        return tl.cdiv(K, 128 // P) * (128 // P)
+    else:
+        return K
 
 
 @triton.jit
@@ -254,6 +271,221 @@ def _mma_columns(p0, p1, p2, p3):
     return tl.reshape(tl.permute(w, (2, 0, 5, 4, 1, 3)), (BN, R * 8))
 
 
+# --- packed 1/2/8-bit dequantization (words in the mma word order of ``lowbit.formats.intx``) ---
+#
+# One asm instance takes one word of 32 / P codes (field j at bits P*j) and returns H = 16 / P registers,
+# register e holding the pair (field e, field H + e) -- the same field of both 16-bit halves -- as
+# 16-bit floats (q - z) * s. 1 and 2 bits: ``lop3`` ORs the word (shifted right so the field lies at
+# bit o <= 5 of each half, o + P <= 7) masked to the field into the mantissa of M_o = MAGIC * 2**-o
+# (MAGIC = 1024.0 fp16, 128.0 bf16; the ulp of M_o is 2**-o, so bit o weighs 1), giving M_o + q exactly;
+# one fma adds -(M_o + z) (exact: q - z, a small integer), a second fma scales it (the one rounding).
+# 8 bits in fp16: ``prmt`` places the two bytes under the 0x64 byte of 1024.0. 8 bits in bf16 (7
+# mantissa bits): ``prmt`` builds fp32 2**23 + q, sub / mul in fp32 (exact: a 9-bit integer times a bf16
+# scale) and ``cvt.rn.bf16x2.f32`` rounds once. Operands: $0..$(H-1) out, $H the word, $(H+1) the scale
+# pair (fp32 for 8-bit bf16), then one pair -(M_o + z) per offset of ``field_offsets(P)`` (fp32 2**23 + z
+# for 8-bit bf16).
+_HALF_FLOAT = {"f16x2": (0x6400, 10), "bf16x2": (0x4300, 7)}  # (MAGIC bits, mantissa bits)
+
+
+def field_offsets(P: int) -> list:
+    """Bit offsets o at which the 1/2/8-bit asm reads fields (the word is shifted to bring them there)."""
+    return [0] if P == 8 else [o for o in range(0, 6, P) if o + P <= 7]
+
+
+def _pair_bits(v: int) -> str:
+    return hex(v | (v << 16))
+
+
+def _dequant_fields_asm(P: int, dtype: str, scaled: bool) -> list:
+    H = 16 // P
+    offsets = field_offsets(P)
+    nw, ns = f"${H}", f"${H + 1}"
+    magic, mant = _HALF_FLOAT[dtype]
+    lines = [".reg .b32 t, h, nz, one;", "mov.b32 nz, 0x80008000;", f"mov.b32 one, {_pair_bits(0x3C00 if dtype == 'f16x2' else 0x3F80)};"]
+    shift, src = None, nw
+    for e in range(H):
+        if shift is None or P * e - shift not in offsets:  # a new shift puts field e at bit 0
+            shift = P * e
+            src = nw
+            if shift:
+                lines.append(f"shr.u32 t, {nw}, {shift};")
+                src = "t"
+        o = P * e - shift
+        c = f"${H + 2 + offsets.index(o)}"
+        lines.append(f"lop3.b32 h, {src}, {_pair_bits(((1 << P) - 1) << o)}, {_pair_bits(magic - (o << mant))}, 0xea;")
+        if scaled:
+            lines += [f"fma.rn.{dtype} h, h, one, {c};", f"fma.rn.{dtype} ${e}, h, {ns}, nz;"]
+        else:
+            lines.append(f"fma.rn.{dtype} ${e}, h, one, {c};")
+    return lines
+
+
+def _dequant8_asm(dtype: str, scaled: bool) -> list:
+    if dtype == "f16x2":
+        lines = [".reg .b32 h, nz, one, mg;", "mov.b32 nz, 0x80008000;", "mov.b32 one, 0x3C003C00;",
+                 "mov.b32 mg, 0x64646464;"]
+        for e in range(2):
+            lines.append(f"prmt.b32 h, $2, mg, {hex(0x4040 | e | ((2 + e) << 8))};")
+            lines += ([f"fma.rn.f16x2 h, h, one, $4;", f"fma.rn.f16x2 ${e}, h, $3, nz;"] if scaled
+                      else [f"fma.rn.f16x2 ${e}, h, one, $4;"])
+        return lines
+    lines = [".reg .b32 lo, hi, base;", "mov.b32 base, 0x4B000000;"]
+    for e in range(2):
+        lines += [f"prmt.b32 lo, $2, base, {hex(0x7440 | e)};", f"prmt.b32 hi, $2, base, {hex(0x7440 | (2 + e))};",
+                  "sub.f32 lo, lo, $4;", "sub.f32 hi, hi, $4;"]
+        if scaled:
+            lines += ["mul.f32 lo, lo, $3;", "mul.f32 hi, hi, $3;"]
+        lines.append(f"cvt.rn.bf16x2.f32 ${e}, hi, lo;")
+    return lines
+
+
+def dequant_fields_asm(P: int, dtype: str, scaled: bool) -> tl.constexpr:
+    """The packed dequantization asm of P-bit words (P in 1, 2, 8) for f16x2 / bf16x2."""
+    lines = _dequant8_asm(dtype, scaled) if P == 8 else _dequant_fields_asm(P, dtype, scaled)
+    return tl.constexpr("{\n" + "\n".join(lines) + "\n}\n")
+
+
+DEQUANT_FIELDS = {(p, dt, sc): dequant_fields_asm(p, dt, sc)
+                  for p in (1, 2, 8) for dt in ("f16x2", "bf16x2") for sc in (True, False)}
+DEQUANT1_F16: tl.constexpr = DEQUANT_FIELDS[(1, "f16x2", True)]
+DEQUANT1_F16_Q: tl.constexpr = DEQUANT_FIELDS[(1, "f16x2", False)]
+DEQUANT1_BF16: tl.constexpr = DEQUANT_FIELDS[(1, "bf16x2", True)]
+DEQUANT1_BF16_Q: tl.constexpr = DEQUANT_FIELDS[(1, "bf16x2", False)]
+DEQUANT2_F16: tl.constexpr = DEQUANT_FIELDS[(2, "f16x2", True)]
+DEQUANT2_F16_Q: tl.constexpr = DEQUANT_FIELDS[(2, "f16x2", False)]
+DEQUANT2_BF16: tl.constexpr = DEQUANT_FIELDS[(2, "bf16x2", True)]
+DEQUANT2_BF16_Q: tl.constexpr = DEQUANT_FIELDS[(2, "bf16x2", False)]
+DEQUANT8_F16: tl.constexpr = DEQUANT_FIELDS[(8, "f16x2", True)]
+DEQUANT8_F16_Q: tl.constexpr = DEQUANT_FIELDS[(8, "f16x2", False)]
+DEQUANT8_BF16: tl.constexpr = DEQUANT_FIELDS[(8, "bf16x2", True)]
+DEQUANT8_BF16_Q: tl.constexpr = DEQUANT_FIELDS[(8, "bf16x2", False)]
+
+
+@triton.jit
+def _fields_asm(P: tl.constexpr, OUT_DTYPE: tl.constexpr, SCALED: tl.constexpr):
+    if P == 1:
+        if OUT_DTYPE == tl.float16:
+            asm: tl.constexpr = DEQUANT1_F16 if SCALED else DEQUANT1_F16_Q
+        else:
+            asm: tl.constexpr = DEQUANT1_BF16 if SCALED else DEQUANT1_BF16_Q
+    elif P == 2:
+        if OUT_DTYPE == tl.float16:
+            asm: tl.constexpr = DEQUANT2_F16 if SCALED else DEQUANT2_F16_Q
+        else:
+            asm: tl.constexpr = DEQUANT2_BF16 if SCALED else DEQUANT2_BF16_Q
+    else:
+        if OUT_DTYPE == tl.float16:
+            asm: tl.constexpr = DEQUANT8_F16 if SCALED else DEQUANT8_F16_Q
+        else:
+            asm: tl.constexpr = DEQUANT8_BF16 if SCALED else DEQUANT8_BF16_Q
+    return asm
+
+
+@triton.jit
+def _field_pair(words, e: tl.constexpr, P: tl.constexpr, s, z, OUT_DTYPE: tl.constexpr, SCALED: tl.constexpr):
+    """Plain-Triton twin of asm output e: fields e and H + e of every word, (q - z) (* s) -> OUT_DTYPE [..., 2]."""
+    lo = ((words >> (P * e)) & ((1 << P) - 1)).to(tl.float32) - z
+    hi = ((words >> (16 + P * e)) & ((1 << P) - 1)).to(tl.float32) - z
+    if SCALED:
+        lo = lo * s
+        hi = hi * s
+    return tl.join(lo.to(OUT_DTYPE), hi.to(OUT_DTYPE))
+
+
+@triton.jit
+def _st_columns(w):
+    """[R, BN, b, a, ST] pairs of a packed dequantization -> [BN, R * 4 * ST] in natural k order:
+    word-row r = 4p + c, column p * 16ST + 16st + 8a + 2c + b (``lowbit.formats.intx.mma_natural_k``)."""
+    R: tl.constexpr = w.shape[0]
+    BN: tl.constexpr = w.shape[1]
+    ST: tl.constexpr = w.shape[4]
+    w = tl.reshape(w, (R // 4, 4, BN, 2, 2, ST))  # [p, c, n, b, a, st]
+    return tl.reshape(tl.permute(w, (2, 0, 5, 4, 1, 3)), (BN, R * 4 * ST))
+
+
+@triton.jit
+def _columns2(p0, p1):
+    w = tl.join(p0, p1)  # [R, BN, b, a]
+    return _st_columns(tl.reshape(w, (w.shape[0], w.shape[1], 2, 2, 1)))
+
+
+@triton.jit
+def _columns8(p0, p1, p2, p3, p4, p5, p6, p7):
+    q0, q1, q2, q3 = tl.join(p0, p1), tl.join(p2, p3), tl.join(p4, p5), tl.join(p6, p7)  # q_st: [R, BN, b, a]
+    w = tl.join(tl.join(q0, q2), tl.join(q1, q3))  # [R, BN, b, a, i, j]: q_(2i + j)
+    return _st_columns(tl.reshape(w, (w.shape[0], w.shape[1], 2, 2, 4)))
+
+
+@triton.jit
+def _columns16(p0, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13, p14, p15):
+    q0, q1, q2, q3 = tl.join(p0, p1), tl.join(p2, p3), tl.join(p4, p5), tl.join(p6, p7)
+    q4, q5, q6, q7 = tl.join(p8, p9), tl.join(p10, p11), tl.join(p12, p13), tl.join(p14, p15)
+    w = tl.join(tl.join(tl.join(q0, q4), tl.join(q2, q6)), tl.join(tl.join(q1, q5), tl.join(q3, q7)))  # q_(4i+2j+l)
+    return _st_columns(tl.reshape(w, (w.shape[0], w.shape[1], 2, 2, 8)))
+
+
+@triton.jit
+def _f32_bits(v):
+    return v.to(tl.float32).to(tl.int32, bitcast=True)
+
+
+@triton.jit
+def dequant_packed(words, s, z, OUT_DTYPE: tl.constexpr, INLINE_ASM: tl.constexpr, SCALED: tl.constexpr,
+                   P: tl.constexpr):
+    """P-bit words int32 [R, BLOCK_N] in the mma word order (P in 1, 2, 4, 8; R a multiple of 4), integer
+    zero z and scale s (fp32 [1 or R, BLOCK_N]) -> (q - z) * s (or q - z when not SCALED) in OUT_DTYPE
+    [BLOCK_N, R * 32 / P], columns in natural k order of the tile. P = 4: ``dequant4_packed``."""
+    if P == 4:
+        return dequant4_packed(words, s, z, OUT_DTYPE, INLINE_ASM, SCALED)
+    H: tl.constexpr = 16 // P
+    if INLINE_ASM:
+        asm: tl.constexpr = _fields_asm(P, OUT_DTYPE, SCALED)
+        MAGIC: tl.constexpr = 1024.0 if OUT_DTYPE == tl.float16 else 128.0
+        if P == 8:
+            if OUT_DTYPE == tl.bfloat16:
+                ops = [words, _f32_bits(s.to(tl.bfloat16)), _f32_bits(z + 8388608.0)]
+            else:
+                ops = [words, _pair16(s, OUT_DTYPE), _pair16(-(z + MAGIC), OUT_DTYPE)]
+            e0, e1 = tl.inline_asm_elementwise(asm, "=r,=r,r,r,r", ops, dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
+            w = _columns2(_halves(e0, OUT_DTYPE), _halves(e1, OUT_DTYPE))
+        elif P == 2:  # field_offsets(2) = 0, 2, 4
+            ops = [words, _pair16(s, OUT_DTYPE), _pair16(-(z + MAGIC), OUT_DTYPE), _pair16(-(z + MAGIC / 4), OUT_DTYPE),
+                   _pair16(-(z + MAGIC / 16), OUT_DTYPE)]
+            e0, e1, e2, e3, e4, e5, e6, e7 = tl.inline_asm_elementwise(
+                asm, "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r", ops, dtype=(tl.int32,) * 8, is_pure=True, pack=1)
+            w = _columns8(_halves(e0, OUT_DTYPE), _halves(e1, OUT_DTYPE), _halves(e2, OUT_DTYPE), _halves(e3, OUT_DTYPE),
+                          _halves(e4, OUT_DTYPE), _halves(e5, OUT_DTYPE), _halves(e6, OUT_DTYPE), _halves(e7, OUT_DTYPE))
+        else:  # field_offsets(1) = 0..5
+            ops = [words, _pair16(s, OUT_DTYPE), _pair16(-(z + MAGIC), OUT_DTYPE), _pair16(-(z + MAGIC / 2), OUT_DTYPE),
+                   _pair16(-(z + MAGIC / 4), OUT_DTYPE), _pair16(-(z + MAGIC / 8), OUT_DTYPE),
+                   _pair16(-(z + MAGIC / 16), OUT_DTYPE), _pair16(-(z + MAGIC / 32), OUT_DTYPE)]
+            e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, e10, e11, e12, e13, e14, e15 = tl.inline_asm_elementwise(
+                asm, "=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r,r,r,r", ops, dtype=(tl.int32,) * 16,
+                is_pure=True, pack=1)
+            w = _columns16(_halves(e0, OUT_DTYPE), _halves(e1, OUT_DTYPE), _halves(e2, OUT_DTYPE), _halves(e3, OUT_DTYPE),
+                           _halves(e4, OUT_DTYPE), _halves(e5, OUT_DTYPE), _halves(e6, OUT_DTYPE), _halves(e7, OUT_DTYPE),
+                           _halves(e8, OUT_DTYPE), _halves(e9, OUT_DTYPE), _halves(e10, OUT_DTYPE), _halves(e11, OUT_DTYPE),
+                           _halves(e12, OUT_DTYPE), _halves(e13, OUT_DTYPE), _halves(e14, OUT_DTYPE), _halves(e15, OUT_DTYPE))
+    else:
+        if P == 8:
+            w = _columns2(_field_pair(words, 0, P, s, z, OUT_DTYPE, SCALED), _field_pair(words, 1, P, s, z, OUT_DTYPE, SCALED))
+        elif P == 2:
+            w = _columns8(_field_pair(words, 0, P, s, z, OUT_DTYPE, SCALED), _field_pair(words, 1, P, s, z, OUT_DTYPE, SCALED),
+                          _field_pair(words, 2, P, s, z, OUT_DTYPE, SCALED), _field_pair(words, 3, P, s, z, OUT_DTYPE, SCALED),
+                          _field_pair(words, 4, P, s, z, OUT_DTYPE, SCALED), _field_pair(words, 5, P, s, z, OUT_DTYPE, SCALED),
+                          _field_pair(words, 6, P, s, z, OUT_DTYPE, SCALED), _field_pair(words, 7, P, s, z, OUT_DTYPE, SCALED))
+        else:
+            w = _columns16(_field_pair(words, 0, P, s, z, OUT_DTYPE, SCALED), _field_pair(words, 1, P, s, z, OUT_DTYPE, SCALED),
+                           _field_pair(words, 2, P, s, z, OUT_DTYPE, SCALED), _field_pair(words, 3, P, s, z, OUT_DTYPE, SCALED),
+                           _field_pair(words, 4, P, s, z, OUT_DTYPE, SCALED), _field_pair(words, 5, P, s, z, OUT_DTYPE, SCALED),
+                           _field_pair(words, 6, P, s, z, OUT_DTYPE, SCALED), _field_pair(words, 7, P, s, z, OUT_DTYPE, SCALED),
+                           _field_pair(words, 8, P, s, z, OUT_DTYPE, SCALED), _field_pair(words, 9, P, s, z, OUT_DTYPE, SCALED),
+                           _field_pair(words, 10, P, s, z, OUT_DTYPE, SCALED), _field_pair(words, 11, P, s, z, OUT_DTYPE, SCALED),
+                           _field_pair(words, 12, P, s, z, OUT_DTYPE, SCALED), _field_pair(words, 13, P, s, z, OUT_DTYPE, SCALED),
+                           _field_pair(words, 14, P, s, z, OUT_DTYPE, SCALED), _field_pair(words, 15, P, s, z, OUT_DTYPE, SCALED))
+    return w
+
+
 # --- packed 4-bit lookup-table dequantization (one global 16-entry table: NF4, FP4) ---
 #
 # Same word in, same four registers out as ``_DEQUANT4_PAIR`` (register e = table entries of the two
@@ -369,6 +601,18 @@ def lut4_packed(words, t_ptr, rows, tw, s, OUT_DTYPE: tl.constexpr, INLINE_ASM: 
                          _lut_byte_pair(words, 2, t_ptr, rows, s, OUT_DTYPE, SCALED),
                          _lut_byte_pair(words, 3, t_ptr, rows, s, OUT_DTYPE, SCALED))
     return w
+
+
+@triton.jit
+def mma_slots_to_natural(t, BLOCK_K: tl.constexpr, P: tl.constexpr):
+    """Rows of a [BLOCK_K, ...] tile in mma word-order storage slots -> natural k order
+    (``lowbit.formats.intx.mma_natural_k``; a register reorder, BLOCK_K a multiple of 128 / P)."""
+    if P == 4:
+        return mma_k_order(t, BLOCK_K)
+    else:
+        H: tl.constexpr = 16 // P
+        t = tl.reshape(t, (BLOCK_K // (128 // P), 4, 2, H // 2, 2, t.shape[1]))  # [p, c, b, st, a, m]
+        return tl.reshape(tl.permute(t, (0, 3, 4, 1, 2, 5)), (BLOCK_K, t.shape[5]))
 
 
 @triton.jit

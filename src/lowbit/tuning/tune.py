@@ -17,7 +17,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
-from ..formats.intx import IntxFormat, mma_words_apply, runtime_words, symmetric_zero
+from ..formats.intx import IntxFormat, runs_mma_words, runtime_words, symmetric_zero
 from ..kernels.dequant import dequant_matmul_wxa16
 from ..kernels.gemm import GemmConfig, gemm_wxa16
 from ..kernels.gemv import MAX_M as GEMV_MAX_M, GemvConfig, gemv_wxa16
@@ -70,14 +70,14 @@ def _problem(bits: int, n: int, k: int, group: int, dtype: torch.dtype, copies: 
     fmt = IntxFormat(bits, group, False, "int", dtype)
     w = torch.randn(n, k, device="cuda") * 0.02
     base = fmt.quantize(w)
-    run = dataclasses.replace(base, qweight=runtime_words(base.qweight, _k_order(base))[0])
+    run = dataclasses.replace(base, qweight=runtime_words(base.qweight, bool(_k_order(base)), bits)[0])
     qws = [run] + [dataclasses.replace(run, qweight=run.qweight.clone(), scales=run.scales.clone(),
                                        zeros=run.zeros.clone()) for _ in range(copies - 1)]
     return base, qws
 
 
 def _k_order(qw) -> int:
-    return int(mma_words_apply(qw.bits, qw.zeros))
+    return int(runs_mma_words(qw))
 
 
 def _kernel_name(cfg) -> str:
