@@ -178,3 +178,24 @@ def test_parse_child_output():
     assert parse_child_output(f"noise\n{MARK}{{\"a\": 1}}\n") == {"a": 1}
     with pytest.raises(ValueError):
         parse_child_output("nothing here")
+
+
+def test_bits_sweep_merges_every_width(tmp_path, capsys):
+    """``lowbit bench bits``: one run per bit-width (cuBLAS in the first only), merged rows per (shape, M,
+    bits) with the first run's cuBLAS as the reference, the table and the PNG."""
+    import json
+
+    from lowbit.bench.bits import main as bits_main
+
+    rc = bits_main(["--bits", "2,4", "--shapes", "256x512", "--m", "1,16", "--out", str(tmp_path), "--quick"],
+                   timer=FakeTimer())
+    assert rc == 0
+    doc = json.loads((tmp_path / "bits_sweep_g128_bf16.json").read_text())
+    assert sorted((r["bits"], r["m"]) for r in doc["rows"]) == [(2, 1), (2, 16), (4, 1), (4, 16)]
+    assert all(r["speedup_cublas"] > 0 and r["kernel_us"] > 0 for r in doc["rows"])
+    assert {r["weight_bytes_per_param"] for r in doc["rows"] if r["bits"] == 2} == {(2 / 8) + 3 / 128}
+    w4 = json.loads((tmp_path / "bits_sweep_g128_bf16_w4.json").read_text())
+    assert {p["method"] for p in w4["points"]} == {"lowbit"}  # cuBLAS timed once, in the first run
+    assert (tmp_path / "bits_sweep_g128_bf16.png").stat().st_size > 0
+    assert "time W4 / time Wn" in capsys.readouterr().out
+    assert bits_main(["--bits", "0,4", "--out", str(tmp_path)]) == 2

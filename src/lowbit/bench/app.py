@@ -24,6 +24,7 @@ EPILOG = """examples:
   lowbit bench warmup --op w4a16 --shapes 4096x4096
   lowbit bench e2e --model llama3-8b --formats bf16,tinygemm,w4a16 --batch 1,8,32,128   (see docs/e2e.md)
   lowbit bench moe --shapes mixtral-8x7b,qwen1.5-moe --tokens 1,8,64,512,4096   (grouped expert GEMM)
+  lowbit bench bits --bits 1,2,3,4,5,6,7,8 --shapes llama3-8b --m 1,16,1024   (bit-width sweep + plot)
 Set LOWBIT_BENCH_FAKE_TIMER=1 to run the harness with a fake timer and fake ceilings (no GPU needed).
 """
 
@@ -133,6 +134,10 @@ def main(argv: Optional[Sequence[str]] = None, *, timer: Optional[Timer] = None,
         from .e2e import main as e2e_main
 
         return e2e_main(argv[1:])
+    if argv and argv[0] == "bits":
+        from .bits import main as bits_main
+
+        return bits_main(argv[1:], timer=timer)
     if argv and argv[0] == "moe":
         from .moe import main as moe_main
 

@@ -362,26 +362,6 @@ DEQUANT8_BF16_Q: tl.constexpr = DEQUANT_FIELDS[(8, "bf16x2", False)]
 
 
 @triton.jit
-def _fields_asm(P: tl.constexpr, OUT_DTYPE: tl.constexpr, SCALED: tl.constexpr):
-    if P == 1:
-        if OUT_DTYPE == tl.float16:
-            asm: tl.constexpr = DEQUANT1_F16 if SCALED else DEQUANT1_F16_Q
-        else:
-            asm: tl.constexpr = DEQUANT1_BF16 if SCALED else DEQUANT1_BF16_Q
-    elif P == 2:
-        if OUT_DTYPE == tl.float16:
-            asm: tl.constexpr = DEQUANT2_F16 if SCALED else DEQUANT2_F16_Q
-        else:
-            asm: tl.constexpr = DEQUANT2_BF16 if SCALED else DEQUANT2_BF16_Q
-    else:
-        if OUT_DTYPE == tl.float16:
-            asm: tl.constexpr = DEQUANT8_F16 if SCALED else DEQUANT8_F16_Q
-        else:
-            asm: tl.constexpr = DEQUANT8_BF16 if SCALED else DEQUANT8_BF16_Q
-    return asm
-
-
-@triton.jit
 def _field_pair(words, e: tl.constexpr, P: tl.constexpr, s, z, OUT_DTYPE: tl.constexpr, SCALED: tl.constexpr):
     """Plain-Triton twin of asm output e: fields e and H + e of every word, (q - z) (* s) -> OUT_DTYPE [..., 2]."""
     lo = ((words >> (P * e)) & ((1 << P) - 1)).to(tl.float32) - z
@@ -430,38 +410,61 @@ def _f32_bits(v):
 
 
 @triton.jit
+def _asm8(asm: tl.constexpr, words, s, c):
+    return tl.inline_asm_elementwise(asm, "=r,=r,r,r,r", [words, s, c], dtype=(tl.int32,) * 2, is_pure=True, pack=1)
+
+
+@triton.jit
+def _asm2(asm: tl.constexpr, words, s, c0, c2, c4):
+    return tl.inline_asm_elementwise(asm, "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r", [words, s, c0, c2, c4],
+                                     dtype=(tl.int32,) * 8, is_pure=True, pack=1)
+
+
+@triton.jit
+def _asm1(asm: tl.constexpr, words, s, c0, c1, c2, c3, c4, c5):
+    return tl.inline_asm_elementwise(asm, "=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r,r,r,r",
+                                     [words, s, c0, c1, c2, c3, c4, c5], dtype=(tl.int32,) * 16, is_pure=True, pack=1)
+
+
+@triton.jit
 def dequant_packed(words, s, z, OUT_DTYPE: tl.constexpr, INLINE_ASM: tl.constexpr, SCALED: tl.constexpr,
                    P: tl.constexpr):
     """P-bit words int32 [R, BLOCK_N] in the mma word order (P in 1, 2, 4, 8; R a multiple of 4), integer
     zero z and scale s (fp32 [1 or R, BLOCK_N]) -> (q - z) * s (or q - z when not SCALED) in OUT_DTYPE
     [BLOCK_N, R * 32 / P], columns in natural k order of the tile. P = 4: ``dequant4_packed``."""
     if P == 4:
-        return dequant4_packed(words, s, z, OUT_DTYPE, INLINE_ASM, SCALED)
-    H: tl.constexpr = 16 // P
-    if INLINE_ASM:
-        asm: tl.constexpr = _fields_asm(P, OUT_DTYPE, SCALED)
+        w = dequant4_packed(words, s, z, OUT_DTYPE, INLINE_ASM, SCALED)
+    elif INLINE_ASM:
         MAGIC: tl.constexpr = 1024.0 if OUT_DTYPE == tl.float16 else 128.0
         if P == 8:
-            if OUT_DTYPE == tl.bfloat16:
-                ops = [words, _f32_bits(s.to(tl.bfloat16)), _f32_bits(z + 8388608.0)]
+            if OUT_DTYPE == tl.float16:
+                asm: tl.constexpr = DEQUANT8_F16 if SCALED else DEQUANT8_F16_Q
+                e0, e1 = _asm8(asm, words, _pair16(s, OUT_DTYPE), _pair16(-(z + MAGIC), OUT_DTYPE))
             else:
-                ops = [words, _pair16(s, OUT_DTYPE), _pair16(-(z + MAGIC), OUT_DTYPE)]
-            e0, e1 = tl.inline_asm_elementwise(asm, "=r,=r,r,r,r", ops, dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
+                asm: tl.constexpr = DEQUANT8_BF16 if SCALED else DEQUANT8_BF16_Q
+                e0, e1 = _asm8(asm, words, _f32_bits(s.to(tl.bfloat16)), _f32_bits(z + 8388608.0))
             w = _columns2(_halves(e0, OUT_DTYPE), _halves(e1, OUT_DTYPE))
         elif P == 2:  # field_offsets(2) = 0, 2, 4
-            ops = [words, _pair16(s, OUT_DTYPE), _pair16(-(z + MAGIC), OUT_DTYPE), _pair16(-(z + MAGIC / 4), OUT_DTYPE),
-                   _pair16(-(z + MAGIC / 16), OUT_DTYPE)]
-            e0, e1, e2, e3, e4, e5, e6, e7 = tl.inline_asm_elementwise(
-                asm, "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r", ops, dtype=(tl.int32,) * 8, is_pure=True, pack=1)
+            sp = _pair16(s, OUT_DTYPE)
+            c0, c2, c4 = _pair16(-(z + MAGIC), OUT_DTYPE), _pair16(-(z + MAGIC / 4), OUT_DTYPE), _pair16(-(z + MAGIC / 16), OUT_DTYPE)
+            if OUT_DTYPE == tl.float16:
+                asm: tl.constexpr = DEQUANT2_F16 if SCALED else DEQUANT2_F16_Q
+                e0, e1, e2, e3, e4, e5, e6, e7 = _asm2(asm, words, sp, c0, c2, c4)
+            else:
+                asm: tl.constexpr = DEQUANT2_BF16 if SCALED else DEQUANT2_BF16_Q
+                e0, e1, e2, e3, e4, e5, e6, e7 = _asm2(asm, words, sp, c0, c2, c4)
             w = _columns8(_halves(e0, OUT_DTYPE), _halves(e1, OUT_DTYPE), _halves(e2, OUT_DTYPE), _halves(e3, OUT_DTYPE),
                           _halves(e4, OUT_DTYPE), _halves(e5, OUT_DTYPE), _halves(e6, OUT_DTYPE), _halves(e7, OUT_DTYPE))
         else:  # field_offsets(1) = 0..5
-            ops = [words, _pair16(s, OUT_DTYPE), _pair16(-(z + MAGIC), OUT_DTYPE), _pair16(-(z + MAGIC / 2), OUT_DTYPE),
-                   _pair16(-(z + MAGIC / 4), OUT_DTYPE), _pair16(-(z + MAGIC / 8), OUT_DTYPE),
-                   _pair16(-(z + MAGIC / 16), OUT_DTYPE), _pair16(-(z + MAGIC / 32), OUT_DTYPE)]
-            e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, e10, e11, e12, e13, e14, e15 = tl.inline_asm_elementwise(
-                asm, "=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r,r,r,r", ops, dtype=(tl.int32,) * 16,
-                is_pure=True, pack=1)
+            sp = _pair16(s, OUT_DTYPE)
+            c0, c1, c2 = _pair16(-(z + MAGIC), OUT_DTYPE), _pair16(-(z + MAGIC / 2), OUT_DTYPE), _pair16(-(z + MAGIC / 4), OUT_DTYPE)
+            c3, c4, c5 = _pair16(-(z + MAGIC / 8), OUT_DTYPE), _pair16(-(z + MAGIC / 16), OUT_DTYPE), _pair16(-(z + MAGIC / 32), OUT_DTYPE)
+            if OUT_DTYPE == tl.float16:
+                asm: tl.constexpr = DEQUANT1_F16 if SCALED else DEQUANT1_F16_Q
+                e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, e10, e11, e12, e13, e14, e15 = _asm1(asm, words, sp, c0, c1, c2, c3, c4, c5)
+            else:
+                asm: tl.constexpr = DEQUANT1_BF16 if SCALED else DEQUANT1_BF16_Q
+                e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, e10, e11, e12, e13, e14, e15 = _asm1(asm, words, sp, c0, c1, c2, c3, c4, c5)
             w = _columns16(_halves(e0, OUT_DTYPE), _halves(e1, OUT_DTYPE), _halves(e2, OUT_DTYPE), _halves(e3, OUT_DTYPE),
                            _halves(e4, OUT_DTYPE), _halves(e5, OUT_DTYPE), _halves(e6, OUT_DTYPE), _halves(e7, OUT_DTYPE),
                            _halves(e8, OUT_DTYPE), _halves(e9, OUT_DTYPE), _halves(e10, OUT_DTYPE), _halves(e11, OUT_DTYPE),

@@ -42,7 +42,15 @@ def gemv_candidates(m: int, group_len: int) -> List[GemvConfig]:
     return out
 
 
-def gemm_candidates(m: int) -> List[GemmConfig]:
+def gemv_candidates_small() -> List[GemvConfig]:
+    """A short GEMV list (``--gemv small``): the shapes of the GEMV configs that won before at
+    M = 1..8 (128-256-k tiles, split-K 4-8; the hand-prefetch 16 x 512 tile of W8)."""
+    out = [GemvConfig(bn, bk, split, 4, 3) for bn in (32, 64, 128) for bk in (128, 256) for split in (4, 8)
+           if bn * bk <= 32768]
+    return out + [GemvConfig(16, 512, split, 4, 2, True) for split in (1, 2)]
+
+
+def gemm_candidates(m: int, bits: int = 4) -> List[GemmConfig]:
     bms = [16] if m <= 16 else [32] if m <= 32 else [64] if m <= 64 else [64, 128]
     out = []
     for bm in bms:
@@ -59,6 +67,9 @@ def gemm_candidates(m: int) -> List[GemmConfig]:
                 out.append(GemmConfig(bm, 128, 128, split, 8, 4, 4, False))
                 if bm <= 32:
                     out.append(GemmConfig(bm, 256, 128, split, 8, 8, 4, False))
+                if bits <= 2:  # 1/2-bit packed: 256-k tiles carry the bytes of a 4-bit 128-k tile
+                    out.append(GemmConfig(bm, 64, 256, split, 8, 4, 3, False))
+                    out.append(GemmConfig(bm, 128, 256, split, 8, 8, 3, False))
         else:
             for bn, bk, warps in ((64, 64, 4), (64, 128, 4), (128, 64, 8), (128, 128, 8), (256, 64, 8)):
                 out.append(GemmConfig(bm, bn, bk, 1, 8, warps, 3))
@@ -90,16 +101,17 @@ def _call(cfg, x, qw):
                     symmetric_zero(qw.bits), qw.out_features, config=cfg, k_order=_k_order(qw))
 
 
-def _tasks(bits_list, shapes, ms, group) -> List[Tuple[int, int, int, int, object]]:
+def _tasks(bits_list, shapes, ms, group, gemv: str = "full") -> List[Tuple[int, int, int, int, object]]:
     tasks = []
     for bits in bits_list:
         for n, k in shapes:
             for m in ms:
                 if m <= GEMV_MAX_M:
-                    # the tensor-core GEMM with 16-row tiles competes from M = 1 on (packed 4-bit dequant)
-                    cands = gemv_candidates(m, group) + [c for c in gemm_candidates(16) if c.split_k >= 2]
+                    # the tensor-core GEMM with 16-row tiles competes from M = 1 on (packed dequant)
+                    gemvs = gemv_candidates(m, group) if gemv == "full" else gemv_candidates_small()
+                    cands = gemvs + [c for c in gemm_candidates(16, bits) if c.split_k >= 2]
                 else:
-                    cands = gemm_candidates(m) + ([DEQUANT_MM] if m >= 64 else [])
+                    cands = gemm_candidates(m, bits) + ([DEQUANT_MM] if m >= 64 else [])
                 tasks += [(bits, n, k, m, c) for c in cands]
     return tasks
 
@@ -122,10 +134,10 @@ def _compile_worker(args):
 
 
 def tune(bits_list: Sequence[int], shapes: Sequence[Tuple[int, int]], ms: Sequence[int], group: int = 128,
-         dtype: torch.dtype = torch.bfloat16, jobs: int = 8) -> Dict:
+         dtype: torch.dtype = torch.bfloat16, jobs: int = 8, gemv: str = "full") -> Dict:
     from ..bench.timing import Cost, CudaTimer
 
-    tasks = _tasks(bits_list, shapes, ms, group)
+    tasks = _tasks(bits_list, shapes, ms, group, gemv)
     t0 = time.time()
     if jobs > 1:
         ctx = mp.get_context("spawn")
@@ -145,7 +157,7 @@ def tune(bits_list: Sequence[int], shapes: Sequence[Tuple[int, int]], ms: Sequen
                 x = torch.randn(m, k, device="cuda", dtype=dtype)
                 ref = x.float() @ ref_w.t()
                 results = []
-                for bits_, n_, k_, m_, cfg in _tasks([bits], [(n, k)], [m], group):
+                for bits_, n_, k_, m_, cfg in _tasks([bits], [(n, k)], [m], group, gemv):
                     try:
                         y = _call(cfg, x, qws[0]).float()
                         if not ((y - ref).norm() / ref.norm()).item() < 2e-2:
@@ -179,6 +191,7 @@ def main(argv=None) -> int:
     p.add_argument("--m", default="1,8,16,32,64,128,256,1024,4096")
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--jobs", type=int, default=8)
+    p.add_argument("--gemv", default="full", choices=["full", "small"], help="GEMV candidates at M <= 8")
     p.add_argument("--out", default=None, help="JSON path (default: stdout summary only + out/tune/<gpu>.json)")
     a = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -186,7 +199,7 @@ def main(argv=None) -> int:
         return 2
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
     table = tune([int(b) for b in a.bits.split(",")], shapes, [int(m) for m in a.m.split(",")],
-                 a.group_size, jobs=a.jobs)
+                 a.group_size, jobs=a.jobs, gemv=a.gemv)
     out = a.out or f"out/tune/{gpu_slug(table['gpu'])}.json"
     import os
 
