@@ -208,17 +208,18 @@ def test_one_group_per_tile_rule():
     ("dequant", None),
 ], ids=["gemm-packed", "gemm-packed-bk64", "gemm-generic", "gemv", "gemv-prefetch", "dequant"])
 @pytest.mark.parametrize("group_size,symmetric", [(128, False), (64, True), (None, False)], ids=["g128", "g64-sym", "perchannel"])
-@pytest.mark.parametrize("bits", [4, 2, 8, 1])
+@pytest.mark.parametrize("bits", [4, 2, 8, 1, 3, 5, 6, 7])
 def test_mma_word_order_matches_natural(bits, kind, config, group_size, symmetric):
     """Every kernel reading words in the mma word order (``formats.intx.to_mma_words``, k_order=1) gives
     the natural-order result: the packed GEMM (4 bits: without its X permutation), the generic GEMM and
     the GEMV gathering X through ``unpack.natural_k`` (tiles shorter than a 1/2-bit chunk included: the
-    loop runs to whole chunks), the dequant kernel reordering columns back."""
+    loop runs to whole chunks), the dequant kernel reordering columns back. Several bit-planes (3, 5, 6,
+    7 bits: each plane in its own order) always take the packed GEMM (``gemm.several_planes_config``)."""
     from lowbit.formats.intx import mma_words_layout_ok, padded_k, to_mma_words
     from lowbit.kernels.dequant import dequant_matmul_wxa16
 
     dtype = torch.float16
-    n, k = 72, 300 if bits != 1 else 250  # 1 bit: per-channel Kp = 256 (whole 128-k chunks)
+    n, k = 72, 300 if bits in (2, 4, 6, 8) else 250  # a 1-bit plane: per-channel Kp = 256 (whole 128-k chunks)
     kp = padded_k(k, group_size)
     if not mma_words_layout_ok(bits, kp, group_size or kp) or (symmetric and bits == 1):
         pytest.skip("no mma word order for this layout (tested in test_mma_words_layout_rules)")
@@ -238,7 +239,8 @@ def test_mma_words_layout_rules():
 
     z = torch.zeros(1, dtype=torch.uint8)
     assert all(mma_words_layout_ok(b, 256, 128) for b in (1, 2, 4, 8))
-    assert not any(mma_words_layout_ok(b, 256, 128) for b in (3, 5, 6, 7))   # several bit-planes
+    assert all(mma_words_layout_ok(b, 256, 128) for b in (3, 5, 6, 7))       # several bit-planes, each in its order
+    assert not mma_words_layout_ok(3, 192, 64) and mma_words_layout_ok(6, 192, 64)  # chunk of the narrowest plane
     assert mma_words_layout_ok(2, 192, 64) and not mma_words_layout_ok(2, 160, 32)  # 64-k chunks
     assert mma_words_layout_ok(1, 384, 128) and not mma_words_layout_ok(1, 320, 64)  # 128-k chunks
     assert mma_words_layout_ok(8, 48, 48) and mma_words_layout_ok(4, 96, 32)
@@ -247,7 +249,7 @@ def test_mma_words_layout_rules():
     assert not mma_words_apply(2, z.float(), 256, 128)                # float zero points
 
 
-@pytest.mark.parametrize("bits", [2, 8, 1])
+@pytest.mark.parametrize("bits", [2, 8, 1, 3, 5, 6, 7])
 @pytest.mark.parametrize("n,k", [(128, 512), (72, 300)], ids=["even", "tails"])
 @pytest.mark.parametrize("group_size,symmetric", [(128, False), (64, True), (None, False)], ids=["g128", "g64-sym", "perchannel"])
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
@@ -256,15 +258,20 @@ def test_mma_words_layout_rules():
     GemmConfig(block_m=32, block_n=128, block_k=128, split_k=1, num_warps=8),  # ROW_REPS 1, 8 warps
 ], ids=["16x64x128", "32x128x128w8"])
 def test_packed_gemm_bits(bits, n, k, group_size, symmetric, dtype, config):
-    """The packed 1/2/8-bit GEMM (``unpack.dequant_packed``, mma word order): one group per tile (scale
-    after the MMA), two groups per tile (per-word-row scales), per-channel, mask-free and tail shapes;
-    fp16 on CPU, fp16 + bf16 (the 8-bit fp32 route) on the GPU."""
+    """The packed GEMM of every width but 4 (``unpack.dequant_packed``, mma word order): one group per tile
+    (scale after the MMA), two groups per tile (per-word-row scales, one bit-plane only), per-channel,
+    mask-free and tail shapes, several bit-planes added up (``gemm.add_plane``); fp16 on CPU, fp16 + bf16
+    (the 8-bit fp32 route) on the GPU."""
     from lowbit.formats.intx import mma_words_layout_ok, padded_k, to_mma_words
     from lowbit.kernels import gemm
 
     kp = padded_k(k, group_size)
-    if bits == 1 and (symmetric or not mma_words_layout_ok(1, kp, group_size or kp)):
-        pytest.skip("1 bit: integer zeros and 128-k chunks only")
+    if bits == 1 and symmetric:
+        pytest.skip("1 bit: integer zeros only (the symmetric zero point is 0.5)")
+    if not mma_words_layout_ok(bits, kp, group_size or kp):
+        k = 250  # per-channel Kp = 256: whole 128-k chunks of a 1-bit plane
+    if bits not in (1, 2, 4, 8) and (group_size or kp) % config.block_k:
+        pytest.skip("several bit-planes: one group per K tile")
     qw = _make(bits, group_size, symmetric, "int", n, k, dtype, seed=bits + n)
     gl = group_size or PER_CHANNEL_GROUP_LEN
     assert gemm.use_packed(bits, qw.zeros, symmetric_zero(bits), None, gl, config, 1)

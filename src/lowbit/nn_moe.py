@@ -56,8 +56,10 @@ class QuantMoEExperts(MmaWordsBuffer, nn.Module):
         self.use_mma_words()
 
     def mma_word_buffers(self) -> dict:
-        """Integer-zero experts of one bit-plane run in the mma word order (as ``QuantLinear``)."""
-        return {f"{name}_qweight": mma_words_apply(self.word_bits(name), getattr(self, f"{name}_zeros"), kp, gs or kp)
+        """Integer-zero experts of one bit-plane (1, 2, 4, 8 bits) run in the mma word order (as ``QuantLinear``;
+        the grouped kernels read several planes in the natural order only)."""
+        return {f"{name}_qweight": self.word_bits(name) in (1, 2, 4, 8)
+                and mma_words_apply(self.word_bits(name), getattr(self, f"{name}_zeros"), kp, gs or kp)
                 for name, kp, gs in (("gate_up", self._kp(self.gate_up_qweight, self.bits), self.group_size),
                                      ("down", self._kp(self.down_qweight, self.down_bits), self.down_group_size))}
 

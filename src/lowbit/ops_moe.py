@@ -49,6 +49,9 @@ def _validate_grouped(x, qweight, scales, zeros, bias, bits, group_size, in_feat
         raise FormatError(f"group_size must be 0 (per-channel) or a positive multiple of 32, got {group_size}")
     check_k_order(k_order, bits, padded_k(in_features, group_size or None),
                   group_size or padded_k(in_features, group_size or None))
+    if k_order and bits not in (1, 2, 4, 8):
+        raise FormatError(f"grouped_gemm: the mma word order (k_order=1) takes codes of one bit-plane (1, 2, 4 or 8 "
+                          f"bits), got bits={bits}")
     if not x.is_floating_point() or x.dim() != 2 or x.shape[1] != in_features:
         raise InputError(f"x must be a 2-D float tensor (rows, in_features={in_features}), got {x.dtype} "
                          f"{tuple(x.shape)}")

@@ -129,8 +129,8 @@ def unpack(qweight: torch.Tensor, bits: int, kp: int) -> torch.Tensor:
 
 # --- the "mma" word order (a runtime layout of ``QuantLinear``, never stored) ---
 #
-# Codes of 1, 2, 4 or 8 bits (one bit-plane) are permuted inside every chunk of ``mma_chunk(bits)`` =
-# 4 words (128 / bits input channels) so that the packed GEMM's dequantization
+# The codes of every bit-plane of width p are permuted inside each chunk of 4 words (128 / p input
+# channels; ``mma_chunk(bits)``: the longest plane chunk) so that the packed GEMM's dequantization
 # (``kernels.unpack.dequant_packed``) yields the Hopper MMA A-fragment in natural k order: lane c of a
 # quad holds k-pairs (2c, 2c+1) and (2c+8, 2c+9) of every 16-k step, all of them from word c of the chunk,
 # and the activations need no per-tile permutation (``kernels.unpack.mma_k_order`` undone offline, as
@@ -138,10 +138,12 @@ def unpack(qweight: torch.Tensor, bits: int, kp: int) -> torch.Tensor:
 # natural k = CH*p + 16*st + 8*a + 2*c + b, where
 #   4 bits (fields paired by byte: j = 4*st + 2*a + b);
 #   1, 2, 8 bits (fields paired by 16-bit half: j = H*b + 2*st + a, H = 16 / bits).
+# Several bit-planes (3, 5, 6, 7 bits): each plane in the order of its own width, so each plane's packed
+# dequantization yields the fragment in natural k order and the planes add up register by register.
 
 def mma_chunk(bits: int) -> int:
-    """Input channels per mma word-order chunk: 4 words of 32 / bits codes."""
-    return 128 // bits
+    """Input channels per mma word-order chunk: 4 words of the narrowest plane (128 / its width)."""
+    return 128 // min(bit_planes(bits))
 
 
 def mma_natural_k(k, bits: int = 4):
@@ -158,17 +160,16 @@ def mma_natural_k(k, bits: int = 4):
 
 def mma_words_layout_ok(bits: int, kp: int, group_len: int) -> bool:
     """Whether codes of ``bits`` bits with padded K ``kp`` and groups of ``group_len`` can take the mma
-    word order: one bit-plane of 1, 2, 4 or 8 bits, whole chunks, no chunk split by a group boundary."""
-    if bits not in (1, 2, 4, 8):
+    word order: whole chunks of every plane, no chunk split by a group boundary."""
+    if not isinstance(bits, int) or not 1 <= bits <= 8:
         return False
     ch = mma_chunk(bits)
     return kp % ch == 0 and group_len % ch == 0
 
 
 def mma_words_apply(bits: int, zeros: Optional[torch.Tensor], kp: int, group_len: int) -> bool:
-    """Whether lowbit runs this weight in the mma word order: codes of one bit-plane
-    (``mma_words_layout_ok``) with integer (uint8) or integer symmetric zero points, the formats of the
-    packed GEMM path."""
+    """Whether lowbit runs this weight in the mma word order (``mma_words_layout_ok``): integer (uint8) or
+    integer symmetric zero points, the formats of the packed GEMM path."""
     int_zero = zeros.dtype == torch.uint8 if zeros is not None else symmetric_zero(bits).is_integer()
     return int_zero and mma_words_layout_ok(bits, kp, group_len)
 
@@ -188,28 +189,38 @@ def _words_2d(convert, qweight: torch.Tensor) -> torch.Tensor:
     return out.movedim(0, -2).contiguous()
 
 
-def _slots(qweight: torch.Tensor, bits: int):
-    kp = qweight.shape[0] * 32 // bits
+def _plane_slots(q: torch.Tensor, bits: int):
+    """(Kp, [(bit offset, width, natural k of each storage slot)] per plane) of a (Kp*bits/32, N) qweight."""
+    kp = q.shape[0] * 32 // bits
     if kp % mma_chunk(bits):
         raise FormatError(f"the mma word order of {bits}-bit codes needs Kp % {mma_chunk(bits)} == 0, got Kp={kp}")
-    return kp, mma_natural_k(torch.arange(kp, device=qweight.device), bits)
+    out, off = [], 0
+    for p in bit_planes(bits):
+        out.append((off, p, mma_natural_k(torch.arange(kp, device=q.device), p)))
+        off += p
+    return kp, out
 
 
 def to_mma_words(qweight: torch.Tensor, bits: int = 4) -> torch.Tensor:
     """qweight [..., Kp*bits/32, N] in the natural order -> the same codes in the mma word order."""
     def convert(q):
-        kp, slots = _slots(q, bits)
-        return pack(unpack(q, bits, kp)[:, slots], bits)
+        kp, planes = _plane_slots(q, bits)
+        codes = unpack(q, bits, kp).to(torch.int32)
+        out = torch.zeros_like(codes)
+        for off, p, natural in planes:  # slot s of plane i holds plane i's bits of channel natural[s]
+            out |= ((codes[:, natural] >> off) & ((1 << p) - 1)) << off
+        return pack(out, bits)
     return _words_2d(convert, qweight)
 
 
 def from_mma_words(qweight: torch.Tensor, bits: int = 4) -> torch.Tensor:
     """Inverse of ``to_mma_words``."""
     def convert(q):
-        kp, slots = _slots(q, bits)
-        codes = unpack(q, bits, kp)
-        natural = torch.empty_like(codes)
-        natural[:, slots] = codes
+        kp, planes = _plane_slots(q, bits)
+        codes = unpack(q, bits, kp).to(torch.int32)
+        natural = torch.zeros_like(codes)
+        for off, p, nat in planes:
+            natural[:, nat] |= ((codes >> off) & ((1 << p) - 1)) << off
         return pack(natural, bits)
     return _words_2d(convert, qweight)
 

@@ -61,7 +61,7 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
         GPT: tl.constexpr = BLOCK_K // GROUP_LEN if GROUP_LEN < BLOCK_K else 1
         VPW: tl.constexpr = 32 // P0  # codes per word
         R: tl.constexpr = BLOCK_K // VPW
-        tl.static_assert(MMA_WORDS or P0 == 4, "the packed 1/2/8-bit path reads the mma word order only")
+        tl.static_assert(MMA_WORDS or (P0 == 4 and P1 == 0), "the packed path reads other widths in the mma word order only")
         POST_SCALE: tl.constexpr = SCALE_AFTER and GPT == 1
         if LUT:  # one global table or one per channel (stride_tn 0 or 16), constant along K
             t_rows = tl.where(mask_n, offs_n * stride_tn, 0)
@@ -99,8 +99,17 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
                 z = tl.reshape(tl.broadcast_to(z[:, None, :], (GPT, R // GPT, BLOCK_N)), (R, BLOCK_N))
             if LUT:
                 w = lut4_packed(words, t_ptr, t_rows, tw, s, x_ptr.dtype.element_ty, INLINE_ASM, not POST_SCALE)
-            else:
+            elif P1 == 0:
                 w = dequant_packed(words, s, z, x_ptr.dtype.element_ty, INLINE_ASM, not POST_SCALE, P0)
+            else:  # several planes (one group per tile): (q0 - z) + 2**P0 q1 (+ 2**(P0+P1) q2), exact in 16 bits
+                w = dequant_packed(words, s, z, x_ptr.dtype.element_ty, INLINE_ASM, False, P0)
+                w = add_plane(w, qw_ptr, (Kp // 32) * P0, k0, offs_n, mask_n, stride_qk, Kp, s, z, EVEN_K, ROW_REPS,
+                              P1, P0, x_ptr.dtype.element_ty, INLINE_ASM, BLOCK_K)
+                if P2 > 0:
+                    w = add_plane(w, qw_ptr, (Kp // 32) * (P0 + P1), k0, offs_n, mask_n, stride_qk, Kp, s, z, EVEN_K,
+                                  ROW_REPS, P2, P0 + P1, x_ptr.dtype.element_ty, INLINE_ASM, BLOCK_K)
+                if not POST_SCALE:
+                    w = (w.to(tl.float32) * tl.reshape(s, (BLOCK_N,))[:, None]).to(x_ptr.dtype.element_ty)
             if not MMA_WORDS:  # natural-order words: permute X to the fragment's k order every tile
                 xt = mma_k_order(xt, BLOCK_K)
             if POST_SCALE:  # one scale per row and K tile: scale the tile's product, not each weight
@@ -108,6 +117,7 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
             else:
                 acc += tl.dot(w, xt)
         return acc
+    tl.static_assert(PACKED or not (MMA_WORDS and P1 > 0), "several bit-planes in the mma word order take the packed path")
     # software pipelining by hand: the next tile's words are in flight while this one is used
     w0, w1, w2 = load_codes_nk(qw_ptr, t0 * BLOCK_K, offs_n, mask_n, stride_qk, Kp, tl.where(t0 < t1, Kp, 0),
                                P0, P1, P2, BLOCK_K)
@@ -143,6 +153,25 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
                 w = dequant_tile(q, s, z, INT_ZERO, x_ptr.dtype.element_ty)
         acc += tl.dot(w, xt)
     return acc
+
+
+@triton.jit
+def add_plane(w, qw_ptr, row0, k0, offs_n, mask_n, stride_qk, Kp, s, z, EVEN_K: tl.constexpr, ROW_REPS: tl.constexpr,
+              P: tl.constexpr, SHIFT: tl.constexpr, OUT_DTYPE: tl.constexpr, INLINE_ASM: tl.constexpr,
+              BLOCK_K: tl.constexpr):
+    """w + 2**SHIFT * q of the P-bit plane starting at word-row ``row0`` (mma word order), for the K tile at
+    k0: the plane's codes come out of ``dequant_packed`` with zero point 0 (exact small integers)."""
+    VPW: tl.constexpr = 32 // P
+    r = k0 // VPW + tl.arange(0, BLOCK_K // VPW)
+    ptrs = qw_ptr + offs_n[None, :] + (row0 + r)[:, None] * stride_qk
+    if EVEN_K:
+        words = tl.load(ptrs, mask=mask_n[None, :], other=0)
+    else:
+        words = tl.load(ptrs, mask=mask_n[None, :] & ((r * VPW) < Kp)[:, None], other=0)
+    if ROW_REPS > 0:
+        words = fragment_rows(words, ROW_REPS)
+    q = dequant_packed(words, s, z * 0.0, OUT_DTYPE, INLINE_ASM, False, P)
+    return w + q * (1 << SHIFT)
 
 
 @triton.jit
@@ -206,6 +235,8 @@ def gemm_wxa16(
         cfg = one_group_per_tile(cfg, bits, zeros, sym_zero, table, group_len)
     else:
         cfg = config
+    if k_order and bits not in (1, 2, 4, 8):
+        cfg = several_planes_config(cfg, bits, group_len)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(out_features, cfg.block_n), cfg.split_k)
     packed = use_packed(bits, zeros, sym_zero, table, group_len, cfg, k_order)
     return launch_intx(gemm_wxa16_kernel, grid, x, qweight, scales, zeros, bias, bits, group_len, sym_zero,
@@ -213,6 +244,16 @@ def gemm_wxa16(
                        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, PREFETCH=cfg.prefetch,
                        **packed_meta(packed, cfg, out_features, k, x.is_cuda), MMA_WORDS=bool(k_order),
                        num_warps=cfg.num_warps, num_stages=cfg.num_stages, table=table)
+
+
+def several_planes_config(cfg: GemmConfig, bits: int, group_len: int) -> GemmConfig:
+    """Codes of several bit-planes in the mma word order run only on the packed path (the generic loop
+    combines planes slot by slot, which the per-plane word orders do not allow): K tiles of whole chunks
+    inside one group, no hand prefetch."""
+    bk = max(mma_chunk(bits), cfg.block_k)  # powers of two: halving reaches the chunk, which divides the group
+    while group_len % bk:
+        bk //= 2
+    return dataclasses.replace(cfg, block_k=bk, prefetch=False)
 
 
 def one_group_per_tile(cfg: GemmConfig, bits: int, zeros: Optional[torch.Tensor], sym_zero: float,
@@ -271,14 +312,16 @@ def use_packed(bits: int, zeros: Optional[torch.Tensor], sym_zero: float, table:
 
 def packed_applies(bits: int, zeros: Optional[torch.Tensor], sym_zero: float, table: Optional[torch.Tensor],
                    group_len: int, block_k: int, k_order: int = 0) -> bool:
-    """Codes of one bit-plane (1, 2, 4 or 8 bits; 1/2/8 only in the mma word order, ``k_order`` 1), whole
-    mma chunks (``formats.intx.mma_chunk``: 4 words) per K tile, groups that are whole multiples of the
-    tile or whole chunks dividing it; affine codes need integer zeros, 16-entry 4-bit lookup tables must
-    not change along K (one global table, or one per channel)."""
-    if bits not in (1, 2, 4, 8) or (bits != 4 and (not k_order or table is not None)):
+    """Codes of any width (other than 4 bits only in the mma word order, ``k_order`` 1), whole mma chunks
+    (``formats.intx.mma_chunk``: 4 words of the narrowest plane) per K tile, groups that are whole
+    multiples of the tile or (one bit-plane) whole chunks dividing it; affine codes need integer zeros,
+    16-entry 4-bit lookup tables must not change along K (one global table, or one per channel)."""
+    if not 1 <= bits <= 8 or (bits != 4 and (not k_order or table is not None)):
         return False
     ch = mma_chunk(bits)
     if block_k % ch or not (group_len % block_k == 0 or (block_k % group_len == 0 and group_len % ch == 0)):
+        return False
+    if bits not in (1, 2, 4, 8) and group_len % block_k:  # several planes: one group per K tile
         return False
     if table is None:
         return int_zero(zeros, sym_zero)

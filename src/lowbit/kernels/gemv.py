@@ -179,13 +179,13 @@ def gemv_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
             s1, _ = _row_params(s_ptr, z_ptr, k0, offs_n, mask_n, Kp, stride_sg, GROUP_LEN, HAS_ZEROS,
                                 SYM_ZERO, P1, BLOCK_K)
             part, _ = _plane_tile(w1, magic, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk, P1, P0,
-                                  BLOCK_M, BLOCK_K, EVEN_K)
+                                  BLOCK_M, BLOCK_K, EVEN_K, MMA_WORDS)
             acc1 += part * s1
         if P2 > 0 and not LUT:
             s2, _ = _row_params(s_ptr, z_ptr, k0, offs_n, mask_n, Kp, stride_sg, GROUP_LEN, HAS_ZEROS,
                                 SYM_ZERO, P2, BLOCK_K)
             part, _ = _plane_tile(w2, magic, x_ptr, k0, offs_m, mask_m, K, stride_xm, stride_xk, P2, P0 + P1,
-                                  BLOCK_M, BLOCK_K, EVEN_K)
+                                  BLOCK_M, BLOCK_K, EVEN_K, MMA_WORDS)
             acc2 += part * s2
         if PREFETCH:
             w0, w1, w2 = n0, n1, n2
