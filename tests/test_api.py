@@ -106,11 +106,14 @@ def test_cli_tune_without_gpu_says_so(capsys):
 
 @pytest.mark.parametrize("fmt,k_order", [
     (lowbit.IntxFormat(4, 128), 1), (lowbit.IntxFormat(4, 64, True), 1), (lowbit.IntxFormat(4, None), 1),
-    (lowbit.IntxFormat(4, 128, zero_kind="float"), 0), (lowbit.IntxFormat(3, 128), 0),
-], ids=["w4-int-zero", "w4-sym", "w4-perchannel", "w4-float-zero", "w3"])
+    (lowbit.IntxFormat(4, 128, zero_kind="float"), 0), (lowbit.IntxFormat(3, 128), 1), (lowbit.IntxFormat(2, 64, True), 1),
+    (lowbit.IntxFormat(2, None), 0), (lowbit.IntxFormat(1, 128, True), 0),
+], ids=["w4-int-zero", "w4-sym", "w4-perchannel", "w4-float-zero", "w3", "w2-sym", "w2-perchannel-Kp224", "w1-sym"])
 def test_quantlinear_runtime_word_order(fmt, k_order):
-    """4-bit integer-zero weights run in the mma word order; the state dict, ``weight`` and a reload
-    still see the natural order; the caller's IntxWeight is untouched; outputs match the oracle."""
+    """Integer-zero weights whose planes fill whole mma chunks run in the mma word order (float zeros, a
+    per-channel Kp of 224 for 64-k 2-bit chunks and the 0.5 zero of symmetric 1-bit codes do not); the
+    state dict, ``weight`` and a reload still see the natural order; the caller's IntxWeight is
+    untouched; outputs match the oracle."""
     from lowbit.formats.intx import to_mma_words
     from lowbit.nn import use_mma_words_
 
@@ -118,7 +121,7 @@ def test_quantlinear_runtime_word_order(fmt, k_order):
     natural = w.qweight.clone()
     m = QuantLinear(w)
     assert m.k_order == k_order and torch.equal(w.qweight, natural)
-    assert torch.equal(m.qweight, to_mma_words(natural) if k_order else natural)
+    assert torch.equal(m.qweight, to_mma_words(natural, fmt.bits) if k_order else natural)
     assert torch.equal(m.weight.qweight, natural) and torch.equal(m.state_dict()["qweight"], natural)
     x = torch.randn(5, 200, generator=torch.Generator().manual_seed(1)).to(DEVICE, torch.float16)
     ref = x.float() @ w.dequantize().t()
