@@ -110,8 +110,7 @@ def test_dequant_fields_asm_matches_affine(bits, dt, scaled):
             ops = [ptx_emu._f32_bits(float(s)), ptx_emu._f32_bits(z + 2.0 ** 23)]
         else:
             magic = 1024.0 if dt == "f16x2" else 128.0
-            ops = [_pair(s, s, dtype)] + [_pair(-(z + magic / 2 ** o), -(z + magic / 2 ** o), dtype)
-                                          for o in unpack.field_offsets(bits)]
+            ops = [_pair(s, s, dtype), _pair(-(z + magic), -(z + magic), dtype)]
         for word in _words(5, 24):
             codes = [(word >> (bits * j)) & ((1 << bits) - 1) for j in range(32 // bits)]
             out = ptx_emu.run(asm, [word] + ops, h)

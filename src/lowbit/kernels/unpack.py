@@ -278,13 +278,29 @@ def _mma_columns(p0, p1, p2, p3):
 # 16-bit floats (q - z) * s. 1 and 2 bits: ``lop3`` ORs the word (shifted right so the field lies at
 # bit o <= 5 of each half, o + P <= 7) masked to the field into the mantissa of M_o = MAGIC * 2**-o
 # (MAGIC = 1024.0 fp16, 128.0 bf16; the ulp of M_o is 2**-o, so bit o weighs 1), giving M_o + q exactly;
-# one fma adds -(M_o + z) (exact: q - z, a small integer), a second fma scales it (the one rounding).
+# one fma adds -(M_o + z) (exact: q - z, a small integer; derived once per word from the operand
+# -(MAGIC + z) by adding MAGIC - M_o, exact as well), a second fma scales it (the one rounding).
 # 8 bits in fp16: ``prmt`` places the two bytes under the 0x64 byte of 1024.0. 8 bits in bf16 (7
 # mantissa bits): ``prmt`` builds fp32 2**23 + q, sub / mul in fp32 (exact: a 9-bit integer times a bf16
 # scale) and ``cvt.rn.bf16x2.f32`` rounds once. Operands: $0..$(H-1) out, $H the word, $(H+1) the scale
-# pair (fp32 for 8-bit bf16), then one pair -(M_o + z) per offset of ``field_offsets(P)`` (fp32 2**23 + z
-# for 8-bit bf16).
+# pair (fp32 for 8-bit bf16), $(H+2) the pair -(MAGIC + z) (fp32 2**23 + z for 8-bit bf16).
 _HALF_FLOAT = {"f16x2": (0x6400, 10), "bf16x2": (0x4300, 7)}  # (MAGIC bits, mantissa bits)
+
+
+MAGIC_VALUE = {"f16x2": 1024.0, "bf16x2": 128.0}
+
+
+def _half_bits(v: float, dtype: str) -> int:
+    """Bits of v (exactly representable) in fp16 / bf16, computed without torch: v = m * 2**e, m < 2**8."""
+    import struct
+
+    f32 = struct.unpack("<I", struct.pack("<f", v))[0]
+    if dtype == "bf16x2":
+        assert f32 & 0xFFFF == 0, v
+        return f32 >> 16
+    e = ((f32 >> 23) & 0xFF) - 127 + 15
+    assert 0 < e < 31 and f32 & 0x1FFF == 0, v
+    return ((f32 >> 16) & 0x8000) | (e << 10) | ((f32 >> 13) & 0x3FF)
 
 
 def field_offsets(P: int) -> list:
@@ -302,7 +318,7 @@ def _dequant_fields_asm(P: int, dtype: str, scaled: bool) -> list:
     nw, ns = f"${H}", f"${H + 1}"
     magic, mant = _HALF_FLOAT[dtype]
     lines = [".reg .b32 t, h, nz, one;", "mov.b32 nz, 0x80008000;", f"mov.b32 one, {_pair_bits(0x3C00 if dtype == 'f16x2' else 0x3F80)};"]
-    shift, src = None, nw
+    shift, src, consts = None, nw, set()
     for e in range(H):
         if shift is None or P * e - shift not in offsets:  # a new shift puts field e at bit 0
             shift = P * e
@@ -311,7 +327,11 @@ def _dequant_fields_asm(P: int, dtype: str, scaled: bool) -> list:
                 lines.append(f"shr.u32 t, {nw}, {shift};")
                 src = "t"
         o = P * e - shift
-        c = f"${H + 2 + offsets.index(o)}"
+        c = f"${H + 2}" if o == 0 else f"c{o}"
+        if o and f"c{o}" not in consts:  # -(M_o + z) = -(MAGIC + z) + (MAGIC - M_o), exact
+            lines += [f".reg .b32 c{o};", f"mov.b32 c{o}, {_pair_bits(_half_bits(MAGIC_VALUE[dtype] * (1 - 2.0 ** -o), dtype))};",
+                      f"fma.rn.{dtype} c{o}, ${H + 2}, one, c{o};"]
+            consts.add(f"c{o}")
         lines.append(f"lop3.b32 h, {src}, {_pair_bits(((1 << P) - 1) << o)}, {_pair_bits(magic - (o << mant))}, 0xea;")
         if scaled:
             lines += [f"fma.rn.{dtype} h, h, one, {c};", f"fma.rn.{dtype} ${e}, h, {ns}, nz;"]
@@ -415,15 +435,15 @@ def _asm8(asm: tl.constexpr, words, s, c):
 
 
 @triton.jit
-def _asm2(asm: tl.constexpr, words, s, c0, c2, c4):
-    return tl.inline_asm_elementwise(asm, "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r", [words, s, c0, c2, c4],
+def _asm2(asm: tl.constexpr, words, s, c):
+    return tl.inline_asm_elementwise(asm, "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r", [words, s, c],
                                      dtype=(tl.int32,) * 8, is_pure=True, pack=1)
 
 
 @triton.jit
-def _asm1(asm: tl.constexpr, words, s, c0, c1, c2, c3, c4, c5):
-    return tl.inline_asm_elementwise(asm, "=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r,r,r,r",
-                                     [words, s, c0, c1, c2, c3, c4, c5], dtype=(tl.int32,) * 16, is_pure=True, pack=1)
+def _asm1(asm: tl.constexpr, words, s, c):
+    return tl.inline_asm_elementwise(asm, "=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,=r,r,r,r", [words, s, c],
+                                     dtype=(tl.int32,) * 16, is_pure=True, pack=1)
 
 
 @triton.jit
@@ -444,27 +464,24 @@ def dequant_packed(words, s, z, OUT_DTYPE: tl.constexpr, INLINE_ASM: tl.constexp
                 asm: tl.constexpr = DEQUANT8_BF16 if SCALED else DEQUANT8_BF16_Q
                 e0, e1 = _asm8(asm, words, _f32_bits(s.to(tl.bfloat16)), _f32_bits(z + 8388608.0))
             w = _columns2(_halves(e0, OUT_DTYPE), _halves(e1, OUT_DTYPE))
-        elif P == 2:  # field_offsets(2) = 0, 2, 4
-            sp = _pair16(s, OUT_DTYPE)
-            c0, c2, c4 = _pair16(-(z + MAGIC), OUT_DTYPE), _pair16(-(z + MAGIC / 4), OUT_DTYPE), _pair16(-(z + MAGIC / 16), OUT_DTYPE)
+        elif P == 2:
+            sp, c0 = _pair16(s, OUT_DTYPE), _pair16(-(z + MAGIC), OUT_DTYPE)
             if OUT_DTYPE == tl.float16:
                 asm: tl.constexpr = DEQUANT2_F16 if SCALED else DEQUANT2_F16_Q
-                e0, e1, e2, e3, e4, e5, e6, e7 = _asm2(asm, words, sp, c0, c2, c4)
+                e0, e1, e2, e3, e4, e5, e6, e7 = _asm2(asm, words, sp, c0)
             else:
                 asm: tl.constexpr = DEQUANT2_BF16 if SCALED else DEQUANT2_BF16_Q
-                e0, e1, e2, e3, e4, e5, e6, e7 = _asm2(asm, words, sp, c0, c2, c4)
+                e0, e1, e2, e3, e4, e5, e6, e7 = _asm2(asm, words, sp, c0)
             w = _columns8(_halves(e0, OUT_DTYPE), _halves(e1, OUT_DTYPE), _halves(e2, OUT_DTYPE), _halves(e3, OUT_DTYPE),
                           _halves(e4, OUT_DTYPE), _halves(e5, OUT_DTYPE), _halves(e6, OUT_DTYPE), _halves(e7, OUT_DTYPE))
-        else:  # field_offsets(1) = 0..5
-            sp = _pair16(s, OUT_DTYPE)
-            c0, c1, c2 = _pair16(-(z + MAGIC), OUT_DTYPE), _pair16(-(z + MAGIC / 2), OUT_DTYPE), _pair16(-(z + MAGIC / 4), OUT_DTYPE)
-            c3, c4, c5 = _pair16(-(z + MAGIC / 8), OUT_DTYPE), _pair16(-(z + MAGIC / 16), OUT_DTYPE), _pair16(-(z + MAGIC / 32), OUT_DTYPE)
+        else:
+            sp, c0 = _pair16(s, OUT_DTYPE), _pair16(-(z + MAGIC), OUT_DTYPE)
             if OUT_DTYPE == tl.float16:
                 asm: tl.constexpr = DEQUANT1_F16 if SCALED else DEQUANT1_F16_Q
-                e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, e10, e11, e12, e13, e14, e15 = _asm1(asm, words, sp, c0, c1, c2, c3, c4, c5)
+                e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, e10, e11, e12, e13, e14, e15 = _asm1(asm, words, sp, c0)
             else:
                 asm: tl.constexpr = DEQUANT1_BF16 if SCALED else DEQUANT1_BF16_Q
-                e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, e10, e11, e12, e13, e14, e15 = _asm1(asm, words, sp, c0, c1, c2, c3, c4, c5)
+                e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, e10, e11, e12, e13, e14, e15 = _asm1(asm, words, sp, c0)
             w = _columns16(_halves(e0, OUT_DTYPE), _halves(e1, OUT_DTYPE), _halves(e2, OUT_DTYPE), _halves(e3, OUT_DTYPE),
                            _halves(e4, OUT_DTYPE), _halves(e5, OUT_DTYPE), _halves(e6, OUT_DTYPE), _halves(e7, OUT_DTYPE),
                            _halves(e8, OUT_DTYPE), _halves(e9, OUT_DTYPE), _halves(e10, OUT_DTYPE), _halves(e11, OUT_DTYPE),
