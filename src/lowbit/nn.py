@@ -74,7 +74,7 @@ class MmaWordsBuffer:
 
 
 class QuantLinear(MmaWordsBuffer, Shardable, nn.Module):
-    #: keep eligible 4-bit words in the mma word order at run time (subclasses with other kernels: False)
+    #: keep eligible words in the mma word order at run time (subclasses with other kernels: False)
     RUNTIME_MMA_WORDS = True
 
     def __init__(self, weight: IntxWeight, bias: Optional[torch.Tensor] = None) -> None:

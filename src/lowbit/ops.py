@@ -3,7 +3,7 @@
 ``linear_wxa16(x, qweight, scales, zeros, bias, bits, group_size, in_features, k_order=0)``
     y[..., N] = x[..., K] @ dequant(W)^T + bias for W in ``lowbit.formats.intx`` layout.
     ``group_size`` 0 means per-channel. Any leading dims on x; fp16/bf16 on the Triton kernels,
-    any float dtype on the reference backend. ``k_order`` 1: 4-bit ``qweight`` in the mma word order
+    any float dtype on the reference backend. ``k_order`` 1: ``qweight`` in the mma word order
     (``formats.intx.to_mma_words``, what ``QuantLinear`` keeps at run time).
 """
 from __future__ import annotations

@@ -252,7 +252,7 @@ def grouped_gemm(
     row_weights: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None, k_order: int = 0,
 ) -> torch.Tensor:
     """Grouped low-bit GEMM over experts (one launch for all experts). ``k_order`` 1: ``weights.qweight``
-    holds 4-bit words in the mma word order (``formats.intx.to_mma_words``, what ``QuantMoE`` runs).
+    holds words of one bit-plane (1, 2, 4, 8 bits) in the mma word order (``formats.intx.to_mma_words``, what ``QuantMoE`` runs).
 
     * ``expert_offsets`` (E+1,): x (P, K) already sorted by expert -> (P, N); ``row_weights`` (P,)
       optionally scale each row in the epilogue.

@@ -228,7 +228,7 @@ def gemm_wxa16(
     config: Optional[GemmConfig] = None, table: Optional[torch.Tensor] = None, k_order: int = 0,
 ) -> torch.Tensor:
     """x (M, K) fp16/bf16 -> (M, N). Inputs already validated by ``lowbit.ops``; ``table``: LUT mode;
-    ``k_order`` 1: 4-bit words in the mma word order (``formats.intx.to_mma_words``)."""
+    ``k_order`` 1: words in the mma word order (``formats.intx.to_mma_words``; other widths than 4 bits read only it)."""
     m, k = x.shape
     if config is None:
         cfg = resolve_config("gemm", GemmConfig, heuristic_config, m, out_features, k, bits, group_len, x)

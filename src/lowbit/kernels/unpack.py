@@ -346,7 +346,7 @@ def _dequant8_asm(dtype: str, scaled: bool) -> list:
                  "mov.b32 mg, 0x64646464;"]
         for e in range(2):
             lines.append(f"prmt.b32 h, $2, mg, {hex(0x4040 | e | ((2 + e) << 8))};")
-            lines += ([f"fma.rn.f16x2 h, h, one, $4;", f"fma.rn.f16x2 ${e}, h, $3, nz;"] if scaled
+            lines += (["fma.rn.f16x2 h, h, one, $4;", f"fma.rn.f16x2 ${e}, h, $3, nz;"] if scaled
                       else [f"fma.rn.f16x2 ${e}, h, one, $4;"])
         return lines
     lines = [".reg .b32 lo, hi, base;", "mov.b32 base, 0x4B000000;"]
