@@ -291,16 +291,18 @@ MAGIC_VALUE = {"f16x2": 1024.0, "bf16x2": 128.0}
 
 
 def _half_bits(v: float, dtype: str) -> int:
-    """Bits of v (exactly representable) in fp16 / bf16, computed without torch: v = m * 2**e, m < 2**8."""
+    """Bits of v (exactly representable) in fp16 / bf16."""
     import struct
 
-    f32 = struct.unpack("<I", struct.pack("<f", v))[0]
-    if dtype == "bf16x2":
+    if dtype == "f16x2":
+        bits = struct.unpack("<H", struct.pack("<e", v))[0]
+    else:
+        f32 = struct.unpack("<I", struct.pack("<f", v))[0]
         assert f32 & 0xFFFF == 0, v
-        return f32 >> 16
-    e = ((f32 >> 23) & 0xFF) - 127 + 15
-    assert 0 < e < 31 and f32 & 0x1FFF == 0, v
-    return ((f32 >> 16) & 0x8000) | (e << 10) | ((f32 >> 13) & 0x3FF)
+        bits = f32 >> 16
+    assert struct.unpack("<e" if dtype == "f16x2" else "<f", struct.pack("<H", bits) if dtype == "f16x2"
+                         else struct.pack("<I", bits << 16))[0] == v, v
+    return bits
 
 
 def field_offsets(P: int) -> list:
@@ -382,17 +384,6 @@ DEQUANT8_BF16_Q: tl.constexpr = DEQUANT_FIELDS[(8, "bf16x2", False)]
 
 
 @triton.jit
-def _field_pair(words, e: tl.constexpr, P: tl.constexpr, s, z, OUT_DTYPE: tl.constexpr, SCALED: tl.constexpr):
-    """Plain-Triton twin of asm output e: fields e and H + e of every word, (q - z) (* s) -> OUT_DTYPE [..., 2]."""
-    lo = ((words >> (P * e)) & ((1 << P) - 1)).to(tl.float32) - z
-    hi = ((words >> (16 + P * e)) & ((1 << P) - 1)).to(tl.float32) - z
-    if SCALED:
-        lo = lo * s
-        hi = hi * s
-    return tl.join(lo.to(OUT_DTYPE), hi.to(OUT_DTYPE))
-
-
-@triton.jit
 def _st_columns(w):
     """[R, BN, b, a, ST] pairs of a packed dequantization -> [BN, R * 4 * ST] in natural k order:
     word-row r = 4p + c, column p * 16ST + 16st + 8a + 2c + b (``lowbit.formats.intx.mma_natural_k``)."""
@@ -447,6 +438,13 @@ def _asm1(asm: tl.constexpr, words, s, c):
 
 
 @triton.jit
+def _per_slot(t, SLOTS: tl.constexpr):
+    """Per word-row values t [1 or R, BN] -> [BN, SLOTS], each row's value repeated over its slots."""
+    BN: tl.constexpr = t.shape[1]
+    return tl.reshape(tl.broadcast_to(tl.trans(t)[:, :, None], (BN, t.shape[0], SLOTS // t.shape[0])), (BN, SLOTS))
+
+
+@triton.jit
 def dequant_packed(words, s, z, OUT_DTYPE: tl.constexpr, INLINE_ASM: tl.constexpr, SCALED: tl.constexpr,
                    P: tl.constexpr):
     """P-bit words int32 [R, BLOCK_N] in the mma word order (P in 1, 2, 4, 8; R a multiple of 4), integer
@@ -486,23 +484,15 @@ def dequant_packed(words, s, z, OUT_DTYPE: tl.constexpr, INLINE_ASM: tl.constexp
                            _halves(e4, OUT_DTYPE), _halves(e5, OUT_DTYPE), _halves(e6, OUT_DTYPE), _halves(e7, OUT_DTYPE),
                            _halves(e8, OUT_DTYPE), _halves(e9, OUT_DTYPE), _halves(e10, OUT_DTYPE), _halves(e11, OUT_DTYPE),
                            _halves(e12, OUT_DTYPE), _halves(e13, OUT_DTYPE), _halves(e14, OUT_DTYPE), _halves(e15, OUT_DTYPE))
-    else:
-        if P == 8:
-            w = _columns2(_field_pair(words, 0, P, s, z, OUT_DTYPE, SCALED), _field_pair(words, 1, P, s, z, OUT_DTYPE, SCALED))
-        elif P == 2:
-            w = _columns8(_field_pair(words, 0, P, s, z, OUT_DTYPE, SCALED), _field_pair(words, 1, P, s, z, OUT_DTYPE, SCALED),
-                          _field_pair(words, 2, P, s, z, OUT_DTYPE, SCALED), _field_pair(words, 3, P, s, z, OUT_DTYPE, SCALED),
-                          _field_pair(words, 4, P, s, z, OUT_DTYPE, SCALED), _field_pair(words, 5, P, s, z, OUT_DTYPE, SCALED),
-                          _field_pair(words, 6, P, s, z, OUT_DTYPE, SCALED), _field_pair(words, 7, P, s, z, OUT_DTYPE, SCALED))
-        else:
-            w = _columns16(_field_pair(words, 0, P, s, z, OUT_DTYPE, SCALED), _field_pair(words, 1, P, s, z, OUT_DTYPE, SCALED),
-                           _field_pair(words, 2, P, s, z, OUT_DTYPE, SCALED), _field_pair(words, 3, P, s, z, OUT_DTYPE, SCALED),
-                           _field_pair(words, 4, P, s, z, OUT_DTYPE, SCALED), _field_pair(words, 5, P, s, z, OUT_DTYPE, SCALED),
-                           _field_pair(words, 6, P, s, z, OUT_DTYPE, SCALED), _field_pair(words, 7, P, s, z, OUT_DTYPE, SCALED),
-                           _field_pair(words, 8, P, s, z, OUT_DTYPE, SCALED), _field_pair(words, 9, P, s, z, OUT_DTYPE, SCALED),
-                           _field_pair(words, 10, P, s, z, OUT_DTYPE, SCALED), _field_pair(words, 11, P, s, z, OUT_DTYPE, SCALED),
-                           _field_pair(words, 12, P, s, z, OUT_DTYPE, SCALED), _field_pair(words, 13, P, s, z, OUT_DTYPE, SCALED),
-                           _field_pair(words, 14, P, s, z, OUT_DTYPE, SCALED), _field_pair(words, 15, P, s, z, OUT_DTYPE, SCALED))
+    else:  # the interpreter's twin: fields in storage-slot order, reordered to natural k like the dequant kernel
+        VPW: tl.constexpr = 32 // P
+        BN: tl.constexpr = words.shape[1]
+        SLOTS: tl.constexpr = words.shape[0] * VPW
+        q = expand_words_nk(tl.trans(words), P, BN, SLOTS)  # [BN, SLOTS]
+        v = q.to(tl.float32) - _per_slot(z, SLOTS)
+        if SCALED:
+            v = v * _per_slot(s, SLOTS)
+        w = tl.trans(mma_slots_to_natural(tl.trans(v.to(OUT_DTYPE)), SLOTS, P))
     return w
 
 
