@@ -3,7 +3,10 @@ quantized beforehand), median of ``triton.testing.do_bench`` (L2 flushed per cal
 
 * fp8 W8A8 row-wise at large M: ``LARGE_M_CANDIDATES`` (and the shipped heuristic) vs
   ``torch._scaled_mm`` row-wise, same operands -> ratio ``scaled_mm_us / ours_us`` (goal >= 0.95 at M >= 1024);
-* W4A8 (int4 g128 asym): the prmt-table unpack vs the fp16-magic unpack under the heuristic config.
+* W4A8 (int4 g128 asym): the prmt-table unpack vs the fp16-magic unpack under the heuristic config;
+* ``--tma``: fp8 and int8 at M >= 128, the persistent TMA kernel's ``TMA_CANDIDATES`` and its heuristic vs
+  the pointer kernel's heuristic, ``torch._scaled_mm`` / ``torch._int_mm`` (GEMM only), cuBLAS bf16
+  (``F.linear``) and our activation quantization alone, so quantization-included ratios follow.
 
     PYTHONPATH=src python scripts/a8_sweep.py --shapes llama3-8b --out sweep.json   (needs an sm_89+ GPU)
 """
@@ -18,7 +21,9 @@ from lowbit.bench.shapes import parse_m, resolve
 from lowbit.formats import IntxFormat
 from lowbit.formats.act8 import quantize_rows
 from lowbit.kernels.int4_fp8 import UNPACK_MAGIC, UNPACK_PRMT
+from lowbit.kernels.quant_act import quantize_act
 from lowbit.kernels.scaled_mm import LARGE_M_CANDIDATES, heuristic_config, scaled_mm, scaled_mm_intx
+from lowbit.kernels.scaled_mm_tma import TMA_CANDIDATES, heuristic_tma_config, scaled_mm_tma
 
 
 def bench(fn):
@@ -62,11 +67,56 @@ def sweep_w4a8(shapes, ms, rows, deadline):
                 print(f"w4a8 {s.name:24s} M={m:<5d} {name:5s} {us:8.1f} us", flush=True)
 
 
+def _vendor_8bit(kind, xq, sx, wq, sw):
+    if kind == "fp8":
+        return lambda: torch._scaled_mm(xq, wq.t(), scale_a=sx[:, None], scale_b=sw[None, :], out_dtype=torch.bfloat16)
+    return lambda: torch._int_mm(xq, wq.t())
+
+
+def sweep_tma(shapes, ms, rows, deadline):
+    """Per (kind, shape, M): one row per method; ``us`` GEMM only, ``quant_us`` beside it."""
+    for kind in ("int8", "fp8"):
+        for s in shapes:
+            w = torch.randn(s.n, s.k, device="cuda", dtype=torch.bfloat16) * 0.05
+            wq, sw = quantize_rows(w, kind)
+            for m in ms:
+                if time.time() > deadline:
+                    return
+                x = torch.randn(m, s.k, device="cuda", dtype=torch.bfloat16)
+                xq, sx = quantize_rows(x, kind)
+                base = dict(op="tma", kind=kind, shape=s.name, n=s.n, k=s.k, m=m)
+                timed = dict(bf16=bench(lambda: torch.nn.functional.linear(x, w)),
+                             quant=bench(lambda: quantize_act(x, kind)),
+                             vendor=bench(_vendor_8bit(kind, xq, sx, wq, sw)),
+                             pointer=bench(lambda: scaled_mm(xq, sx, wq, sw, None, torch.bfloat16)))
+                ref = scaled_mm(xq, sx, wq, sw, None, torch.bfloat16).float()
+                cands = [("tma_heuristic", heuristic_tma_config(m, s.n, s.k))] + [(str(c), c) for c in TMA_CANDIDATES]
+                for name, cfg in cands:
+                    try:
+                        y = scaled_mm_tma(xq, sx, wq, sw, None, torch.bfloat16, cfg).float()
+                        err = ((y - ref).norm() / ref.norm()).item()
+                        timed[name] = bench(lambda: scaled_mm_tma(xq, sx, wq, sw, None, torch.bfloat16, cfg))
+                        rows.append(dict(base, method=name, us=timed[name], rel_err_vs_pointer=err))
+                    except Exception as e:  # noqa: BLE001 - out of shared memory etc.: record and go on
+                        rows.append(dict(base, method=name, error=repr(e)[:200]))
+                for name in ("bf16", "quant", "vendor", "pointer"):
+                    rows.append(dict(base, method=name, us=timed[name]))
+                best = min((v, k) for k, v in timed.items() if k.startswith("Tma") or k == "tma_heuristic")
+                q = timed["quant"]
+                print(f"{kind:4s} {s.name:20s} M={m:<5d} bf16 {timed['bf16']:8.1f} quant {q:6.1f} vendor "
+                      f"{timed['vendor']:8.1f} pointer {timed['pointer']:8.1f} tma_h {timed.get('tma_heuristic', 0):8.1f}"
+                      f" best {best[0]:8.1f} | x bf16 incl quant: pointer {timed['bf16'] / (timed['pointer'] + q):.2f}"
+                      f" tma_h {timed['bf16'] / (timed.get('tma_heuristic', 1e9) + q):.2f} best {timed['bf16'] / (best[0] + q):.2f}"
+                      f" | best {best[1]}", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--shapes", default="llama3-8b")
     p.add_argument("--m-fp8", default="1024,4096")
     p.add_argument("--m-w4a8", default="1,16,64,256,1024,4096")
+    p.add_argument("--tma", action="store_true", help="only the persistent TMA kernel sweep (fp8 + int8)")
+    p.add_argument("--m-tma", default="128,256,512,1024,2048,4096,8192")
     p.add_argument("--budget", type=float, default=50.0, help="seconds; stops starting new points after it")
     p.add_argument("--out", default="a8_sweep.json")
     a = p.parse_args()
@@ -74,12 +124,19 @@ def main():
     rows = []
     t0 = time.time()
     try:
+        if a.tma:
+            sweep_tma(shapes, parse_m(a.m_tma), rows, t0 + a.budget)
+            return
         sweep_w4a8(shapes, parse_m(a.m_w4a8), rows, t0 + a.budget * 0.4)
         sweep_fp8(shapes, parse_m(a.m_fp8), rows, t0 + a.budget)
     finally:
         with open(a.out, "w") as f:
             json.dump(dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                            rows=rows), f, indent=1)
+    report_fp8(rows)
+
+
+def report_fp8(rows):
     best = {}
     for r in rows:
         if r["op"] == "fp8" and "ratio" in r:

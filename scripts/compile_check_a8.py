@@ -20,6 +20,7 @@ from compile_check import sass_histogram  # noqa: E402
 from lowbit.kernels.int4_fp8 import UNPACK_MAGIC, UNPACK_PRMT  # noqa: E402
 from lowbit.kernels.quant_act import quantize_act_kernel  # noqa: E402
 from lowbit.kernels.scaled_mm import heuristic_config, scaled_mm_kernel  # noqa: E402
+from lowbit.kernels.scaled_mm_tma import TMA_CANDIDATES, scaled_mm_tma_kernel  # noqa: E402
 from lowbit.kernels.unpack import plane_constexprs  # noqa: E402
 
 MM_INTS = ["M", "N", "K", "Kp", "stride_xm", "stride_wn", "stride_wk", "stride_sxm", "stride_sxk", "stride_swn",
@@ -61,6 +62,35 @@ def scaled_mm_variant(kind, mode, m, n=4096, k=4096, out="bf16", unpack="prmt", 
     for name in ce:
         sig.pop(name, None)
     return cfg, compile_fn(scaled_mm_kernel, sig, ce, cfg.num_warps, cfg.num_stages)
+
+
+def scaled_mm_tma_variant(kind, cfg, out="bf16"):
+    """The persistent TMA kernel (``kernels/scaled_mm_tma.py``) for one tile config."""
+    op = "fp8e4nv" if kind == "fp8" else "i8"
+    sig = {"x_desc": f"tensordesc<{op}[{cfg.block_m},{cfg.block_k}]>",
+           "w_desc": f"tensordesc<{op}[{cfg.block_n},{cfg.block_k}]>",
+           "sx_ptr": "*fp32", "sw_ptr": "*fp32", "b_ptr": f"*{out}", "y_ptr": f"*{out}",
+           "M": "i32", "N": "i32", "K": "i32", "stride_ym": "i32"}
+    ce = dict(HAS_BIAS=False, ACC_INT=kind == "int8", BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+              BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m)
+    attrs = {(scaled_mm_tma_kernel.arg_names.index(name),): [["tt.divisibility", 16]]
+             for name in sig if not name.endswith("_desc")}
+    sig.update({k: "constexpr" for k in ce})
+    src = ASTSource(scaled_mm_tma_kernel, sig, constexprs=ce, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": cfg.num_warps,
+                                                                        "num_stages": cfg.num_stages})
+
+
+def tma_report(show_loop):
+    for kind in ("fp8", "int8"):
+        for cfg in TMA_CANDIDATES:
+            hist, usage, sass = sass_histogram(scaled_mm_tma_variant(kind, cfg).asm["cubin"])
+            mma = {op: c for op, c in hist.items() if "MMA" in op}
+            tma = {op: c for op, c in hist.items() if op.startswith("UTMA") or op.startswith("SYNCS")}
+            print(f"scaled_mm_tma {kind:4s} tile {cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} "
+                  f"s{cfg.num_stages} | {usage} | MMA {mma} | TMA {tma}")
+            if show_loop:
+                print("   ", " ".join(f"{op}:{c}" for op, c in loop_stats(sass).most_common(30)))
 
 
 def loop_stats(sass):
@@ -107,8 +137,11 @@ def main():
     p.add_argument("--m", default="1,16,64,256,4096")
     p.add_argument("--sass", action="store_true")
     p.add_argument("--loop", action="store_true", help="print the main loop's instruction histogram")
+    p.add_argument("--tma", action="store_true", help="the persistent TMA kernel's candidate tiles only")
     p.add_argument("--only", default="", help="comma list of kind:mode[:unpack], e.g. fp8:w4a8:magic")
     a = p.parse_args()
+    if a.tma:
+        return tma_report(a.loop)
     variants = [("fp8", "row", "prmt"), ("int8", "row", "prmt"), ("fp8", "block", "prmt"), ("fp8", "w4a8", "prmt"),
                 ("fp8", "w4a8", "magic")]
     if a.only:

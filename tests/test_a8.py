@@ -23,6 +23,7 @@ from lowbit.kernels.int4_fp8 import (UNPACK_MAGIC, UNPACK_PRMT, e4m3_bytes, e4m3
                                      signed_words, table_words)
 from lowbit.kernels.quant_act import quantize_act
 from lowbit.kernels.scaled_mm import ScaledMMConfig, scaled_mm, scaled_mm_intx
+from lowbit.kernels.scaled_mm_tma import HEURISTIC_TILES, TMA_CANDIDATES, TmaConfig, heuristic_tma_config, tma_applies
 from lowbit.ops_a8 import reference_w4a8, reference_w8a8
 
 from helpers import DEVICE, HAS_CUDA, KERNEL_DTYPES, gpu_only
@@ -171,6 +172,54 @@ def test_scaled_mm_rowwise(kind, m, config, dtype):
         exact = xq.double() @ wq.double().t()
         y32 = (y.cpu().double() - bias.double()) / (sx.double()[:, None] * sw.double()[None, :])
         assert (y32 - exact).abs().max() <= exact.abs().max() * 2 * torch.finfo(dtype).eps + 1
+
+
+TMA_CONFIGS = [  # small tiles for the interpreter: several tiles per program, ragged M / N / K tails
+    pytest.param(65, TmaConfig(64, 32, 32, 2, 4, 2), id="m65-64x32x32"),
+    pytest.param(200, TmaConfig(32, 64, 64, 3, 4, 3), id="m200-32x64x64"),
+    pytest.param(33, TmaConfig(16, 32, 128, 1, 4, 2), id="m33-forced"),
+]
+
+
+@fp8_dev
+@pytest.mark.parametrize("m,config", TMA_CONFIGS + [pytest.param(300, None, id="m300-heuristic", marks=gpu_only)]
+                         + [pytest.param(260, c, id=f"m260-{i}", marks=gpu_only) for i, c in enumerate(TMA_CANDIDATES)])
+@pytest.mark.parametrize("kind", ["fp8", "int8"])
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+def test_scaled_mm_tma_rowwise(kind, m, config, dtype):
+    """The persistent TMA kernel: same oracle as the pointer kernel, int32 accumulation exact."""
+    n, k = 200, 304
+    x = torch.randn(m, k, generator=_gen(m)) * 2
+    x[m // 2] *= 50  # one token with a much larger scale: a wrong row scale is visible
+    w = torch.randn(n, k, generator=_gen(12)) * 0.05
+    bias = torch.randn(n, generator=_gen(13)).to(dtype)
+    xq, sx = quantize_rows(x, kind)
+    wq, sw = quantize_rows(w, kind)
+    y = scaled_mm(xq.to(DEVICE), sx.to(DEVICE), wq.to(DEVICE), sw.to(DEVICE), bias.to(DEVICE), dtype, None, config)
+    assert y.dtype == dtype and y.shape == (m, n)
+    ref = _ref_y(dequantize_rows(xq, sx), dequantize_rows(wq, sw), bias.float())
+    _check_gemm(y.cpu(), ref, k, dtype)
+    if kind == "int8":
+        exact = xq.double() @ wq.double().t()
+        y32 = (y.cpu().double() - bias.double()) / (sx.double()[:, None] * sw.double()[None, :])
+        assert (y32 - exact).abs().max() <= exact.abs().max() * 2 * torch.finfo(dtype).eps + 1
+
+
+def test_tma_applies_and_heuristic():
+    xq = torch.zeros(128, 256, dtype=torch.int8)
+    wq = torch.zeros(64, 256, dtype=torch.int8)
+    assert tma_applies(128, 256, xq, wq, None)
+    assert not tma_applies(64, 256, xq[:64], wq, None)  # small M: the swap-AB pointer kernel
+    assert not tma_applies(128, 256, xq, wq, 128)  # block scales: the pointer kernel
+    odd = torch.zeros(128, 248 + 8, dtype=torch.int8)[:, :248]  # K % 16 != 0 and a row stride of 256
+    assert not tma_applies(128, 248, odd, wq[:, :248], None)
+    assert not tma_applies(128, 256, xq.t().contiguous().t(), wq, None)  # not K-contiguous
+    with pytest.raises(ValueError, match="K % 16"):
+        scaled_mm(odd, torch.ones(128), wq[:, :248], torch.ones(64), None, torch.float16, None, TmaConfig())
+    # the wave model: big tiles when they fill the GPU, smaller ones when they would leave SMs idle
+    assert heuristic_tma_config(4096, 4096, 4096, 132) == HEURISTIC_TILES[0][0]
+    small = heuristic_tma_config(128, 4096, 4096, 132)
+    assert small.block_m * small.block_n < 128 * 256
 
 
 @fp8_dev

@@ -33,6 +33,7 @@ import triton.language as tl
 from .epilogue import grouped_tile_ids, split_k_tiles, write_output
 from .launch import split_k_counters
 from .int4_fp8 import default_unpack, e4m3_tables, intx_operand
+from .scaled_mm_tma import TmaConfig, scaled_mm_tma, tma_applies
 from .unpack import load_codes_nk, plane_constexprs
 
 
@@ -222,11 +223,18 @@ def _sx_strides(sx: torch.Tensor):
 
 def scaled_mm(xq: torch.Tensor, sx: torch.Tensor, wq: torch.Tensor, sw: torch.Tensor, bias: Optional[torch.Tensor],
               out_dtype: torch.dtype, block: Optional[int] = None,
-              config: Optional[ScaledMMConfig] = None) -> torch.Tensor:
+              config: Optional[ScaledMMConfig | TmaConfig] = None) -> torch.Tensor:
     """W8A8: xq (M, K) and wq (N, K) both fp8 e4m3 or both int8. ``block`` None: sx (M,), sw (N,);
-    ``block`` B (fp8): sx (M, ceil(K/B)), sw (ceil(N/B), ceil(K/B)). Validated by ``lowbit.ops``."""
+    ``block`` B (fp8): sx (M, ceil(K/B)), sw (ceil(N/B), ceil(K/B)). Validated by ``lowbit.ops``.
+    Row-wise problems with M > 64 go to the persistent TMA kernel (``kernels/scaled_mm_tma.py``) when
+    ``tma_applies``; a ``TmaConfig`` forces it (and needs it to apply)."""
     m, k = xq.shape
     n = wq.shape[0]
+    if isinstance(config, TmaConfig) or (config is None and tma_applies(m, k, xq, wq, block)):
+        if not tma_applies(max(m, 65), k, xq, wq, block):
+            raise ValueError("the TMA kernel needs row-wise scales, K % 16 == 0, K-contiguous 16-byte aligned "
+                             "operands and an sm_90+ GPU")
+        return scaled_mm_tma(xq, sx, wq, sw, bias, out_dtype, config)
     cfg = config or heuristic_config(m, n, k, block or 128)
     if block is not None and block % cfg.block_k:
         raise ValueError(f"BLOCK_K={cfg.block_k} must divide the scale block {block}")

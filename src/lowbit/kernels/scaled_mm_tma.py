@@ -1,0 +1,145 @@
+"""scaled_mm_tma: the large-M W8A8 GEMM on Hopper, Y = (Xq Wq^T) * sx[:, None] * sw[None, :] (+ bias).
+
+A persistent kernel (one program per SM; the programs walk the output tiles in grouped order)
+whose operand tiles come through the tensor-memory accelerator: ``TensorDescriptor`` s over
+Xq (M, K) and Wq (N, K), both K-contiguous fp8 e4m3 or int8, so both wgmma operands are K-major
+(what fp8 / int8 wgmma needs). Triton pipelines the TMA loads ``num_stages`` deep across the
+K loop and, with ``tl.range(..., flatten=True)``, across tile boundaries, so the epilogue of one
+tile overlaps the first loads of the next. Accumulation: fp32 (fp8) or exact int32 (int8); the
+per-token scale sx (M,) fp32 and per-channel scale sw (N,) fp32 are applied once in the epilogue,
+then the bias, then a masked store of Y (M, N) row-major (ragged M / N tails: the TMA pads
+out-of-bounds rows and the K tail with zeros).
+
+Requirements (``tma_applies``): row-wise scales only, K * 1 byte and the base pointers 16-byte
+aligned (K % 16 == 0), M > 64 (below, the swap-AB tiles of ``scaled_mm`` win), an sm_90+ GPU or the
+Triton interpreter. Everything else goes to ``kernels/scaled_mm.py``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .epilogue import grouped_tile_ids
+
+try:  # Triton >= 3.3
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - older Triton: the pointer kernel serves every M
+    TensorDescriptor = None
+
+
+@dataclass(frozen=True)
+class TmaConfig:
+    block_m: int = 128
+    block_n: int = 256
+    block_k: int = 128
+    group_m: int = 8
+    num_warps: int = 8
+    num_stages: int = 3
+
+
+@triton.jit
+def scaled_mm_tma_kernel(x_desc, w_desc, sx_ptr, sw_ptr, b_ptr, y_ptr, M, N, K, stride_ym,
+                         HAS_BIAS: tl.constexpr, ACC_INT: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                         GROUP_M: tl.constexpr):
+    """Program p of P computes tiles p, p + P, ... (grouped order, ``epilogue.grouped_tile_ids``)."""
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    ACC_TY: tl.constexpr = tl.int32 if ACC_INT else tl.float32
+    for tile in tl.range(tl.program_id(0), num_m * num_n, tl.num_programs(0), flatten=True):
+        pid_m, pid_n = grouped_tile_ids(tile, num_m, num_n, GROUP_M)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TY)
+        for kt in range(k_tiles):
+            x = x_desc.load([pid_m * BLOCK_M, kt * BLOCK_K])
+            w = w_desc.load([pid_n * BLOCK_N, kt * BLOCK_K])
+            acc = tl.dot(x, w.T, acc, out_dtype=ACC_TY)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_m = offs_m < M
+        mask_n = offs_n < N
+        sx = tl.load(sx_ptr + offs_m, mask=mask_m, other=0.0)
+        sw = tl.load(sw_ptr + offs_n, mask=mask_n, other=0.0)
+        out = acc.to(tl.float32) * sx[:, None] * sw[None, :]
+        if HAS_BIAS:
+            out += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], out.to(y_ptr.dtype.element_ty),
+                 mask=mask_m[:, None] & mask_n[None, :])
+
+
+# Candidates for the GPU sweep (scripts/a8_sweep.py); all compile to QGMMA / IGMMA without spills on
+# sm_90 (scripts/compile_check_a8.py --tma).
+TMA_CANDIDATES = (
+    TmaConfig(128, 256, 128, 8, 8, 3),
+    TmaConfig(128, 256, 128, 8, 8, 4),
+    TmaConfig(128, 256, 128, 16, 8, 3),
+    TmaConfig(128, 128, 128, 8, 8, 4),
+    TmaConfig(128, 128, 128, 8, 4, 4),
+    TmaConfig(128, 256, 64, 8, 8, 4),
+    TmaConfig(256, 128, 128, 8, 8, 3),
+    TmaConfig(64, 256, 128, 8, 4, 4),
+    TmaConfig(64, 128, 128, 8, 4, 4),
+)
+
+
+def tma_applies(m: int, k: int, xq: torch.Tensor, wq: torch.Tensor, block: Optional[int]) -> bool:
+    """True when the persistent TMA kernel may run this problem (see the module docstring)."""
+    if TensorDescriptor is None or block is not None or m <= 64 or k % 16:
+        return False
+    if xq.stride(-1) != 1 or wq.stride(-1) != 1 or xq.data_ptr() % 16 or wq.data_ptr() % 16:
+        return False
+    if xq.stride(0) % 16 or wq.stride(0) % 16:
+        return False
+    if xq.is_cuda:
+        return torch.cuda.get_device_capability(xq.device)[0] >= 9
+    return True  # the interpreter (CPU tensors reach the kernels only under TRITON_INTERPRET=1)
+
+
+def num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # the interpreter: a few programs so that the persistent loop is exercised
+
+
+# (config, relative throughput of one tile per SM): bigger tiles reuse each loaded byte more
+HEURISTIC_TILES = (
+    (TmaConfig(128, 256, 128, 8, 8, 3), 1.0),
+    (TmaConfig(128, 128, 128, 8, 8, 4), 0.8),
+    (TmaConfig(64, 128, 128, 8, 4, 4), 0.55),
+)
+
+
+def heuristic_tma_config(m: int, n: int, k: int, sms: int = 132) -> TmaConfig:
+    """Hand-chosen tile (no tuning on the call path): the one with the fewest estimated SM-time units,
+    waves x tile area / relative tile throughput (a wave quantization model)."""
+    def cost(entry):
+        cfg, speed = entry
+        tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
+        return triton.cdiv(tiles, sms) * cfg.block_m * cfg.block_n / speed
+
+    return min(HEURISTIC_TILES, key=cost)[0]
+
+
+def scaled_mm_tma(xq: torch.Tensor, sx: torch.Tensor, wq: torch.Tensor, sw: torch.Tensor,
+                  bias: Optional[torch.Tensor], out_dtype: torch.dtype,
+                  config: Optional[TmaConfig] = None) -> torch.Tensor:
+    """Row-wise W8A8 through the persistent TMA kernel: xq (M, K), wq (N, K) fp8 or int8, sx (M,), sw (N,)
+    fp32. The caller checks ``tma_applies``."""
+    m, k = xq.shape
+    n = wq.shape[0]
+    cfg = config or heuristic_tma_config(m, n, k, num_sms(xq.device))
+    y = torch.empty((m, n), device=xq.device, dtype=out_dtype)
+    x_desc = TensorDescriptor(xq, [m, k], [xq.stride(0), 1], [cfg.block_m, cfg.block_k])
+    w_desc = TensorDescriptor(wq, [n, k], [wq.stride(0), 1], [cfg.block_n, cfg.block_k])
+    tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
+    sms = min(num_sms(xq.device), tiles)
+    scaled_mm_tma_kernel[(sms,)](
+        x_desc, w_desc, sx, sw, bias if bias is not None else sw, y, m, n, k, y.stride(0),
+        HAS_BIAS=bias is not None, ACC_INT=xq.dtype == torch.int8,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return y
