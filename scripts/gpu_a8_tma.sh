@@ -7,7 +7,7 @@ set -uo pipefail
 OUT=${OUT:-out/gpu}; R="$OUT/a8_tma"; mkdir -p "$R"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src LOWBIT_GIT_COMMIT=${COMMIT:-unknown}
 what=${1:-all}
-SWEEP_S=${SWEEP_S:-200}; BENCH_MS=${BENCH_MS:-1,16,64,256,1024,2048,4096,8192}
+SWEEP_S=${SWEEP_S:-200}; SWEEP_MS=${SWEEP_MS:-128,256,512,1024,2048,4096,8192}; BENCH_MS=${BENCH_MS:-1,16,64,256,1024,2048,4096,8192}
 { nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,power.limit --format=csv
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } > "$R/gpu.txt" 2>&1
 if [[ $what == tests || $what == all ]]; then
@@ -15,7 +15,7 @@ if [[ $what == tests || $what == all ]]; then
   tail -3 "$R/pytest.txt"
 fi
 if [[ $what == sweep || $what == all ]]; then
-  timeout $((SWEEP_S + 30)) python3 scripts/a8_sweep.py --tma --shapes llama3-8b,llama3-70b --budget "$SWEEP_S" \
+  timeout $((SWEEP_S + 30)) python3 scripts/a8_sweep.py --tma --shapes llama3-8b,llama3-70b --m-tma "$SWEEP_MS" --budget "$SWEEP_S" \
     --out "$R/tma_sweep.json" > "$R/tma_sweep.txt" 2>&1
   tail -60 "$R/tma_sweep.txt"
 fi

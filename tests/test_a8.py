@@ -138,6 +138,16 @@ def test_quantize_act_matches_oracle(kind, block, dtype):
     assert torch.all(q[1].float() == 0)
 
 
+@pytest.mark.parametrize("k", [4096, 33000])
+def test_quantize_act_one_and_two_passes(k):
+    """Rows up to 32768 values are read once (registers), longer ones in two passes: both bit-exact."""
+    x = (torch.randn(3, k, generator=_gen(7)) * 3).to(DEVICE, torch.float16)
+    x[1, k - 1] = 1000.0  # the row's amax sits in the last chunk
+    q, s = quantize_act(x, "int8", None)
+    qr, sr = quantize_rows(x, "int8")
+    assert torch.equal(q, qr) and torch.equal(s, sr)
+
+
 def test_quantize_act_smooth_int8():
     x = torch.randn(3, 100, generator=_gen(5)).to(DEVICE, torch.float16)
     inv = (torch.rand(100, generator=_gen(6)) + 0.5).to(DEVICE)
@@ -178,6 +188,7 @@ TMA_CONFIGS = [  # small tiles for the interpreter: several tiles per program, r
     pytest.param(65, TmaConfig(64, 32, 32, 2, 4, 2), id="m65-64x32x32"),
     pytest.param(200, TmaConfig(32, 64, 64, 3, 4, 3), id="m200-32x64x64"),
     pytest.param(33, TmaConfig(16, 32, 128, 1, 4, 2), id="m33-forced"),
+    pytest.param(130, TmaConfig(64, 64, 64, 2, 4, 3, True), id="m130-warp-spec"),
 ]
 
 

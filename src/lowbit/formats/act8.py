@@ -46,7 +46,8 @@ def qmax(kind: str) -> float:
 
 def quantize_rows(t: torch.Tensor, kind: str, block: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """t (R, C) float -> (q (R, C) fp8/int8, s fp32): s is (R,) per row, or (R, ceil(C/block)) per
-    1 x ``block`` block (the last block of a row may be short)."""
+    1 x ``block`` block (the last block of a row may be short). q = cast(clamp(t * (qmax / amax))),
+    s = amax / qmax (amax floored at ``AMAX_FLOOR``)."""
     if t.dim() != 2 or not t.is_floating_point():
         raise FormatError(f"expected a 2-D float tensor, got {tuple(t.shape)} {t.dtype}")
     dt, qm = torch_dtype(kind), qmax(kind)
@@ -58,10 +59,13 @@ def quantize_rows(t: torch.Tensor, kind: str, block: Optional[int] = None) -> Tu
         tp[:, :c] = tf
         tf = tp.view(r, nb, block)
     amax = tf.abs().amax(dim=-1, keepdim=True)  # propagates NaN
-    # tensor / tensor: an IEEE division on every device (CUDA torch turns "/ python float" into a
-    # multiplication by the reciprocal, 1 ulp off at times -- the kernels use div_rn)
-    s = amax.clamp_min(AMAX_FLOOR) / torch.full_like(amax, qm)  # clamp_min keeps NaN
-    v = (tf / s).clamp(-qm, qm)
+    # tensor / tensor: IEEE divisions on every device (CUDA torch turns "/ python float" into a
+    # multiplication by the reciprocal, 1 ulp off at times -- the kernels use div_rn), once per row /
+    # block; each value is then multiplied by inv = qmax / amax (not divided by s), as the kernels do
+    a = amax.clamp_min(AMAX_FLOOR)  # clamp_min keeps NaN
+    s = a / torch.full_like(amax, qm)
+    inv = torch.full_like(amax, qm) / a
+    v = (tf * inv).clamp(-qm, qm)
     q = torch.round(v).to(dt) if kind == "int8" else v.to(dt)
     if block is not None:
         return q.view(r, -1)[:, :c].contiguous(), s.squeeze(-1)

@@ -18,15 +18,18 @@ from ..formats.act8 import AMAX_FLOOR, qmax, torch_dtype
 
 @triton.jit
 def row_scale(amax, any_nan, QMAX: tl.constexpr, FLOOR: tl.constexpr):
-    """s = max(amax, FLOOR) / QMAX (IEEE division), NaN when the row/block had a NaN."""
-    s = tl.math.div_rn(tl.maximum(amax, FLOOR), tl.zeros_like(amax) + QMAX)
-    return tl.where(any_nan, float("nan"), s)
+    """(s, inv): s = max(amax, FLOOR) / QMAX and inv = QMAX / max(amax, FLOOR) (IEEE divisions, once per
+    row / block), both NaN when the row/block had a NaN."""
+    a = tl.maximum(amax, FLOOR)
+    s = tl.math.div_rn(a, tl.zeros_like(amax) + QMAX)
+    inv = tl.math.div_rn(tl.zeros_like(amax) + QMAX, a)
+    return tl.where(any_nan, float("nan"), s), tl.where(any_nan, float("nan"), inv)
 
 
 @triton.jit
-def cast_8bit(x, s, QMAX: tl.constexpr, IS_INT8: tl.constexpr, OUT_TY: tl.constexpr):
-    """clamp(x / s, -QMAX, QMAX) -> int8 (round half to even) or fp8 e4m3 (RNE cast); NaN stays NaN."""
-    v = tl.clamp(tl.math.div_rn(x, s), -QMAX, QMAX, propagate_nan=tl.PropagateNan.ALL)
+def cast_8bit(x, inv, QMAX: tl.constexpr, IS_INT8: tl.constexpr, OUT_TY: tl.constexpr):
+    """clamp(x * inv, -QMAX, QMAX) -> int8 (round half to even) or fp8 e4m3 (RNE cast); NaN stays NaN."""
+    v = tl.clamp(x * inv, -QMAX, QMAX, propagate_nan=tl.PropagateNan.ALL)
     if IS_INT8:  # (v + 1.5 * 2**23) - 1.5 * 2**23 rounds |v| < 2**22 to an integer, ties to even
         v = (v + 12582912.0) - 12582912.0
     return v.to(OUT_TY)
@@ -40,14 +43,20 @@ def quantize_act_kernel(
     HAS_SMOOTH: tl.constexpr, IS_INT8: tl.constexpr, QMAX: tl.constexpr, FLOOR: tl.constexpr,
     BLOCK: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    """One program per token row. BLOCK == 0: per-row scale, two passes over the row in CHUNK
-    pieces (amax, then cast; the second read hits L2). BLOCK > 0: CHUNK // BLOCK scale blocks per
-    step, one pass."""
+    """One program per token row. BLOCK == 0: per-row scale; a row of K <= CHUNK is read once and kept
+    in registers, a longer one in two passes of CHUNK pieces (amax, then cast; the second read hits
+    L2). BLOCK > 0: CHUNK // BLOCK scale blocks per step, one pass."""
     row = tl.program_id(0)
     x_row = x_ptr + row.to(tl.int64) * stride_xm
     q_row = q_ptr + row.to(tl.int64) * stride_qm
     out_ty = q_ptr.dtype.element_ty
-    if BLOCK == 0:
+    if BLOCK == 0 and K <= CHUNK:
+        offs = tl.arange(0, CHUNK)
+        x = _smoothed(x_row, ism_ptr, offs, offs < K, HAS_SMOOTH)
+        s, inv = row_scale(tl.max(tl.abs(x), axis=0), tl.max((x != x).to(tl.int32), axis=0) > 0, QMAX, FLOOR)
+        tl.store(s_ptr + row * stride_sm, s)
+        tl.store(q_row + offs, cast_8bit(x, inv, QMAX, IS_INT8, out_ty), mask=offs < K)
+    elif BLOCK == 0:
         amax = tl.zeros((CHUNK,), dtype=tl.float32)
         nan = tl.zeros((CHUNK,), dtype=tl.int32)
         for k0 in range(0, K, CHUNK):
@@ -55,12 +64,12 @@ def quantize_act_kernel(
             x = _smoothed(x_row, ism_ptr, offs, offs < K, HAS_SMOOTH)
             amax = tl.maximum(amax, tl.abs(x))
             nan = tl.maximum(nan, (x != x).to(tl.int32))
-        s = row_scale(tl.max(amax, axis=0), tl.max(nan, axis=0) > 0, QMAX, FLOOR)
+        s, inv = row_scale(tl.max(amax, axis=0), tl.max(nan, axis=0) > 0, QMAX, FLOOR)
         tl.store(s_ptr + row * stride_sm, s)
         for k0 in range(0, K, CHUNK):
             offs = k0 + tl.arange(0, CHUNK)
             x = _smoothed(x_row, ism_ptr, offs, offs < K, HAS_SMOOTH)
-            tl.store(q_row + offs, cast_8bit(x, s, QMAX, IS_INT8, out_ty), mask=offs < K)
+            tl.store(q_row + offs, cast_8bit(x, inv, QMAX, IS_INT8, out_ty), mask=offs < K)
     else:
         NB: tl.constexpr = CHUNK // BLOCK
         for k0 in range(0, K, CHUNK):
@@ -68,10 +77,10 @@ def quantize_act_kernel(
             x = _smoothed(x_row, ism_ptr, offs, offs < K, HAS_SMOOTH)
             amax = tl.max(tl.abs(x), axis=1)
             nan = tl.max((x != x).to(tl.int32), axis=1) > 0
-            s = row_scale(amax, nan, QMAX, FLOOR)
+            s, inv = row_scale(amax, nan, QMAX, FLOOR)
             blk = k0 // BLOCK + tl.arange(0, NB)
             tl.store(s_ptr + row * stride_sm + blk, s, mask=blk * BLOCK < K)
-            tl.store(q_row + offs, cast_8bit(x, s[:, None], QMAX, IS_INT8, out_ty), mask=offs < K)
+            tl.store(q_row + offs, cast_8bit(x, inv[:, None], QMAX, IS_INT8, out_ty), mask=offs < K)
 
 
 @triton.jit
@@ -98,14 +107,14 @@ def quantize_act(x: torch.Tensor, kind: str, block: Optional[int] = None,
     s = torch.empty(act_scale_shape(m, k, block), device=x.device, dtype=torch.float32)
     if m == 0:
         return q, s
-    if block is None:
-        chunk = min(4096, triton.next_power_of_2(k))
+    if block is None:  # whole rows up to 32768 values in registers (one read), longer ones in two passes
+        chunk = min(32768, triton.next_power_of_2(k))
     else:
         chunk = block * max(1, min(4096, triton.next_power_of_2(k)) // block)
     quantize_act_kernel[(m,)](
         x, q, s, inv_smooth if inv_smooth is not None else s,
         m, k, x.stride(0), q.stride(0), s.stride(0),
         HAS_SMOOTH=inv_smooth is not None, IS_INT8=kind == "int8", QMAX=qmax(kind), FLOOR=AMAX_FLOOR,
-        BLOCK=block or 0, CHUNK=chunk, num_warps=4 if chunk <= 1024 else 8,
+        BLOCK=block or 0, CHUNK=chunk, num_warps=4 if chunk <= 1024 else 8 if chunk <= 8192 else 16,
     )
     return q, s
