@@ -72,7 +72,7 @@ def scaled_mm_tma_variant(kind, cfg, out="bf16"):
            "sx_ptr": "*fp32", "sw_ptr": "*fp32", "b_ptr": f"*{out}", "y_ptr": f"*{out}",
            "M": "i32", "N": "i32", "K": "i32", "stride_ym": "i32"}
     ce = dict(HAS_BIAS=False, ACC_INT=kind == "int8", BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-              BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, WARP_SPEC=cfg.warp_spec)
+              BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m)
     attrs = {(scaled_mm_tma_kernel.arg_names.index(name),): [["tt.divisibility", 16]]
              for name in sig if not name.endswith("_desc")}
     sig.update({k: "constexpr" for k in ce})
@@ -86,9 +86,9 @@ def tma_report(show_loop):
         for cfg in TMA_CANDIDATES:
             hist, usage, sass = sass_histogram(scaled_mm_tma_variant(kind, cfg).asm["cubin"])
             mma = {op: c for op, c in hist.items() if "MMA" in op}
-            tma = {op: c for op, c in hist.items() if op.startswith("UTMA") or op.startswith("SYNCS") or "MAXREG" in op}
+            tma = {op: c for op, c in hist.items() if op.startswith("UTMA") or op.startswith("SYNCS")}
             print(f"scaled_mm_tma {kind:4s} tile {cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} "
-                  f"s{cfg.num_stages} ws={int(cfg.warp_spec)} | {usage.split(' CONSTANT')[0]} | MMA {mma} | TMA {tma}")
+                  f"s{cfg.num_stages} | {usage.split(' CONSTANT')[0]} | MMA {mma} | TMA {tma}")
             if show_loop:
                 print("   ", " ".join(f"{op}:{c}" for op, c in loop_stats(sass).most_common(30)))
 

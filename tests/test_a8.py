@@ -188,7 +188,6 @@ TMA_CONFIGS = [  # small tiles for the interpreter: several tiles per program, r
     pytest.param(65, TmaConfig(64, 32, 32, 2, 4, 2), id="m65-64x32x32"),
     pytest.param(200, TmaConfig(32, 64, 64, 3, 4, 3), id="m200-32x64x64"),
     pytest.param(33, TmaConfig(16, 32, 128, 1, 4, 2), id="m33-forced"),
-    pytest.param(130, TmaConfig(64, 64, 64, 2, 4, 3, True), id="m130-warp-spec"),
 ]
 
 
