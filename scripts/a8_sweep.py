@@ -73,9 +73,10 @@ def _vendor_8bit(kind, xq, sx, wq, sw):
     return lambda: torch._int_mm(xq, wq.t())
 
 
-def sweep_tma(shapes, ms, rows, deadline):
-    """Per (kind, shape, M): one row per method; ``us`` GEMM only, ``quant_us`` beside it."""
-    for kind in ("int8", "fp8"):
+def sweep_tma(shapes, ms, rows, deadline, kinds=("int8", "fp8")):
+    """Per (kind, shape, M): one row per method (``us``: GEMM only; method ``quant``: the activation
+    quantization alone)."""
+    for kind in kinds:
         for s in shapes:
             w = torch.randn(s.n, s.k, device="cuda", dtype=torch.bfloat16) * 0.05
             wq, sw = quantize_rows(w, kind)
@@ -117,6 +118,7 @@ def main():
     p.add_argument("--m-w4a8", default="1,16,64,256,1024,4096")
     p.add_argument("--tma", action="store_true", help="only the persistent TMA kernel sweep (fp8 + int8)")
     p.add_argument("--m-tma", default="128,256,512,1024,2048,4096,8192")
+    p.add_argument("--kinds", default="int8,fp8")
     p.add_argument("--budget", type=float, default=50.0, help="seconds; stops starting new points after it")
     p.add_argument("--out", default="a8_sweep.json")
     a = p.parse_args()
@@ -125,7 +127,7 @@ def main():
     t0 = time.time()
     try:
         if a.tma:
-            sweep_tma(shapes, parse_m(a.m_tma), rows, t0 + a.budget)
+            sweep_tma(shapes, parse_m(a.m_tma), rows, t0 + a.budget, a.kinds.split(","))
             return
         sweep_w4a8(shapes, parse_m(a.m_w4a8), rows, t0 + a.budget * 0.4)
         sweep_fp8(shapes, parse_m(a.m_fp8), rows, t0 + a.budget)

@@ -85,6 +85,11 @@ TMA_CANDIDATES = (
     TmaConfig(256, 128, 128, 8, 8, 3),
     TmaConfig(64, 256, 128, 8, 4, 4),
     TmaConfig(64, 128, 128, 8, 4, 4),
+    # BLOCK_K = 256: Triton 3.6 does not keep int8 wgmma in flight across K steps (wait 0 after every
+    # step, where fp8 waits for all but one), so a longer step halves the bubbles (<= 227 KiB smem)
+    TmaConfig(128, 256, 256, 8, 8, 2),
+    TmaConfig(128, 128, 256, 8, 4, 3),
+    TmaConfig(256, 128, 256, 8, 8, 2),
 )
 
 
