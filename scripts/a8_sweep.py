@@ -24,6 +24,7 @@ from lowbit.kernels.int4_fp8 import UNPACK_MAGIC, UNPACK_PRMT
 from lowbit.kernels.quant_act import quantize_act
 from lowbit.kernels.scaled_mm import LARGE_M_CANDIDATES, heuristic_config, scaled_mm, scaled_mm_intx
 from lowbit.kernels.scaled_mm_tma import TMA_CANDIDATES, heuristic_tma_config, scaled_mm_tma
+from lowbit.kernels.scaled_mm_wgmma import WGMMA_CANDIDATES, scaled_mm_wgmma, wgmma_applies
 
 
 def bench(fn):
@@ -85,30 +86,35 @@ def sweep_tma(shapes, ms, rows, deadline, kinds=("int8", "fp8")):
                     return
                 x = torch.randn(m, s.k, device="cuda", dtype=torch.bfloat16)
                 xq, sx = quantize_rows(x, kind)
+                pointer_cfg = heuristic_config(m, s.n, s.k)
                 base = dict(op="tma", kind=kind, shape=s.name, n=s.n, k=s.k, m=m)
                 timed = dict(bf16=bench(lambda: torch.nn.functional.linear(x, w)),
                              quant=bench(lambda: quantize_act(x, kind)),
                              vendor=bench(_vendor_8bit(kind, xq, sx, wq, sw)),
-                             pointer=bench(lambda: scaled_mm(xq, sx, wq, sw, None, torch.bfloat16)))
-                ref = scaled_mm(xq, sx, wq, sw, None, torch.bfloat16).float()
+                             pointer=bench(lambda: scaled_mm(xq, sx, wq, sw, None, torch.bfloat16, None, pointer_cfg)))
+                ref = scaled_mm(xq, sx, wq, sw, None, torch.bfloat16, None, pointer_cfg).float()
                 cands = [("tma_heuristic", heuristic_tma_config(m, s.n, s.k))] + [(str(c), c) for c in TMA_CANDIDATES]
+                cands += [(str(c), c) for c in WGMMA_CANDIDATES if wgmma_applies(m, s.k, xq, wq, None, c)]
                 for name, cfg in cands:
+                    run = scaled_mm_wgmma if name.startswith("Wgmma") else scaled_mm_tma
                     try:
-                        y = scaled_mm_tma(xq, sx, wq, sw, None, torch.bfloat16, cfg).float()
+                        y = run(xq, sx, wq, sw, None, torch.bfloat16, cfg).float()
                         err = ((y - ref).norm() / ref.norm()).item()
-                        timed[name] = bench(lambda: scaled_mm_tma(xq, sx, wq, sw, None, torch.bfloat16, cfg))
+                        timed[name] = bench(lambda: run(xq, sx, wq, sw, None, torch.bfloat16, cfg))
                         rows.append(dict(base, method=name, us=timed[name], rel_err_vs_pointer=err))
                     except Exception as e:  # noqa: BLE001 - out of shared memory etc.: record and go on
                         rows.append(dict(base, method=name, error=repr(e)[:200]))
                 for name in ("bf16", "quant", "vendor", "pointer"):
                     rows.append(dict(base, method=name, us=timed[name]))
                 best = min((v, k) for k, v in timed.items() if k.startswith("Tma") or k == "tma_heuristic")
+                wg = min([(v, k) for k, v in timed.items() if k.startswith("Wgmma")] or [(float("nan"), "-")])
                 q = timed["quant"]
                 print(f"{kind:4s} {s.name:20s} M={m:<5d} bf16 {timed['bf16']:8.1f} quant {q:6.1f} vendor "
                       f"{timed['vendor']:8.1f} pointer {timed['pointer']:8.1f} tma_h {timed.get('tma_heuristic', 0):8.1f}"
                       f" best {best[0]:8.1f} | x bf16 incl quant: pointer {timed['bf16'] / (timed['pointer'] + q):.2f}"
                       f" tma_h {timed['bf16'] / (timed.get('tma_heuristic', 1e9) + q):.2f} best {timed['bf16'] / (best[0] + q):.2f}"
-                      f" | best {best[1]}", flush=True)
+                      f" | best {best[1]} | wgmma best {wg[0]:8.1f} x bf16 incl quant {timed['bf16'] / (wg[0] + q):.2f}"
+                      f" {wg[1]}", flush=True)
 
 
 def main():

@@ -23,6 +23,7 @@ from lowbit.kernels.int4_fp8 import (UNPACK_MAGIC, UNPACK_PRMT, e4m3_bytes, e4m3
                                      signed_words, table_words)
 from lowbit.kernels.quant_act import quantize_act
 from lowbit.kernels.scaled_mm import ScaledMMConfig, scaled_mm, scaled_mm_intx
+from lowbit.kernels.scaled_mm_wgmma import WGMMA_CANDIDATES, WgmmaConfig, instr_n
 from lowbit.kernels.scaled_mm_tma import HEURISTIC_TILES, TMA_CANDIDATES, TmaConfig, heuristic_tma_config, tma_applies
 from lowbit.ops_a8 import reference_w4a8, reference_w8a8
 
@@ -213,6 +214,36 @@ def test_scaled_mm_tma_rowwise(kind, m, config, dtype):
         exact = xq.double() @ wq.double().t()
         y32 = (y.cpu().double() - bias.double()) / (sx.double()[:, None] * sw.double()[None, :])
         assert (y32 - exact).abs().max() <= exact.abs().max() * 2 * torch.finfo(dtype).eps + 1
+
+
+@gpu_only
+@pytest.mark.skipif(not HAS_CUDA or torch.cuda.get_device_capability()[0] != 9, reason="Gluon wgmma kernel: sm_90")
+@pytest.mark.parametrize("config", [None] + list(WGMMA_CANDIDATES), ids=lambda c: "default" if c is None else
+                         f"{c.block_m}x{c.block_n}x{c.block_k}s{c.stages}")
+@pytest.mark.parametrize("kind", ["fp8", "int8"])
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+def test_scaled_mm_wgmma_rowwise(kind, config, dtype):
+    """The Gluon kernel: ragged M / N (partial tiles), several tiles per program, int32 exactness."""
+    m, n, k = 300, 200, 640
+    x = torch.randn(m, k, generator=_gen(14)) * 2
+    x[7] *= 50
+    w = torch.randn(n, k, generator=_gen(15)) * 0.05
+    bias = torch.randn(n, generator=_gen(16)).to(dtype)
+    xq, sx = quantize_rows(x, kind)
+    wq, sw = quantize_rows(w, kind)
+    cfg = config or WgmmaConfig()
+    y = scaled_mm(xq.to(DEVICE), sx.to(DEVICE), wq.to(DEVICE), sw.to(DEVICE), bias.to(DEVICE), dtype, None, cfg)
+    ref = _ref_y(dequantize_rows(xq, sx), dequantize_rows(wq, sw), bias.float())
+    _check_gemm(y.cpu(), ref, k, dtype)
+    if kind == "int8":
+        exact = xq.double() @ wq.double().t()
+        y32 = (y.cpu().double() - bias.double()) / (sx.double()[:, None] * sw.double()[None, :])
+        assert (y32 - exact).abs().max() <= exact.abs().max() * 2 * torch.finfo(dtype).eps + 1
+
+
+def test_wgmma_instr_n():
+    assert instr_n(256, True) == 128 and instr_n(128, True) == 128 and instr_n(256, False) == 256
+    assert instr_n(64, True) == 64
 
 
 def test_tma_applies_and_heuristic():
