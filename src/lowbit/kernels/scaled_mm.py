@@ -34,7 +34,7 @@ from .epilogue import grouped_tile_ids, split_k_tiles, write_output
 from .launch import split_k_counters
 from .int4_fp8 import default_unpack, e4m3_tables, intx_operand
 from .scaled_mm_tma import TmaConfig, scaled_mm_tma, tma_applies
-from .scaled_mm_wgmma import WgmmaConfig, scaled_mm_wgmma, wgmma_applies
+from .scaled_mm_wgmma import WgmmaConfig, scaled_mm_wgmma, wgmma_applies, wgmma_preferred
 from .unpack import load_codes_nk, plane_constexprs
 
 
@@ -227,12 +227,12 @@ def scaled_mm(xq: torch.Tensor, sx: torch.Tensor, wq: torch.Tensor, sw: torch.Te
               config: Optional[ScaledMMConfig | TmaConfig | WgmmaConfig] = None) -> torch.Tensor:
     """W8A8: xq (M, K) and wq (N, K) both fp8 e4m3 or both int8. ``block`` None: sx (M,), sw (N,);
     ``block`` B (fp8): sx (M, ceil(K/B)), sw (ceil(N/B), ceil(K/B)). Validated by ``lowbit.ops``.
-    Row-wise problems with M > 64 go, for int8 on sm_90, to the Gluon kernel with explicitly pipelined
-    wgmma (``kernels/scaled_mm_wgmma.py``), otherwise to the persistent TMA kernel
+    Row-wise problems with M > 64 go, for int8 on sm_90 where ``wgmma_preferred``, to the Gluon kernel with
+    explicitly pipelined wgmma (``kernels/scaled_mm_wgmma.py``), otherwise to the persistent TMA kernel
     (``kernels/scaled_mm_tma.py``) when ``tma_applies``; a ``WgmmaConfig`` / ``TmaConfig`` forces one."""
     m, k = xq.shape
     n = wq.shape[0]
-    if isinstance(config, WgmmaConfig) or (config is None and xq.dtype == torch.int8
+    if isinstance(config, WgmmaConfig) or (config is None and xq.dtype == torch.int8 and wgmma_preferred(m, k)
                                             and wgmma_applies(m, k, xq, wq, block)):
         if not wgmma_applies(max(m, 65), k, xq, wq, block, config):
             raise ValueError("the Gluon wgmma kernel needs an sm_90 GPU, row-wise scales, K % 16 == 0 with at "

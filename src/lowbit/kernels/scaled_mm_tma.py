@@ -89,7 +89,6 @@ TMA_CANDIDATES = (
     # step, where fp8 waits for all but one), so a longer step halves the bubbles (<= 227 KiB smem)
     TmaConfig(128, 256, 256, 8, 8, 2),
     TmaConfig(128, 128, 256, 8, 4, 3),
-    TmaConfig(256, 128, 256, 8, 8, 2),
 )
 
 

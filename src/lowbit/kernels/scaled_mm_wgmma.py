@@ -134,6 +134,13 @@ WGMMA_CANDIDATES = (
 )
 
 
+def wgmma_preferred(m: int, k: int) -> bool:
+    """Where the Gluon kernel beat the Triton TMA kernel for int8 on the H200 (``a8_sweep --tma``,
+    benchmarks/results/h200/a8_tma/): M >= 2048, or M >= 1024 with K >= 8192 (long K loops gain most
+    from the MMA kept in flight; at M <= 1024 with K = 4096 its 128 x 256 tile lost)."""
+    return m >= 2048 or (m >= 1024 and k >= 8192)
+
+
 def wgmma_applies(m: int, k: int, xq: torch.Tensor, wq: torch.Tensor, block: Optional[int],
                   config: Optional[WgmmaConfig] = None) -> bool:
     """sm_90 GPU tensors, row-wise scales, M > 64, K % 16 == 0 with at least STAGES - 1 K tiles,
