@@ -39,14 +39,14 @@ def compile_fn(fn, sig, constexprs, num_warps, num_stages):
                                                                         "num_stages": num_stages})
 
 
-def scaled_mm_variant(kind, mode, m, n=4096, k=4096, out="bf16", unpack="prmt", cfg=None):
+def scaled_mm_variant(kind, mode, m, n=4096, k=4096, out="bf16", unpack="prmt", cfg=None, fused=False):
     """kind fp8|int8; mode row|block|w4a8 (w4a8: int4 g128 asym; ``unpack`` prmt|magic). Integer arguments
     equal to 1 are constexprs, as Triton specializes them at a launch: the dense weight's stride_wk (K
     contiguous), W4A8's stride_wn (N contiguous words)."""
     op = "fp8e4nv" if kind == "fp8" else "i8"
     cfg = cfg or heuristic_config(m, n, k, 128)
     w = "*i32" if mode == "w4a8" else f"*{op}"
-    sig = {"x_ptr": f"*{op}", "w_ptr": w, "sx_ptr": "*fp32", "sw_ptr": "*bf16" if mode == "w4a8" else "*fp32",
+    sig = {"x_ptr": f"*{out}" if fused else f"*{op}", "w_ptr": w, "sx_ptr": "*fp32", "sw_ptr": "*bf16" if mode == "w4a8" else "*fp32",
            "z_ptr": "*u8", "t_ptr": "*i32", "b_ptr": f"*{out}", "y_ptr": f"*{out}", "ws_ptr": "*fp32",
            "cnt_ptr": "*i32"}
     sig.update({s: "i32" for s in MM_INTS})
@@ -56,6 +56,8 @@ def scaled_mm_variant(kind, mode, m, n=4096, k=4096, out="bf16", unpack="prmt", 
               SPLIT_K=cfg.split_k, GROUP_M=cfg.group_m, SWAP_AB=cfg.swap_ab,
               UNPACK=UNPACKS[unpack] if mode == "w4a8" else 0)
     ce.update(plane_constexprs(4) if mode == "w4a8" else dict(P0=0, P1=0, P2=0))
+    if fused:  # QUANT_X: the activation quantized in the prologue
+        ce.update(QUANT_X=True, QMAX=448.0 if kind == "fp8" else 127.0, FLOOR=1e-12, QUANT_CHUNK=2048, QUANT_ROWS=1 if m == 1 else min(16, 1 << (m - 1).bit_length()))
     ones = {"row": ("stride_wk", "stride_sxm", "stride_swn"), "block": ("stride_wk", "stride_sxk", "stride_swk"),
             "w4a8": ("stride_wn", "stride_sxm", "stride_swn")}[mode] + (("M",) if m == 1 else ())
     ce.update({name: 1 for name in ones})
@@ -137,6 +139,7 @@ def main():
     p.add_argument("--m", default="1,16,64,256,4096")
     p.add_argument("--sass", action="store_true")
     p.add_argument("--loop", action="store_true", help="print the main loop's instruction histogram")
+    p.add_argument("--fused", action="store_true", help="QUANT_X: activation quantization in the prologue")
     p.add_argument("--tma", action="store_true", help="the persistent TMA kernel's candidate tiles only")
     p.add_argument("--only", default="", help="comma list of kind:mode[:unpack], e.g. fp8:w4a8:magic")
     a = p.parse_args()
@@ -148,7 +151,7 @@ def main():
         variants = [tuple((v.split(":") + ["prmt"])[:3]) for v in a.only.split(",")]
     for kind, mode, unpack in variants:
         for m in map(int, a.m.split(",")):
-            cfg, kern = scaled_mm_variant(kind, mode, m, unpack=unpack)
+            cfg, kern = scaled_mm_variant(kind, mode, m, unpack=unpack, fused=a.fused)
             hist, usage, sass = sass_histogram(kern.asm["cubin"])
             mma = {op: c for op, c in hist.items() if "MMA" in op}
             loop = loop_stats(sass)

@@ -27,7 +27,7 @@ from .formats.act8 import FP8, dequantize_rows, quantize_rows
 from .formats.fp8 import BLOCK
 from .formats.intx import IntxWeight, symmetric_zero
 from .kernels.quant_act import act_scale_shape, quantize_act as quantize_act_triton
-from .kernels.scaled_mm import scaled_mm, scaled_mm_intx
+from .kernels.scaled_mm import FUSED_QUANT_MAX_M, scaled_mm, scaled_mm_fused_quant, scaled_mm_intx
 from .ops import dense_reference, flatten_apply
 
 PER_CHANNEL_GROUP_LEN = 1 << 30
@@ -83,6 +83,18 @@ def _validate_w8a8(x, qweight, scales, inv_smooth, bias, block) -> str:
 def _problem(kind: str, x2d: torch.Tensor, n: int) -> dispatch.A8Problem:
     cap = torch.cuda.get_device_capability(x2d.device) if x2d.is_cuda else (0, 0)
     return dispatch.A8Problem(kind, x2d.shape[0], n, x2d.shape[1], x2d.dtype, x2d.device.type, cap)
+
+
+def fused_quant_max_m() -> int:
+    """Largest M whose activation quantization runs inside the GEMM prologue (one launch instead of two);
+    ``LOWBIT_FUSED_QUANT_MAX_M`` overrides the measured default (0 turns the fusion off)."""
+    import os
+
+    return int(os.environ.get("LOWBIT_FUSED_QUANT_MAX_M", FUSED_QUANT_MAX_M))
+
+
+def _fuse_quant(x2d: torch.Tensor, block: int, inv_smooth) -> bool:
+    return block == 0 and inv_smooth is None and x2d.stride(-1) == 1 and x2d.shape[0] <= fused_quant_max_m()
 
 
 # ---- quantize_act ---------------------------------------------------------------------------------
@@ -156,6 +168,8 @@ def linear_w8a8_eager(x, qweight, scales, inv_smooth, bias, block) -> torch.Tens
         backend = dispatch.select_a8(_problem(kind, x2d, n))
         if backend == "reference":
             return reference_w8a8(x2d, qweight, scales, inv_smooth, bias, block)
+        if _fuse_quant(x2d, block, inv_smooth):
+            return scaled_mm_fused_quant(x2d, kind, qweight, scales, bias, x2d.dtype)
         xq, sx = _quantize_2d(x2d, kind, block, inv_smooth, backend)
         return scaled_mm(xq, sx, qweight, scales, bias, x2d.dtype, block or None)
 
@@ -207,6 +221,9 @@ def linear_w4a8_fp8_eager(x, qweight, scales, zeros, bias, bits, group_size, in_
         backend = dispatch.select_a8(_problem("w4a8", x2d, n))
         if backend == "reference":
             return reference_w4a8(x2d, qweight, scales, zeros, bias, bits, group_size, in_features)
+        if _fuse_quant(x2d, 0, None):
+            return scaled_mm_intx(x2d, None, qweight, scales, zeros, bias, bits, group_size or PER_CHANNEL_GROUP_LEN,
+                                  int(symmetric_zero(bits)), n, x2d.dtype, x_kind="fp8")
         xq, sx = _quantize_2d(x2d, "fp8", 0, None, backend)
         return scaled_mm_intx(xq, sx, qweight, scales, zeros, bias, bits, group_size or PER_CHANNEL_GROUP_LEN,
                               int(symmetric_zero(bits)), n, x2d.dtype)

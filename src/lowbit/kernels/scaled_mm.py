@@ -33,6 +33,7 @@ import triton.language as tl
 from .epilogue import grouped_tile_ids, split_k_tiles, write_output
 from .launch import split_k_counters
 from .int4_fp8 import default_unpack, e4m3_tables, intx_operand
+from .quant_act import cast_8bit, row_scale
 from .scaled_mm_tma import TmaConfig, scaled_mm_tma, tma_applies
 from .scaled_mm_wgmma import WgmmaConfig, scaled_mm_wgmma, wgmma_applies, wgmma_preferred
 from .unpack import load_codes_nk, plane_constexprs
@@ -90,10 +91,18 @@ def scaled_mm_kernel(
     UNPACK: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_INT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, SWAP_AB: tl.constexpr,
+    QUANT_X: tl.constexpr = False, QMAX: tl.constexpr = 448.0, FLOOR: tl.constexpr = 1e-12,
+    QUANT_CHUNK: tl.constexpr = 1024, QUANT_ROWS: tl.constexpr = 1,
 ):
     """Scale indexing: sx[m * stride_sxm + (k // X_SCALE_K) * stride_sxk] (X_SCALE_K == 0: per row, in
     the epilogue); sw[(n // W_SCALE_N) * stride_swn + (k // W_SCALE_K) * stride_swk] (W_SCALE_K == 0:
-    per row of W, in the epilogue). Zeros (intx) share the weight scales' indexing."""
+    per row of W, in the epilogue). Zeros (intx) share the weight scales' indexing.
+
+    ``QUANT_X`` (row-wise only): x_ptr is the fp16/bf16/fp32 activation and the per-token quantization
+    is fused into the prologue -- every program reads its first QUANT_ROWS (>= the tile's real rows, a
+    power of two <= BLOCK_M) rows whole, QUANT_CHUNK values per step, for the amax; then each K tile is
+    scaled and cast in registers (``quant_act.row_scale`` /
+    ``cast_8bit``: bit-identical to ``quantize_act``); ACC_INT picks int8, else fp8 e4m3. sx_ptr unused."""
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m, pid_n = grouped_tile_ids(pid, tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
@@ -104,7 +113,23 @@ def scaled_mm_kernel(
     mask_n = offs_n < N
     PER_K: tl.constexpr = X_SCALE_K > 0 or W_SCALE_K > 0
     ACC_TY: tl.constexpr = tl.int32 if ACC_INT else tl.float32
-    OP_TY: tl.constexpr = x_ptr.dtype.element_ty
+    if QUANT_X:  # per-token scales of this tile's rows, from its first QUANT_ROWS rows (the rest: padding)
+        OP_TY: tl.constexpr = tl.int8 if ACC_INT else tl.float8e4nv
+        rows_q = pid_m * BLOCK_M + tl.arange(0, QUANT_ROWS)
+        amax = tl.zeros((QUANT_ROWS,), dtype=tl.float32)
+        nan = tl.zeros((QUANT_ROWS,), dtype=tl.int32)
+        for q0 in range(0, K, QUANT_CHUNK):
+            offs_q = q0 + tl.arange(0, QUANT_CHUNK)
+            xr = tl.load(x_ptr + rows_q[:, None] * stride_xm + offs_q[None, :],
+                         mask=(rows_q < M)[:, None] & (offs_q < K)[None, :], other=0.0).to(tl.float32)
+            amax = tl.maximum(amax, tl.max(tl.abs(xr), axis=1))
+            nan = tl.maximum(nan, tl.max((xr != xr).to(tl.int32), axis=1))
+        s_q, inv_q = row_scale(amax, nan > 0, QMAX, FLOOR)
+        pick = tl.arange(0, BLOCK_M)[:, None] == tl.arange(0, QUANT_ROWS)[None, :]  # [BLOCK_M, QUANT_ROWS]
+        x_scale = tl.sum(tl.where(pick, s_q[None, :], 0.0), axis=1)
+        x_inv = tl.sum(tl.where(pick, inv_q[None, :], 0.0), axis=1)
+    else:
+        OP_TY: tl.constexpr = x_ptr.dtype.element_ty
     if SWAP_AB:
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32 if PER_K else ACC_TY)
     else:
@@ -117,6 +142,8 @@ def scaled_mm_kernel(
         offs_k = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                     mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
+        if QUANT_X:
+            x = cast_8bit(x.to(tl.float32), x_inv[:, None], QMAX, ACC_INT, OP_TY)
         wk = 0
         if W_SCALE_K > 0:
             wk = (k0 // W_SCALE_K) * stride_swk
@@ -142,7 +169,9 @@ def scaled_mm_kernel(
 
     ex = tl.full((BLOCK_M,), 1.0, tl.float32)
     ew = tl.full((BLOCK_N,), 1.0, tl.float32)
-    if X_SCALE_K == 0:
+    if QUANT_X:
+        ex = x_scale
+    elif X_SCALE_K == 0:
         ex = tl.load(sx_ptr + offs_m * stride_sxm, mask=mask_m, other=0.0)
     if W_SCALE_K == 0:
         ew = tl.load(sw_ptr + sw_rows, mask=mask_n, other=0.0).to(tl.float32)
@@ -211,11 +240,38 @@ def _launch(xq, sx, w, sw, z, bias, out_dtype, n, kp, strides_w, strides_sx, str
         bias if bias is not None else sw, y, ws, cnt,
         m, n, k, kp,
         xq.stride(0), *strides_w, *strides_sx, *strides_sw, stride_ws, y.stride(0),
-        HAS_BIAS=bias is not None, ACC_INT=xq.dtype == torch.int8,
+        HAS_BIAS=bias is not None, ACC_INT=meta.pop("ACC_INT", xq.dtype == torch.int8),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k,
         GROUP_M=cfg.group_m, SWAP_AB=cfg.swap_ab, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **meta,
     )
     return y
+
+
+# fused activation quantization (QUANT_X) pays one whole-row read per program: worth it at small M only
+FUSED_QUANT_MAX_M = 4
+
+
+def _quant_x_meta(kind: str, m: int, k: int, cfg: ScaledMMConfig) -> dict:
+    """Constexprs of the QUANT_X prologue for activations quantized to ``kind`` (fp8 / int8)."""
+    from ..formats.act8 import AMAX_FLOOR, qmax
+
+    rows = min(cfg.block_m, triton.next_power_of_2(m))
+    return dict(QUANT_X=True, ACC_INT=kind == "int8", QMAX=qmax(kind), FLOOR=AMAX_FLOOR, QUANT_ROWS=rows,
+                QUANT_CHUNK=max(128, min(2048 // rows, triton.next_power_of_2(k))))
+
+
+def scaled_mm_fused_quant(x: torch.Tensor, kind: str, wq: torch.Tensor, sw: torch.Tensor,
+                          bias: Optional[torch.Tensor], out_dtype: torch.dtype,
+                          config: Optional[ScaledMMConfig] = None) -> torch.Tensor:
+    """Row-wise W8A8 with the per-token quantization of x (M, K) fp16/bf16/fp32 (K contiguous) fused into
+    the GEMM prologue (``QUANT_X``): same result as ``quantize_act`` then ``scaled_mm``, one launch.
+    Meant for M <= ``FUSED_QUANT_MAX_M`` (each program reads its rows whole); wq fp8 e4m3 or int8 (N, K)."""
+    m, k = x.shape
+    n = wq.shape[0]
+    cfg = config or heuristic_config(m, n, k, 128)
+    return _launch(x, sw, wq, sw, None, bias, out_dtype, n, k, (wq.stride(0), wq.stride(1)), (0, 0),
+                   (sw.stride(0), 0), cfg, X_SCALE_K=0, W_SCALE_N=1, W_SCALE_K=0,
+                   P0=0, P1=0, P2=0, HAS_ZEROS=False, SYM_ZERO=0, UNPACK=0, **_quant_x_meta(kind, m, k, cfg))
 
 
 def _sx_strides(sx: torch.Tensor):
@@ -255,18 +311,25 @@ def scaled_mm(xq: torch.Tensor, sx: torch.Tensor, wq: torch.Tensor, sw: torch.Te
 def scaled_mm_intx(xq: torch.Tensor, sx: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                    zeros: Optional[torch.Tensor], bias: Optional[torch.Tensor], bits: int, group_len: int,
                    sym_zero: int, out_features: int, out_dtype: torch.dtype,
-                   config: Optional[ScaledMMConfig] = None, unpack: Optional[int] = None) -> torch.Tensor:
+                   config: Optional[ScaledMMConfig] = None, unpack: Optional[int] = None,
+                   x_kind: Optional[str] = None) -> torch.Tensor:
     """W4A8 (any bits <= 4 for fp8, <= 7 for int8): xq (M, K) fp8/int8 per-token, sx (M,); intx weight
     (``lowbit.formats.intx``, integer zeros or symmetric). ``group_len`` >= Kp means per-channel.
-    ``unpack``: ``int4_fp8.UNPACK_*`` (None: ``default_unpack``; the prmt table needs bits == 4 and a GPU)."""
+    ``unpack``: ``int4_fp8.UNPACK_*`` (None: ``default_unpack``; the prmt table needs bits == 4 and a GPU).
+    ``x_kind`` 'fp8' / 'int8': xq is the unquantized activation, quantized per token in the prologue
+    (``QUANT_X``; sx unused)."""
     m, k = xq.shape
     kp = qweight.shape[0] * 32 // bits
+    if x_kind is not None:
+        sx = scales  # unused: the prologue computes the token scales
     per_channel = group_len >= kp
     cfg = config or heuristic_config(m, out_features, k, 128 if per_channel else group_len)
     if not per_channel and group_len % cfg.block_k:
         raise ValueError(f"BLOCK_K={cfg.block_k} must divide the group size {group_len}")
+    op_dtype = xq.dtype if x_kind is None else (torch.int8 if x_kind == "int8" else torch.float8_e4m3fn)
+    fused = {} if x_kind is None else _quant_x_meta(x_kind, m, k, cfg)
     return _launch(xq, sx, qweight, scales, zeros, bias, out_dtype, out_features, kp, (1, qweight.stride(0)),
                    _sx_strides(sx), (scales.stride(1), scales.stride(0)), cfg, e4m3_tables(xq.device),
-                   UNPACK=default_unpack(xq.dtype, bits, xq.device) if unpack is None else int(unpack),
+                   UNPACK=default_unpack(op_dtype, bits, xq.device) if unpack is None else int(unpack), **fused,
                    X_SCALE_K=0, W_SCALE_N=1, W_SCALE_K=0 if per_channel else group_len,
                    **plane_constexprs(bits), HAS_ZEROS=zeros is not None, SYM_ZERO=int(sym_zero))
