@@ -247,8 +247,13 @@ def _launch(xq, sx, w, sw, z, bias, out_dtype, n, kp, strides_w, strides_sx, str
     return y
 
 
-# fused activation quantization (QUANT_X) pays one whole-row read per program: worth it at small M only
-FUSED_QUANT_MAX_M = 4
+# Fused activation quantization (QUANT_X) is off by default: on the H200 (benchmarks/results/h200/a8_fused/,
+# cold CUDA-graph kernel time, Llama-3 8B + 70B) it lost at every M in 1..16 (fp8 geomean x cuBLAS at M = 1:
+# 1.42 fused vs 1.49 two launches; int8 1.35 vs 1.47; won only on gate_up, lost most on the long-K down
+# projections): each program re-reads its rows whole for the amax (every split-K slice too), and the K loop
+# casts a [BLOCK_M, BLOCK_K] activation tile per step (93 -> 174 SASS instructions per step at M = 1).
+# It saves one launch, which helps eager calls; LOWBIT_FUSED_QUANT_MAX_M=N turns it on for M <= N.
+FUSED_QUANT_MAX_M = 0
 
 
 def _quant_x_meta(kind: str, m: int, k: int, cfg: ScaledMMConfig) -> dict:
