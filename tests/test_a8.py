@@ -282,6 +282,28 @@ def test_scaled_mm_w4a8_fused_quant():
     assert torch.equal(y, y2)
 
 
+@pytest.mark.parametrize("kind", ["int8", pytest.param("fp8", marks=[gpu_only, fp8_dev])])
+def test_linear_ops_fused_quant_env(kind, monkeypatch):
+    """LOWBIT_FUSED_QUANT_MAX_M routes small-M op calls through the fused prologue: same result as the
+    two-launch default (W8A8 and W4A8)."""
+    dtype = torch.float16
+    _, qw, block = _weights(kind)
+    qw = qw.to(DEVICE)
+    x = torch.randn(3, 300, generator=_gen(22)).to(DEVICE, dtype)
+    b = torch.randn(72, generator=_gen(23)).to(DEVICE, dtype)
+    y2 = ops.linear_w8a8(x, qw.qweight, qw.scales, None, b, block)
+    monkeypatch.setenv("LOWBIT_FUSED_QUANT_MAX_M", "4")
+    y = ops.linear_w8a8(x, qw.qweight, qw.scales, None, b, block)
+    if HAS_CUDA or kind == "int8":
+        torch.testing.assert_close(y, y2, rtol=0, atol=0)
+    if kind == "fp8" or not HAS_CUDA:
+        w4 = IntxFormat(4, 64, False, "int", dtype).quantize(torch.randn(72, 300, generator=_gen(24)) * 0.05).to(DEVICE)
+        args = (w4.qweight, w4.scales, w4.zeros, b, 4, 64, 300)
+        yf = ops.linear_w4a8_fp8(x, *args)
+        monkeypatch.setenv("LOWBIT_FUSED_QUANT_MAX_M", "0")
+        torch.testing.assert_close(yf, ops.linear_w4a8_fp8(x, *args), rtol=0, atol=0)
+
+
 def test_wgmma_instr_n():
     assert instr_n(256, True) == 128 and instr_n(128, True) == 128 and instr_n(256, False) == 256
     assert instr_n(64, True) == 64
