@@ -107,14 +107,20 @@ def quantize_act(x: torch.Tensor, kind: str, block: Optional[int] = None,
     s = torch.empty(act_scale_shape(m, k, block), device=x.device, dtype=torch.float32)
     if m == 0:
         return q, s
-    if block is None:  # whole rows up to 32768 values in registers (one read), longer ones in two passes
-        chunk = min(32768, triton.next_power_of_2(k))
+    warps = None
+    if block is None:
+        # H200 probe (scripts/quant_act_probe.py, benchmarks/results/h200/quant_act_probe/): one read of a
+        # whole row in registers wins up to K = 8192, and at small M up to 32768; long rows at large M are
+        # faster in two passes of 4096 (M = 4096, K = 14336: 60 us vs 86 us one-pass)
+        whole = triton.next_power_of_2(k)
+        chunk = whole if whole <= 8192 or (m <= 64 and whole <= 32768) else 4096
+        warps = 4 if k <= 4096 else 8 if chunk <= 8192 and k <= 16384 else 16
     else:
         chunk = block * max(1, min(4096, triton.next_power_of_2(k)) // block)
     quantize_act_kernel[(m,)](
         x, q, s, inv_smooth if inv_smooth is not None else s,
         m, k, x.stride(0), q.stride(0), s.stride(0),
         HAS_SMOOTH=inv_smooth is not None, IS_INT8=kind == "int8", QMAX=qmax(kind), FLOOR=AMAX_FLOOR,
-        BLOCK=block or 0, CHUNK=chunk, num_warps=4 if chunk <= 1024 else 8 if chunk <= 8192 else 16,
+        BLOCK=block or 0, CHUNK=chunk, num_warps=warps or (4 if chunk <= 1024 else 8),
     )
     return q, s
