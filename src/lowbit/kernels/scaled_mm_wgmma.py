@@ -55,6 +55,26 @@ def instr_n(block_n: int, int8: bool) -> int:
 
 if gluon is not None:
     @gluon.jit
+    def _tile_offsets(tile, num_m, num_n, GROUP_M: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
+        """(row, column) offsets of output tile ``tile`` in grouped order (as ``epilogue.grouped_tile_ids``)."""
+        width = GROUP_M * num_n
+        first_m = (tile // width) * GROUP_M
+        rows = gl.minimum(num_m - first_m, GROUP_M)
+        return (first_m + (tile % width) % rows) * BLOCK_M, ((tile % width) // rows) * BLOCK_N
+
+    @gluon.jit
+    def _issue_prologue(x_desc, w_desc, x_smem, w_smem, bars, produced, off_m, off_n, nbytes: gl.constexpr,
+                        STAGES: gl.constexpr, BLOCK_K: gl.constexpr):
+        """TMA loads of a tile's first STAGES - 1 K steps (k_tiles >= STAGES - 1, ``wgmma_applies``)."""
+        for i in gl.static_range(STAGES - 1):
+            slot = produced % STAGES
+            mbarrier.expect(bars.index(slot), nbytes)
+            tma.async_copy_global_to_shared(x_desc, [off_m, i * BLOCK_K], bars.index(slot), x_smem.index(slot))
+            tma.async_copy_global_to_shared(w_desc, [off_n, i * BLOCK_K], bars.index(slot), w_smem.index(slot))
+            produced += 1
+        return produced
+
+    @gluon.jit
     def scaled_mm_wgmma_kernel(x_desc, w_desc, sx_ptr, sw_ptr, b_ptr, y_ptr, M, N, K, stride_ym,
                                HAS_BIAS: gl.constexpr, ACC_INT: gl.constexpr, GROUP_M: gl.constexpr,
                                STAGES: gl.constexpr, INSTR_N: gl.constexpr, num_warps: gl.constexpr):
@@ -75,22 +95,16 @@ if gluon is not None:
         num_m = gl.cdiv(M, BLOCK_M)
         num_n = gl.cdiv(N, BLOCK_N)
         k_tiles = gl.cdiv(K, BLOCK_K)
+        num_tiles = num_m * num_n
         produced = 0
         consumed = 0
-        for tile in range(gl.program_id(0), num_m * num_n, gl.num_programs(0)):
-            width = GROUP_M * num_n  # grouped order, as epilogue.grouped_tile_ids
-            first_m = (tile // width) * GROUP_M
-            rows = gl.minimum(num_m - first_m, GROUP_M)
-            off_m = (first_m + (tile % width) % rows) * BLOCK_M
-            off_n = ((tile % width) // rows) * BLOCK_N
-
-            for i in gl.static_range(STAGES - 1):  # k_tiles >= STAGES - 1 (wgmma_applies)
-                slot = produced % STAGES
-                mbarrier.expect(bars.index(slot), nbytes)
-                tma.async_copy_global_to_shared(x_desc, [off_m, i * BLOCK_K], bars.index(slot), x_smem.index(slot))
-                tma.async_copy_global_to_shared(w_desc, [off_n, i * BLOCK_K], bars.index(slot), w_smem.index(slot))
-                produced += 1
-
+        tile = gl.program_id(0)
+        if tile < num_tiles:  # the first tile's prologue; later ones are issued before the previous epilogue
+            off_m, off_n = _tile_offsets(tile, num_m, num_n, GROUP_M, BLOCK_M, BLOCK_N)
+            produced = _issue_prologue(x_desc, w_desc, x_smem, w_smem, bars, produced, off_m, off_n, nbytes,
+                                       STAGES, BLOCK_K)
+        for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
+            off_m, off_n = _tile_offsets(tile, num_m, num_n, GROUP_M, BLOCK_M, BLOCK_N)
             acc = gl.zeros([BLOCK_M, BLOCK_N], gl.int32 if ACC_INT else gl.float32, mma)
             for kt in range(k_tiles):
                 slot = consumed % STAGES
@@ -107,6 +121,11 @@ if gluon is not None:
                                                     w_smem.index(slot))
                     produced += 1
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            nxt = tile + gl.num_programs(0)
+            if nxt < num_tiles:  # every slot is free: the next tile's loads run under this epilogue
+                n_m, n_n = _tile_offsets(nxt, num_m, num_n, GROUP_M, BLOCK_M, BLOCK_N)
+                produced = _issue_prologue(x_desc, w_desc, x_smem, w_smem, bars, produced, n_m, n_n, nbytes,
+                                           STAGES, BLOCK_K)
 
             offs_m = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma))
             offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma))
