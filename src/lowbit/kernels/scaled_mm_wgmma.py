@@ -43,6 +43,7 @@ class WgmmaConfig:
     group_m: int = 8
     num_warps: int = 8  # 4 warps per 64 rows of the tile (one warp group each)
     stages: int = 4
+    coalesced_store: bool = False  # Y through shared memory into 16-byte row segments (else from the MMA layout)
 
 
 def instr_n(block_n: int, int8: bool) -> int:
@@ -77,7 +78,8 @@ if gluon is not None:
     @gluon.jit
     def scaled_mm_wgmma_kernel(x_desc, w_desc, sx_ptr, sw_ptr, b_ptr, y_ptr, M, N, K, stride_ym,
                                HAS_BIAS: gl.constexpr, ACC_INT: gl.constexpr, GROUP_M: gl.constexpr,
-                               STAGES: gl.constexpr, INSTR_N: gl.constexpr, num_warps: gl.constexpr):
+                               STAGES: gl.constexpr, INSTR_N: gl.constexpr, num_warps: gl.constexpr,
+                               COALESCED_STORE: gl.constexpr = False):
         """Program p of P computes tiles p, p + P, ...; load / consume counters run across tiles, so slot
         = count % STAGES and the mbarrier phase = (count // STAGES) & 1."""
         BLOCK_M: gl.constexpr = x_desc.block_type.shape[0]
@@ -127,13 +129,17 @@ if gluon is not None:
                 produced = _issue_prologue(x_desc, w_desc, x_smem, w_smem, bars, produced, n_m, n_n, nbytes,
                                            STAGES, BLOCK_K)
 
-            offs_m = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma))
-            offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma))
+            if COALESCED_STORE:
+                out_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+            else:
+                out_l: gl.constexpr = mma
+            offs_m = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, out_l))
+            offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, out_l))
             mask_m = offs_m < M
             mask_n = offs_n < N
             sx = gl.load(sx_ptr + offs_m, mask=mask_m, other=0.0)
             sw = gl.load(sw_ptr + offs_n, mask=mask_n, other=0.0)
-            out = acc.to(gl.float32) * gl.expand_dims(sx, 1) * gl.expand_dims(sw, 0)
+            out = gl.convert_layout(acc, out_l).to(gl.float32) * gl.expand_dims(sx, 1) * gl.expand_dims(sw, 0)
             if HAS_BIAS:
                 out += gl.expand_dims(gl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(gl.float32), 0)
             gl.store(y_ptr + gl.expand_dims(offs_m, 1) * stride_ym + gl.expand_dims(offs_n, 0),
@@ -150,6 +156,8 @@ WGMMA_CANDIDATES = (
     WgmmaConfig(128, 128, 128, 8, 8, 5),
     WgmmaConfig(256, 128, 128, 8, 8, 3),
     WgmmaConfig(64, 128, 128, 8, 4, 5),
+    WgmmaConfig(128, 256, 128, 8, 8, 3, True),
+    WgmmaConfig(128, 256, 128, 8, 8, 4, True),
 )
 
 
@@ -195,5 +203,5 @@ def scaled_mm_wgmma(xq: torch.Tensor, sx: torch.Tensor, wq: torch.Tensor, sw: to
     scaled_mm_wgmma_kernel[(min(sms, tiles),)](
         x_desc, w_desc, sx, sw, bias if bias is not None else sw, y, m, n, k, y.stride(0),
         HAS_BIAS=bias is not None, ACC_INT=int8, GROUP_M=cfg.group_m, STAGES=cfg.stages,
-        INSTR_N=instr_n(cfg.block_n, int8), num_warps=cfg.num_warps)
+        INSTR_N=instr_n(cfg.block_n, int8), num_warps=cfg.num_warps, COALESCED_STORE=cfg.coalesced_store)
     return y
