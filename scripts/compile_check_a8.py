@@ -83,6 +83,45 @@ def scaled_mm_tma_variant(kind, cfg, out="bf16"):
                                                                         "num_stages": cfg.num_stages})
 
 
+def scaled_mm_wgmma_variant(kind, cfg, out="bf16"):
+    """The Gluon kernel (``kernels/scaled_mm_wgmma.py``) for one config (sm_90)."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from lowbit.kernels.scaled_mm_wgmma import instr_n, scaled_mm_wgmma_kernel
+
+    op, gop = ("fp8e4nv", gl.float8e4nv) if kind == "fp8" else ("i8", gl.int8)
+    xl = gl.NVMMASharedLayout.get_default_for([cfg.block_m, cfg.block_k], gop)
+    wl = gl.NVMMASharedLayout.get_default_for([cfg.block_n, cfg.block_k], gop)
+    sig = {"x_desc": f"tensordesc<{op}[{cfg.block_m},{cfg.block_k}],{xl!r}>",
+           "w_desc": f"tensordesc<{op}[{cfg.block_n},{cfg.block_k}],{wl!r}>",
+           "sx_ptr": "*fp32", "sw_ptr": "*fp32", "b_ptr": f"*{out}", "y_ptr": f"*{out}",
+           "M": "i32", "N": "i32", "K": "i32", "stride_ym": "i32"}
+    ce = dict(HAS_BIAS=False, ACC_INT=kind == "int8", GROUP_M=cfg.group_m, STAGES=cfg.stages,
+              INSTR_N=instr_n(cfg.block_n, kind == "int8"), num_warps=cfg.num_warps,
+              COALESCED_STORE=cfg.coalesced_store)
+    attrs = {(scaled_mm_wgmma_kernel.arg_names.index(name),): [["tt.divisibility", 16]]
+             for name in sig if not name.endswith("_desc")}
+    sig.update({k: "constexpr" for k in ce})
+    return triton.compile(GluonASTSource(scaled_mm_wgmma_kernel, sig, constexprs=ce, attrs=attrs),
+                          target=GPUTarget("cuda", 90, 32), options={"num_warps": cfg.num_warps})
+
+
+def wgmma_report():
+    """Registers, shared memory, the wgmma shape and the wgmma waits (0x1: one group kept in flight)."""
+    from lowbit.kernels.scaled_mm_wgmma import WGMMA_CANDIDATES, WgmmaConfig
+
+    for kind in ("int8", "fp8"):
+        for cfg in (WgmmaConfig(),) + WGMMA_CANDIDATES:
+            kern = scaled_mm_wgmma_variant(kind, cfg)
+            _, usage, sass = sass_histogram(kern.asm["cubin"])
+            waits = re.findall(r"DEPBAR.LE gsb0, (0x\d)", sass)
+            shapes = sorted(set(re.findall(r"[IQ]GMMA\.(\w+)", sass)))
+            print(f"scaled_mm_wgmma {kind:4s} {cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} "
+                  f"s{cfg.stages} coalesced={int(cfg.coalesced_store)} | {usage.split(' CONSTANT')[0]} | "
+                  f"smem {kern.metadata.shared} | wgmma {shapes} waits {waits}")
+
+
 def tma_report(show_loop):
     for kind in ("fp8", "int8"):
         for cfg in TMA_CANDIDATES:
@@ -140,11 +179,14 @@ def main():
     p.add_argument("--sass", action="store_true")
     p.add_argument("--loop", action="store_true", help="print the main loop's instruction histogram")
     p.add_argument("--fused", action="store_true", help="QUANT_X: activation quantization in the prologue")
+    p.add_argument("--wgmma", action="store_true", help="the Gluon kernel's configs only")
     p.add_argument("--tma", action="store_true", help="the persistent TMA kernel's candidate tiles only")
     p.add_argument("--only", default="", help="comma list of kind:mode[:unpack], e.g. fp8:w4a8:magic")
     a = p.parse_args()
     if a.tma:
         return tma_report(a.loop)
+    if a.wgmma:
+        return wgmma_report()
     variants = [("fp8", "row", "prmt"), ("int8", "row", "prmt"), ("fp8", "block", "prmt"), ("fp8", "w4a8", "prmt"),
                 ("fp8", "w4a8", "magic")]
     if a.only:

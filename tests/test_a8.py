@@ -164,25 +164,32 @@ def _check_gemm(y, ref, k, dtype):
     assert _rel(y, ref) <= 2 * torch.finfo(dtype).eps
 
 
-@fp8_dev
-@pytest.mark.parametrize("m,config", CONFIGS)
-@pytest.mark.parametrize("kind", ["fp8", "int8"])
-@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
-def test_scaled_mm_rowwise(kind, m, config, dtype):
-    n, k = 72, 300
-    x = torch.randn(m, k, generator=_gen(m)) * 2
-    w = torch.randn(n, k, generator=_gen(8)) * 0.05
-    bias = torch.randn(n, generator=_gen(9)).to(dtype)
+def _run_rowwise(kind, m, n, k, config, dtype, seed, outlier_row=None):
+    """quantize_rows operands -> scaled_mm -> checked against the fp32 oracle (2 eps of the output dtype);
+    int8: the int32 accumulation is exact, y / (sx sw) recovers the integer dot products."""
+    x = torch.randn(m, k, generator=_gen(seed)) * 2
+    if outlier_row is not None:
+        x[outlier_row] *= 50  # one token with a much larger scale: a wrong row scale is visible
+    w = torch.randn(n, k, generator=_gen(seed + 100)) * 0.05
+    bias = torch.randn(n, generator=_gen(seed + 200)).to(dtype)
     xq, sx = quantize_rows(x, kind)
     wq, sw = quantize_rows(w, kind)
     y = scaled_mm(xq.to(DEVICE), sx.to(DEVICE), wq.to(DEVICE), sw.to(DEVICE), bias.to(DEVICE), dtype, None, config)
     assert y.dtype == dtype and y.shape == (m, n)
     ref = _ref_y(dequantize_rows(xq, sx), dequantize_rows(wq, sw), bias.float())
     _check_gemm(y.cpu(), ref, k, dtype)
-    if kind == "int8":  # int32 accumulation is exact: y / (sx sw) recovers the integer dot products
+    if kind == "int8":
         exact = xq.double() @ wq.double().t()
         y32 = (y.cpu().double() - bias.double()) / (sx.double()[:, None] * sw.double()[None, :])
         assert (y32 - exact).abs().max() <= exact.abs().max() * 2 * torch.finfo(dtype).eps + 1
+
+
+@fp8_dev
+@pytest.mark.parametrize("m,config", CONFIGS)
+@pytest.mark.parametrize("kind", ["fp8", "int8"])
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+def test_scaled_mm_rowwise(kind, m, config, dtype):
+    _run_rowwise(kind, m, 72, 300, config, dtype, seed=m)
 
 
 TMA_CONFIGS = [  # small tiles for the interpreter: several tiles per program, ragged M / N / K tails
@@ -199,21 +206,7 @@ TMA_CONFIGS = [  # small tiles for the interpreter: several tiles per program, r
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
 def test_scaled_mm_tma_rowwise(kind, m, config, dtype):
     """The persistent TMA kernel: same oracle as the pointer kernel, int32 accumulation exact."""
-    n, k = 200, 304
-    x = torch.randn(m, k, generator=_gen(m)) * 2
-    x[m // 2] *= 50  # one token with a much larger scale: a wrong row scale is visible
-    w = torch.randn(n, k, generator=_gen(12)) * 0.05
-    bias = torch.randn(n, generator=_gen(13)).to(dtype)
-    xq, sx = quantize_rows(x, kind)
-    wq, sw = quantize_rows(w, kind)
-    y = scaled_mm(xq.to(DEVICE), sx.to(DEVICE), wq.to(DEVICE), sw.to(DEVICE), bias.to(DEVICE), dtype, None, config)
-    assert y.dtype == dtype and y.shape == (m, n)
-    ref = _ref_y(dequantize_rows(xq, sx), dequantize_rows(wq, sw), bias.float())
-    _check_gemm(y.cpu(), ref, k, dtype)
-    if kind == "int8":
-        exact = xq.double() @ wq.double().t()
-        y32 = (y.cpu().double() - bias.double()) / (sx.double()[:, None] * sw.double()[None, :])
-        assert (y32 - exact).abs().max() <= exact.abs().max() * 2 * torch.finfo(dtype).eps + 1
+    _run_rowwise(kind, m, 200, 304, config, dtype, seed=m, outlier_row=m // 2)
 
 
 @gpu_only
@@ -224,21 +217,7 @@ def test_scaled_mm_tma_rowwise(kind, m, config, dtype):
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
 def test_scaled_mm_wgmma_rowwise(kind, config, dtype):
     """The Gluon kernel: ragged M / N (partial tiles), several tiles per program, int32 exactness."""
-    m, n, k = 300, 200, 640
-    x = torch.randn(m, k, generator=_gen(14)) * 2
-    x[7] *= 50
-    w = torch.randn(n, k, generator=_gen(15)) * 0.05
-    bias = torch.randn(n, generator=_gen(16)).to(dtype)
-    xq, sx = quantize_rows(x, kind)
-    wq, sw = quantize_rows(w, kind)
-    cfg = config or WgmmaConfig()
-    y = scaled_mm(xq.to(DEVICE), sx.to(DEVICE), wq.to(DEVICE), sw.to(DEVICE), bias.to(DEVICE), dtype, None, cfg)
-    ref = _ref_y(dequantize_rows(xq, sx), dequantize_rows(wq, sw), bias.float())
-    _check_gemm(y.cpu(), ref, k, dtype)
-    if kind == "int8":
-        exact = xq.double() @ wq.double().t()
-        y32 = (y.cpu().double() - bias.double()) / (sx.double()[:, None] * sw.double()[None, :])
-        assert (y32 - exact).abs().max() <= exact.abs().max() * 2 * torch.finfo(dtype).eps + 1
+    _run_rowwise(kind, 300, 200, 640, config or WgmmaConfig(), dtype, seed=14, outlier_row=7)
 
 
 @pytest.mark.parametrize("m,config", [

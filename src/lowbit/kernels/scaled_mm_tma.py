@@ -92,13 +92,16 @@ TMA_CANDIDATES = (
 )
 
 
+def tma_operands_ok(k: int, xq: torch.Tensor, wq: torch.Tensor) -> bool:
+    """TMA descriptors over Xq (M, K) and Wq (N, K): K-contiguous, 16-byte aligned bases and row strides."""
+    if k % 16 or xq.stride(-1) != 1 or wq.stride(-1) != 1:
+        return False
+    return not (xq.data_ptr() % 16 or wq.data_ptr() % 16 or xq.stride(0) % 16 or wq.stride(0) % 16)
+
+
 def tma_applies(m: int, k: int, xq: torch.Tensor, wq: torch.Tensor, block: Optional[int]) -> bool:
     """True when the persistent TMA kernel may run this problem (see the module docstring)."""
-    if TensorDescriptor is None or block is not None or m <= 64 or k % 16:
-        return False
-    if xq.stride(-1) != 1 or wq.stride(-1) != 1 or xq.data_ptr() % 16 or wq.data_ptr() % 16:
-        return False
-    if xq.stride(0) % 16 or wq.stride(0) % 16:
+    if TensorDescriptor is None or block is not None or m <= 64 or not tma_operands_ok(k, xq, wq):
         return False
     if xq.is_cuda:
         return torch.cuda.get_device_capability(xq.device)[0] >= 9

@@ -26,6 +26,8 @@ from typing import Optional
 import torch
 import triton
 
+from .scaled_mm_tma import tma_operands_ok
+
 try:  # Gluon ships with Triton >= 3.5
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
@@ -175,13 +177,9 @@ def wgmma_applies(m: int, k: int, xq: torch.Tensor, wq: torch.Tensor, block: Opt
     """sm_90 GPU tensors, row-wise scales, M > 64, K % 16 == 0 with at least STAGES - 1 K tiles,
     K-contiguous 16-byte aligned operands."""
     cfg = config or WgmmaConfig()
-    if gluon is None or not xq.is_cuda or block is not None or m <= 64 or k % 16:
+    if gluon is None or not xq.is_cuda or block is not None or m <= 64 or not tma_operands_ok(k, xq, wq):
         return False
     if triton.cdiv(k, cfg.block_k) < cfg.stages - 1:
-        return False
-    if xq.stride(-1) != 1 or wq.stride(-1) != 1 or (xq.stride(0) | wq.stride(0)) % 16:
-        return False
-    if xq.data_ptr() % 16 or wq.data_ptr() % 16:
         return False
     return torch.cuda.get_device_capability(xq.device)[0] == 9
 
