@@ -9,6 +9,7 @@ import json
 import math
 
 import pytest
+from hypothesis import given, settings, strategies as st
 import torch
 import triton
 import triton.language as tl
@@ -286,6 +287,15 @@ def test_linear_ops_fused_quant_env(kind, monkeypatch):
 def test_wgmma_instr_n():
     assert instr_n(256, True) == 128 and instr_n(128, True) == 128 and instr_n(256, False) == 256
     assert instr_n(64, True) == 64
+
+
+@settings(max_examples=12, deadline=None)
+@given(m=st.integers(65, 300), n=st.integers(1, 300), k16=st.integers(1, 40),
+       tile=st.sampled_from([(64, 32, 32), (32, 64, 64), (64, 64, 128)]), stages=st.integers(2, 4))
+def test_scaled_mm_tma_random_shapes(m, n, k16, tile, stages):
+    """The persistent TMA kernel on random int8 shapes (K % 16 == 0, ragged against every tile edge):
+    the int32 dot products are exact, so y / (sx sw) - bias must recover them."""
+    _run_rowwise("int8", m, n, 16 * k16, TmaConfig(*tile, 2, 4, stages), torch.float16, seed=m + n + k16)
 
 
 def test_tma_applies_and_heuristic():
