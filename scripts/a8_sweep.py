@@ -23,7 +23,7 @@ from lowbit.formats.act8 import quantize_rows
 from lowbit.kernels.int4_fp8 import UNPACK_MAGIC, UNPACK_PRMT
 from lowbit.kernels.quant_act import quantize_act
 from lowbit.kernels.scaled_mm import LARGE_M_CANDIDATES, heuristic_config, scaled_mm, scaled_mm_intx
-from lowbit.kernels.scaled_mm_tma import TMA_CANDIDATES, heuristic_tma_config, scaled_mm_tma
+from lowbit.kernels.scaled_mm_tma import BLOCK_SCALE_TILES, TMA_CANDIDATES, heuristic_tma_config, scaled_mm_tma
 from lowbit.kernels.scaled_mm_wgmma import WGMMA_CANDIDATES, scaled_mm_wgmma, wgmma_applies
 
 
@@ -117,12 +117,37 @@ def sweep_tma(shapes, ms, rows, deadline, kinds=("int8", "fp8")):
                       f" {wg[1]}", flush=True)
 
 
+def sweep_block(shapes, ms, rows, deadline):
+    """fp8 128 x 128 block scales: the pointer kernel's heuristic vs the TMA kernel's BLOCK_SCALE_TILES
+    (GEMM only, operands quantized beforehand), plus cuBLAS bf16."""
+    from lowbit.formats import Fp8Format
+
+    for s in shapes:
+        w = torch.randn(s.n, s.k, device="cuda", dtype=torch.bfloat16) * 0.05
+        fw = Fp8Format("block").quantize(w)
+        for m in ms:
+            if time.time() > deadline:
+                return
+            x = torch.randn(m, s.k, device="cuda", dtype=torch.bfloat16)
+            xq, sx = quantize_rows(x, "fp8", 128)
+            base = dict(op="block", kind="fp8", shape=s.name, n=s.n, k=s.k, m=m)
+            timed = dict(bf16=bench(lambda: torch.nn.functional.linear(x, w)),
+                         pointer=bench(lambda: scaled_mm(xq, sx, fw.qweight, fw.scales, None, torch.bfloat16, 128,
+                                                         heuristic_config(m, s.n, s.k, 128))))
+            for cfg in BLOCK_SCALE_TILES:
+                timed[str(cfg)] = bench(lambda: scaled_mm(xq, sx, fw.qweight, fw.scales, None, torch.bfloat16, 128, cfg))
+            for name, us in timed.items():
+                rows.append(dict(base, method=name, us=us))
+            print(f"block {s.name:20s} M={m:<5d} " + " ".join(f"{k[:40]} {v:8.1f}" for k, v in timed.items()), flush=True)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--shapes", default="llama3-8b")
     p.add_argument("--m-fp8", default="1024,4096")
     p.add_argument("--m-w4a8", default="1,16,64,256,1024,4096")
     p.add_argument("--tma", action="store_true", help="only the persistent TMA kernel sweep (fp8 + int8)")
+    p.add_argument("--block", action="store_true", help="only fp8 block scales: pointer vs TMA kernel")
     p.add_argument("--m-tma", default="128,256,512,1024,2048,4096,8192")
     p.add_argument("--kinds", default="int8,fp8")
     p.add_argument("--budget", type=float, default=50.0, help="seconds; stops starting new points after it")
@@ -132,6 +157,9 @@ def main():
     rows = []
     t0 = time.time()
     try:
+        if a.block:
+            sweep_block(shapes, parse_m(a.m_tma), rows, t0 + a.budget)
+            return
         if a.tma:
             sweep_tma(shapes, parse_m(a.m_tma), rows, t0 + a.budget, a.kinds.split(","))
             return

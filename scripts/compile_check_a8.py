@@ -66,15 +66,16 @@ def scaled_mm_variant(kind, mode, m, n=4096, k=4096, out="bf16", unpack="prmt", 
     return cfg, compile_fn(scaled_mm_kernel, sig, ce, cfg.num_warps, cfg.num_stages)
 
 
-def scaled_mm_tma_variant(kind, cfg, out="bf16"):
-    """The persistent TMA kernel (``kernels/scaled_mm_tma.py``) for one tile config."""
+def scaled_mm_tma_variant(kind, cfg, out="bf16", scale_block=0):
+    """The persistent TMA kernel (``kernels/scaled_mm_tma.py``) for one tile config (``scale_block`` 128:
+    fp8 block scales)."""
     op = "fp8e4nv" if kind == "fp8" else "i8"
     sig = {"x_desc": f"tensordesc<{op}[{cfg.block_m},{cfg.block_k}]>",
            "w_desc": f"tensordesc<{op}[{cfg.block_n},{cfg.block_k}]>",
            "sx_ptr": "*fp32", "sw_ptr": "*fp32", "b_ptr": f"*{out}", "y_ptr": f"*{out}",
-           "M": "i32", "N": "i32", "K": "i32", "stride_ym": "i32"}
+           "M": "i32", "N": "i32", "K": "i32", "stride_ym": "i32", "stride_sxm": "i32", "stride_swn": "i32"}
     ce = dict(HAS_BIAS=False, ACC_INT=kind == "int8", BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-              BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m)
+              BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, SCALE_BLOCK=scale_block)
     attrs = {(scaled_mm_tma_kernel.arg_names.index(name),): [["tt.divisibility", 16]]
              for name in sig if not name.endswith("_desc")}
     sig.update({k: "constexpr" for k in ce})
@@ -132,6 +133,11 @@ def tma_report(show_loop):
                   f"s{cfg.num_stages} | {usage.split(' CONSTANT')[0]} | MMA {mma} | TMA {tma}")
             if show_loop:
                 print("   ", " ".join(f"{op}:{c}" for op, c in loop_stats(sass).most_common(30)))
+    from lowbit.kernels.scaled_mm_tma import BLOCK_SCALE_TILES
+    for cfg in TMA_CANDIDATES[:2] + BLOCK_SCALE_TILES:
+        hist, usage, _ = sass_histogram(scaled_mm_tma_variant("fp8", cfg, scale_block=128).asm["cubin"])
+        print(f"scaled_mm_tma fp8 block-128 tile {cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} "
+              f"s{cfg.num_stages} | {usage.split(' CONSTANT')[0]} | MMA {hist.get('QGMMA', 0)} QGMMA")
 
 
 def loop_stats(sass):

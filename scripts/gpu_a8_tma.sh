@@ -2,7 +2,7 @@
 # The persistent TMA W8A8 kernel on the GPU, ~8 minutes: the a8 tests, scripts/a8_sweep.py --tma (tiles vs the
 # pointer kernel, _int_mm / _scaled_mm GEMM only, cuBLAS bf16, activation quantization alone), then
 # `lowbit bench --op int8|fp8` through the dispatch on Llama-3 8B + 70B.
-# Usage: COMMIT=<sha> bash scripts/gpu_a8_tma.sh [tests|sweep|bench|all]   -> $OUT/a8_tma_h200.tgz (one archive)
+# Usage: COMMIT=<sha> bash scripts/gpu_a8_tma.sh [tests|sweep|bench|block|all]   -> $OUT/a8_tma_h200.tgz (one archive)
 set -uo pipefail
 OUT=${OUT:-out/gpu}; R="$OUT/a8_tma"; mkdir -p "$R"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src LOWBIT_GIT_COMMIT=${COMMIT:-unknown}
@@ -18,6 +18,11 @@ if [[ $what == sweep || $what == all ]]; then
   timeout $((SWEEP_S + 30)) python3 scripts/a8_sweep.py --tma --shapes llama3-8b,llama3-70b --m-tma "$SWEEP_MS" --budget "$SWEEP_S" \
     --out "$R/tma_sweep.json" > "$R/tma_sweep.txt" 2>&1
   tail -60 "$R/tma_sweep.txt"
+fi
+if [[ $what == block ]]; then  # fp8 128x128 block scales: pointer kernel vs the TMA kernel (opt-in today)
+  timeout $((SWEEP_S + 30)) python3 scripts/a8_sweep.py --block --shapes llama3-8b,llama3-70b --m-tma "$SWEEP_MS" \
+    --budget "$SWEEP_S" --out "$R/block_sweep.json" > "$R/block_sweep.txt" 2>&1
+  tail -40 "$R/block_sweep.txt"
 fi
 if [[ $what == bench || $what == all ]]; then
   for op in int8 fp8; do

@@ -25,7 +25,7 @@ from lowbit.kernels.int4_fp8 import (UNPACK_MAGIC, UNPACK_PRMT, e4m3_bytes, e4m3
 from lowbit.kernels.quant_act import quantize_act
 from lowbit.kernels.scaled_mm import ScaledMMConfig, scaled_mm, scaled_mm_fused_quant, scaled_mm_intx
 from lowbit.kernels.scaled_mm_wgmma import WGMMA_CANDIDATES, WgmmaConfig, instr_n
-from lowbit.kernels.scaled_mm_tma import HEURISTIC_TILES, TMA_CANDIDATES, TmaConfig, heuristic_tma_config, tma_applies
+from lowbit.kernels.scaled_mm_tma import BLOCK_SCALE_TILES, HEURISTIC_TILES, TMA_CANDIDATES, TmaConfig, heuristic_tma_config, tma_applies
 from lowbit.ops_a8 import reference_w4a8, reference_w8a8
 
 from helpers import DEVICE, HAS_CUDA, KERNEL_DTYPES, gpu_only
@@ -319,17 +319,33 @@ def test_tma_applies_and_heuristic():
 @pytest.mark.parametrize("m,config", CONFIGS)
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
 def test_scaled_mm_block_scales(m, config, dtype):
-    n, k = 200, 300  # 2 x 3 weight blocks, short edge blocks
+    cfg = ScaledMMConfig(config.block_m, config.block_n, min(config.block_k, 128), config.split_k, config.group_m,
+                         config.num_warps, config.num_stages, config.swap_ab)
+    _run_block_scales(m, 300, cfg, dtype)
+
+
+def _run_block_scales(m, k, cfg, dtype):
+    """fp8 128 x 128 weight blocks x 1 x 128 activation blocks against the fp32 oracle."""
+    n = 200  # 2 x 3 weight blocks, short edge blocks
     x = torch.randn(m, k, generator=_gen(10))
     x[:, 128:256] *= 30  # blocks with different scales: a wrong block index is visible
     w = torch.randn(n, k, generator=_gen(11)) * 0.05
     w[128:] *= 10
     fw = Fp8Format("block").quantize(w)
     xq, sx = quantize_rows(x, "fp8", 128)
-    cfg = ScaledMMConfig(config.block_m, config.block_n, min(config.block_k, 128), config.split_k, config.group_m,
-                         config.num_warps, config.num_stages, config.swap_ab)
     y = scaled_mm(xq.to(DEVICE), sx.to(DEVICE), fw.qweight.to(DEVICE), fw.scales.to(DEVICE), None, dtype, 128, cfg)
     _check_gemm(y.cpu(), _ref_y(dequantize_rows(xq, sx, 128), fw.dequantize()), k, dtype)
+
+
+@fp8_dev
+@pytest.mark.parametrize("m,cfg", [pytest.param(130, TmaConfig(64, 64, 64, 2, 4, 3), id="m130-64x64x64"),
+                                   pytest.param(70, TmaConfig(32, 128, 128, 1, 4, 2), id="m70-32x128x128"),
+                                   pytest.param(300, BLOCK_SCALE_TILES[0], id="m300-default", marks=gpu_only),
+                                   pytest.param(300, BLOCK_SCALE_TILES[1], id="m300-64x128", marks=gpu_only)])
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+def test_scaled_mm_tma_block_scales(m, cfg, dtype):
+    """The persistent TMA kernel with fp8 block scales (opt-in through a TmaConfig)."""
+    _run_block_scales(m, 304, cfg, dtype)
 
 
 @fp8_dev

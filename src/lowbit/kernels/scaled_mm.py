@@ -300,10 +300,10 @@ def scaled_mm(xq: torch.Tensor, sx: torch.Tensor, wq: torch.Tensor, sw: torch.Te
                              "least STAGES - 1 K tiles and K-contiguous 16-byte aligned operands")
         return scaled_mm_wgmma(xq, sx, wq, sw, bias, out_dtype, config)
     if isinstance(config, TmaConfig) or (config is None and tma_applies(m, k, xq, wq, block)):
-        if not tma_applies(max(m, 65), k, xq, wq, block):
-            raise ValueError("the TMA kernel needs row-wise scales, K % 16 == 0, K-contiguous 16-byte aligned "
-                             "operands and an sm_90+ GPU")
-        return scaled_mm_tma(xq, sx, wq, sw, bias, out_dtype, config)
+        if not tma_applies(max(m, 65), k, xq, wq, block, allow_block=True):
+            raise ValueError("the TMA kernel needs K % 16 == 0, K-contiguous 16-byte aligned operands and an "
+                             "sm_90+ GPU")
+        return scaled_mm_tma(xq, sx, wq, sw, bias, out_dtype, config, block)
     cfg = config or heuristic_config(m, n, k, block or 128)
     if block is not None and block % cfg.block_k:
         raise ValueError(f"BLOCK_K={cfg.block_k} must divide the scale block {block}")

@@ -12,7 +12,10 @@ per-token scale sx (M,) fp32 and per-channel scale sw (N,) fp32 are applied once
 then the bias, then a masked store of Y (M, N) row-major (ragged M / N tails: the TMA pads
 out-of-bounds rows and the K tail with zeros).
 
-Requirements (``tma_applies``): row-wise scales only, K * 1 byte and the base pointers 16-byte
+Fp8 128 x 128 block scales (``SCALE_BLOCK``) are supported when a ``TmaConfig`` asks for them (CPU-tested,
+not measured on a GPU yet; the default dispatch keeps them on the pointer kernel).
+
+Requirements (``tma_applies``): row-wise scales by default, K * 1 byte and the base pointers 16-byte
 aligned (K % 16 == 0), M > 64 (below, the swap-AB tiles of ``scaled_mm`` win), an sm_90+ GPU or the
 Triton interpreter. Everything else goes to ``kernels/scaled_mm.py``.
 """
@@ -44,29 +47,41 @@ class TmaConfig:
 
 
 @triton.jit
-def scaled_mm_tma_kernel(x_desc, w_desc, sx_ptr, sw_ptr, b_ptr, y_ptr, M, N, K, stride_ym,
+def scaled_mm_tma_kernel(x_desc, w_desc, sx_ptr, sw_ptr, b_ptr, y_ptr, M, N, K, stride_ym, stride_sxm, stride_swn,
                          HAS_BIAS: tl.constexpr, ACC_INT: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                         GROUP_M: tl.constexpr):
-    """Program p of P computes tiles p, p + P, ... (grouped order, ``epilogue.grouped_tile_ids``)."""
+                         GROUP_M: tl.constexpr, SCALE_BLOCK: tl.constexpr = 0):
+    """Program p of P computes tiles p, p + P, ... (grouped order, ``epilogue.grouped_tile_ids``).
+    SCALE_BLOCK 0: row-wise scales, sx (M,) and sw (N,) in the epilogue. SCALE_BLOCK B (fp8, BLOCK_K | B):
+    sx (M, ceil(K/B)) row stride stride_sxm, sw (ceil(N/B), ceil(K/B)) row stride stride_swn; each K step's
+    partial product (a fresh fp32 accumulator) is scaled by sx[m, kb] sw[n // B, kb] and added."""
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
     ACC_TY: tl.constexpr = tl.int32 if ACC_INT else tl.float32
     for tile in tl.range(tl.program_id(0), num_m * num_n, tl.num_programs(0), flatten=True):
         pid_m, pid_n = grouped_tile_ids(tile, num_m, num_n, GROUP_M)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TY)
-        for kt in range(k_tiles):
-            x = x_desc.load([pid_m * BLOCK_M, kt * BLOCK_K])
-            w = w_desc.load([pid_n * BLOCK_N, kt * BLOCK_K])
-            acc = tl.dot(x, w.T, acc, out_dtype=ACC_TY)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_m = offs_m < M
         mask_n = offs_n < N
-        sx = tl.load(sx_ptr + offs_m, mask=mask_m, other=0.0)
-        sw = tl.load(sw_ptr + offs_n, mask=mask_n, other=0.0)
-        out = acc.to(tl.float32) * sx[:, None] * sw[None, :]
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TY)
+        for kt in range(k_tiles):
+            x = x_desc.load([pid_m * BLOCK_M, kt * BLOCK_K])
+            w = w_desc.load([pid_n * BLOCK_N, kt * BLOCK_K])
+            if SCALE_BLOCK == 0:
+                acc = tl.dot(x, w.T, acc, out_dtype=ACC_TY)
+            else:
+                kb = (kt * BLOCK_K) // SCALE_BLOCK
+                fx = tl.load(sx_ptr + offs_m * stride_sxm + kb, mask=mask_m, other=0.0)
+                fw = tl.load(sw_ptr + (offs_n // SCALE_BLOCK) * stride_swn + kb, mask=mask_n, other=0.0)
+                acc += tl.dot(x, w.T, out_dtype=tl.float32) * fx[:, None] * fw[None, :]
+        if SCALE_BLOCK == 0:
+            sx = tl.load(sx_ptr + offs_m, mask=mask_m, other=0.0)
+            sw = tl.load(sw_ptr + offs_n, mask=mask_n, other=0.0)
+            out = acc.to(tl.float32) * sx[:, None] * sw[None, :]
+        else:
+            out = acc
         if HAS_BIAS:
             out += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], out.to(y_ptr.dtype.element_ty),
@@ -99,9 +114,14 @@ def tma_operands_ok(k: int, xq: torch.Tensor, wq: torch.Tensor) -> bool:
     return not (xq.data_ptr() % 16 or wq.data_ptr() % 16 or xq.stride(0) % 16 or wq.stride(0) % 16)
 
 
-def tma_applies(m: int, k: int, xq: torch.Tensor, wq: torch.Tensor, block: Optional[int]) -> bool:
-    """True when the persistent TMA kernel may run this problem (see the module docstring)."""
-    if TensorDescriptor is None or block is not None or m <= 64 or not tma_operands_ok(k, xq, wq):
+def tma_applies(m: int, k: int, xq: torch.Tensor, wq: torch.Tensor, block: Optional[int],
+                allow_block: bool = False) -> bool:
+    """True when the persistent TMA kernel may run this problem (see the module docstring). Block scales
+    (``allow_block``, fp8 128 x 128 blocks) run only when a ``TmaConfig`` asks for them: CPU-tested, not
+    yet measured against the pointer kernel on a GPU."""
+    if TensorDescriptor is None or m <= 64 or not tma_operands_ok(k, xq, wq):
+        return False
+    if block is not None and not (allow_block and block % 16 == 0):
         return False
     if xq.is_cuda:
         return torch.cuda.get_device_capability(xq.device)[0] >= 9
@@ -124,6 +144,11 @@ HEURISTIC_TILES = (
 )
 
 
+# Block scales keep a second fp32 accumulator (the step's partial product): 128 x 256 tiles spill on sm_90
+# (compile_check_a8 --tma: 255 registers + 120 bytes of stack), so they take 128 x 128 tiles
+BLOCK_SCALE_TILES = (TmaConfig(128, 128, 128, 8, 8, 4), TmaConfig(64, 128, 128, 8, 4, 4))
+
+
 def heuristic_tma_config(m: int, n: int, k: int, sms: int = 132) -> TmaConfig:
     """Hand-chosen tile (no tuning on the call path): the one with the fewest estimated SM-time units,
     waves x tile area / relative tile throughput (a wave quantization model)."""
@@ -137,12 +162,15 @@ def heuristic_tma_config(m: int, n: int, k: int, sms: int = 132) -> TmaConfig:
 
 def scaled_mm_tma(xq: torch.Tensor, sx: torch.Tensor, wq: torch.Tensor, sw: torch.Tensor,
                   bias: Optional[torch.Tensor], out_dtype: torch.dtype,
-                  config: Optional[TmaConfig] = None) -> torch.Tensor:
-    """Row-wise W8A8 through the persistent TMA kernel: xq (M, K), wq (N, K) fp8 or int8, sx (M,), sw (N,)
-    fp32. The caller checks ``tma_applies``."""
+                  config: Optional[TmaConfig] = None, block: Optional[int] = None) -> torch.Tensor:
+    """W8A8 through the persistent TMA kernel: xq (M, K), wq (N, K) fp8 or int8; row-wise sx (M,), sw (N,)
+    fp32, or (``block`` B, fp8) sx (M, ceil(K/B)), sw (ceil(N/B), ceil(K/B)). The caller checks
+    ``tma_applies``."""
     m, k = xq.shape
     n = wq.shape[0]
-    cfg = config or heuristic_tma_config(m, n, k, num_sms(xq.device))
+    cfg = config or (BLOCK_SCALE_TILES[0] if block else heuristic_tma_config(m, n, k, num_sms(xq.device)))
+    if block is not None and block % cfg.block_k:
+        raise ValueError(f"BLOCK_K={cfg.block_k} must divide the scale block {block}")
     y = torch.empty((m, n), device=xq.device, dtype=out_dtype)
     x_desc = TensorDescriptor(xq, [m, k], [xq.stride(0), 1], [cfg.block_m, cfg.block_k])
     w_desc = TensorDescriptor(wq, [n, k], [wq.stride(0), 1], [cfg.block_n, cfg.block_k])
@@ -150,7 +178,8 @@ def scaled_mm_tma(xq: torch.Tensor, sx: torch.Tensor, wq: torch.Tensor, sw: torc
     sms = min(num_sms(xq.device), tiles)
     scaled_mm_tma_kernel[(sms,)](
         x_desc, w_desc, sx, sw, bias if bias is not None else sw, y, m, n, k, y.stride(0),
-        HAS_BIAS=bias is not None, ACC_INT=xq.dtype == torch.int8,
+        sx.stride(0), sw.stride(0), HAS_BIAS=bias is not None, ACC_INT=xq.dtype == torch.int8,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+        SCALE_BLOCK=block or 0,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return y
