@@ -61,10 +61,6 @@ def scaled_mm_tma_kernel(x_desc, w_desc, sx_ptr, sw_ptr, b_ptr, y_ptr, M, N, K, 
     ACC_TY: tl.constexpr = tl.int32 if ACC_INT else tl.float32
     for tile in tl.range(tl.program_id(0), num_m * num_n, tl.num_programs(0), flatten=True):
         pid_m, pid_n = grouped_tile_ids(tile, num_m, num_n, GROUP_M)
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_m = offs_m < M
-        mask_n = offs_n < N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_TY)
         for kt in range(k_tiles):
             x = x_desc.load([pid_m * BLOCK_M, kt * BLOCK_K])
@@ -73,9 +69,15 @@ def scaled_mm_tma_kernel(x_desc, w_desc, sx_ptr, sw_ptr, b_ptr, y_ptr, M, N, K, 
                 acc = tl.dot(x, w.T, acc, out_dtype=ACC_TY)
             else:
                 kb = (kt * BLOCK_K) // SCALE_BLOCK
-                fx = tl.load(sx_ptr + offs_m * stride_sxm + kb, mask=mask_m, other=0.0)
-                fw = tl.load(sw_ptr + (offs_n // SCALE_BLOCK) * stride_swn + kb, mask=mask_n, other=0.0)
+                rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+                cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+                fx = tl.load(sx_ptr + rows * stride_sxm + kb, mask=rows < M, other=0.0)
+                fw = tl.load(sw_ptr + (cols // SCALE_BLOCK) * stride_swn + kb, mask=cols < N, other=0.0)
                 acc += tl.dot(x, w.T, out_dtype=tl.float32) * fx[:, None] * fw[None, :]
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_m = offs_m < M
+        mask_n = offs_n < N
         if SCALE_BLOCK == 0:
             sx = tl.load(sx_ptr + offs_m, mask=mask_m, other=0.0)
             sw = tl.load(sw_ptr + offs_n, mask=mask_n, other=0.0)
