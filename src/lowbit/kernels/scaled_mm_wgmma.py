@@ -12,8 +12,9 @@ Memory layout: Xq (M, K) and Wq (N, K) K-contiguous int8 or fp8 e4m3 (both wgmma
 only form 8-bit wgmma takes), read through Gluon ``TensorDescriptor`` s with NVMMA-swizzled shared
 layouts; Y (M, N) row-major. Persistent: one program per SM walks the output tiles in grouped order;
 per-token sx (M,) and per-channel sw (N,) fp32 are applied in the epilogue (int32 or fp32 accumulator
--> fp32 -> scales -> bias -> Y's dtype), stored from the MMA layout with masks (ragged M / N; the TMA
-zero-fills the K tail and rows past M / N).
+-> fp32 -> scales -> bias -> Y's dtype), converted through shared memory to 16-byte row segments
+(``coalesced_store``) and stored with masks (ragged M / N; the TMA zero-fills the K tail and rows past
+M / N). The next tile's first STAGES - 1 loads are issued before this tile's epilogue.
 
 Runs on sm_90 GPUs only (no interpreter): ``wgmma_applies`` says when; elsewhere ``scaled_mm`` uses
 ``kernels/scaled_mm_tma.py`` or the pointer kernel.
