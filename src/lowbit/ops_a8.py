@@ -17,6 +17,7 @@ operands, so it differs from the kernels only by summation order.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -88,8 +89,6 @@ def _problem(kind: str, x2d: torch.Tensor, n: int) -> dispatch.A8Problem:
 def fused_quant_max_m() -> int:
     """Largest M whose activation quantization runs inside the GEMM prologue (one launch instead of two);
     ``LOWBIT_FUSED_QUANT_MAX_M`` overrides the measured default (0 turns the fusion off)."""
-    import os
-
     return int(os.environ.get("LOWBIT_FUSED_QUANT_MAX_M", FUSED_QUANT_MAX_M))
 
 

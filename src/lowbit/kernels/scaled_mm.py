@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..formats.act8 import AMAX_FLOOR, qmax
 from .epilogue import grouped_tile_ids, split_k_tiles, write_output
 from .launch import split_k_counters
 from .int4_fp8 import default_unpack, e4m3_tables, intx_operand
@@ -258,8 +259,6 @@ FUSED_QUANT_MAX_M = 0
 
 def _quant_x_meta(kind: str, m: int, k: int, cfg: ScaledMMConfig) -> dict:
     """Constexprs of the QUANT_X prologue for activations quantized to ``kind`` (fp8 / int8)."""
-    from ..formats.act8 import AMAX_FLOOR, qmax
-
     rows = min(cfg.block_m, triton.next_power_of_2(m))
     return dict(QUANT_X=True, ACC_INT=kind == "int8", QMAX=qmax(kind), FLOOR=AMAX_FLOOR, QUANT_ROWS=rows,
                 QUANT_CHUNK=max(128, min(2048 // rows, triton.next_power_of_2(k))))
@@ -293,17 +292,20 @@ def scaled_mm(xq: torch.Tensor, sx: torch.Tensor, wq: torch.Tensor, sw: torch.Te
     (``kernels/scaled_mm_tma.py``) when ``tma_applies``; a ``WgmmaConfig`` / ``TmaConfig`` forces one."""
     m, k = xq.shape
     n = wq.shape[0]
-    if isinstance(config, WgmmaConfig) or (config is None and xq.dtype == torch.int8 and wgmma_preferred(m, k)
-                                            and wgmma_applies(m, k, xq, wq, block)):
+    if isinstance(config, WgmmaConfig):  # forced: any M, but the kernel's other requirements hold
         if not wgmma_applies(max(m, 65), k, xq, wq, block, config):
             raise ValueError("the Gluon wgmma kernel needs an sm_90 GPU, row-wise scales, K % 16 == 0 with at "
                              "least STAGES - 1 K tiles and K-contiguous 16-byte aligned operands")
         return scaled_mm_wgmma(xq, sx, wq, sw, bias, out_dtype, config)
-    if isinstance(config, TmaConfig) or (config is None and tma_applies(m, k, xq, wq, block)):
+    if isinstance(config, TmaConfig):
         if not tma_applies(max(m, 65), k, xq, wq, block, allow_block=True):
             raise ValueError("the TMA kernel needs K % 16 == 0, K-contiguous 16-byte aligned operands and an "
                              "sm_90+ GPU")
         return scaled_mm_tma(xq, sx, wq, sw, bias, out_dtype, config, block)
+    if config is None and xq.dtype == torch.int8 and wgmma_preferred(m, k) and wgmma_applies(m, k, xq, wq, block):
+        return scaled_mm_wgmma(xq, sx, wq, sw, bias, out_dtype)
+    if config is None and tma_applies(m, k, xq, wq, block):
+        return scaled_mm_tma(xq, sx, wq, sw, bias, out_dtype)
     cfg = config or heuristic_config(m, n, k, block or 128)
     if block is not None and block % cfg.block_k:
         raise ValueError(f"BLOCK_K={cfg.block_k} must divide the scale block {block}")

@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 import triton
 
-from .scaled_mm_tma import tma_operands_ok
+from .scaled_mm_tma import num_sms, tma_operands_ok
 
 try:  # Gluon ships with Triton >= 3.5
     from triton.experimental import gluon
@@ -199,9 +199,8 @@ def scaled_mm_wgmma(xq: torch.Tensor, sx: torch.Tensor, wq: torch.Tensor, sw: to
     w_desc = GluonDescriptor(wq, [n, k], [wq.stride(0), 1], [cfg.block_n, cfg.block_k], w_layout)
     y = torch.empty((m, n), device=xq.device, dtype=out_dtype)
     tiles = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
-    sms = torch.cuda.get_device_properties(xq.device).multi_processor_count
     int8 = xq.dtype == torch.int8
-    scaled_mm_wgmma_kernel[(min(sms, tiles),)](
+    scaled_mm_wgmma_kernel[(min(num_sms(xq.device), tiles),)](
         x_desc, w_desc, sx, sw, bias if bias is not None else sw, y, m, n, k, y.stride(0),
         HAS_BIAS=bias is not None, ACC_INT=int8, GROUP_M=cfg.group_m, STAGES=cfg.stages,
         INSTR_N=instr_n(cfg.block_n, int8), num_warps=cfg.num_warps, COALESCED_STORE=cfg.coalesced_store)
