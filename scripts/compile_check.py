@@ -26,7 +26,7 @@ from lowbit.kernels.sparse24 import gemm_sparse24_kernel, gemv_sparse24_kernel
 from lowbit.kernels.unpack import plane_constexprs
 
 SIG = {"x_ptr": "*fp16", "qw_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*u8", "t_ptr": "*" + os.environ.get("LUT_TABLE", "fp32"), "b_ptr": "*fp16",
-       "y_ptr": "*fp16", "ws_ptr": "*fp32", "cnt_ptr": "*i32",
+       "y_ptr": "*fp16", "ws_ptr": "*fp32", "cnt_ptr": "*i32", "xs_ptr": "*fp32",
        "M": "i32", "N": "i32", "K": "i32", "Kp": "i32", "stride_xm": "i32", "stride_xk": "i32",
        "stride_qk": "i32", "stride_sg": "i32", "stride_tg": "i32", "stride_tn": "i32", "stride_ws": "i32",
        "stride_ym": "i32", "magic": "i32", "m_ptr": "*i32", "stride_mk": "i32"}
@@ -38,12 +38,13 @@ GROUPED_SIG = {**{k: v for k, v in SIG.items() if k.endswith("_ptr")}, "off_ptr"
                                      "stride_be", "stride_ws", "stride_ym", "magic")}}
 
 
-def compile_kernel(fn, constexprs, num_warps, num_stages, dtype="fp16", base_sig=None, div16=True):
+def compile_kernel(fn, constexprs, num_warps, num_stages, dtype="fp16", base_sig=None, div16=True, sig_override=None):
     """div16: mark pointers and integer sizes/strides as multiples of 16, as Triton's launcher does on
     the GPU for arguments that are (Llama shapes); without it loads are compiled for the unaligned case."""
     sig = {k: v for k, v in (base_sig or SIG).items() if k in fn.arg_names}
     for k in ("x_ptr", "s_ptr", "b_ptr", "y_ptr") + (("rw_ptr",) if "rw_ptr" in sig else ()):
         sig[k] = f"*{dtype}"
+    sig.update(sig_override or {})
     sig.update({k: "constexpr" for k in constexprs})
     attrs = {}
     if div16:
@@ -104,6 +105,7 @@ def main():
     p.add_argument("--row-reps", type=int, default=0, help="gemm packed: fragment_rows order (0 = natural)")
     p.add_argument("--scale-after", action="store_true", help="gemm packed: scale the MMA result per K tile")
     p.add_argument("--mma-words", action="store_true", help="gemm / grouped: 4-bit words in the mma word order")
+    p.add_argument("--x-fp8", action="store_true", help="gemm: fp8 X with per-token scales (X_SCALE, W4A8 small M)")
     p.add_argument("--even", action="store_true", help="gemm: N % BLOCK_N == 0 and K % BLOCK_K == 0 (no masks)")
     p.add_argument("--gemv", action="store_true", help="grouped: the CUDA-core (GEMV) K loop instead of tensor cores")
     p.add_argument("--experts", type=int, default=8, help="grouped: E")
@@ -119,7 +121,7 @@ def main():
     if a.kernel == "gemv":
         ce.update(NUM_STAGES=1 if a.prefetch else a.stages, PREFETCH=a.prefetch, EVEN_K=True)
     if a.kernel == "gemm":
-        ce.update(GROUP_M=8, INT_ZERO=True, PREFETCH=False, PACKED=a.asm4, INLINE_ASM=a.asm4, EVEN_N=a.even, EVEN_K=a.even, ROW_REPS=a.row_reps, SCALE_AFTER=a.scale_after, MMA_WORDS=a.mma_words)
+        ce.update(GROUP_M=8, INT_ZERO=True, PREFETCH=False, PACKED=a.asm4, INLINE_ASM=a.asm4, EVEN_N=a.even, EVEN_K=a.even, ROW_REPS=a.row_reps, SCALE_AFTER=a.scale_after, MMA_WORDS=a.mma_words, X_SCALE=a.x_fp8)
     base_sig = None
     if a.kernel == "grouped":
         del ce["LUT"]  # affine codes only
@@ -134,7 +136,8 @@ def main():
         ce.update(NUM_STAGES=a.stages, EVEN_K=True) if a.kernel == "sparse24_gemv" else ce.update(GROUP_M=8)
     fn = {"gemv": gemv_wxa16_kernel, "gemm": gemm_wxa16_kernel, "grouped": grouped_wxa16_kernel,
           "sparse24_gemv": gemv_sparse24_kernel, "sparse24_gemm": gemm_sparse24_kernel}[a.kernel]
-    k = compile_kernel(fn, ce, a.warps, a.stages, a.dtype, base_sig)
+    k = compile_kernel(fn, ce, a.warps, a.stages, a.dtype, base_sig,
+                       sig_override={"x_ptr": "*fp8e4nv"} if a.x_fp8 else None)
     hist, usage, sass = sass_histogram(k.asm["cubin"])
     print(usage)
     print(" ".join(f"{op}:{c}" for op, c in hist.most_common(40)))

@@ -5,6 +5,7 @@ The Triton interpreter does int8 and fp8 tl.dot exactly, but its fp32 -> fp8 cas
 rounding carries into the exponent (it returns half the value) and flushes subnormals, so fp8
 *quantization* is checked bit-exactly on the GPU only; on the CPU the GEMMs get torch-quantized operands.
 """
+import dataclasses
 import json
 import math
 
@@ -15,11 +16,12 @@ import triton
 import triton.language as tl
 
 import lowbit
-from lowbit import ops
+from lowbit import ops, ops_a8
 from lowbit.errors import FormatError, InputError, UnsupportedError
 from lowbit.formats import Fp8Format, Int8Format, IntxFormat
 from lowbit.formats.act8 import dequantize_rows, quantize_rows
 from lowbit.formats.intx import symmetric_zero
+from lowbit.kernels.gemm import gemm_wxa16, scaled_x_config
 from lowbit.kernels.int4_fp8 import (UNPACK_MAGIC, UNPACK_PRMT, e4m3_bytes, e4m3_tables, intx_operand, load_tables,
                                      signed_words, table_words)
 from lowbit.kernels.quant_act import quantize_act
@@ -365,6 +367,58 @@ def test_scaled_mm_w4a8(m, config, group_size, symmetric, dtype, unpack):
     y = scaled_mm_intx(xq.to(DEVICE), sx.to(DEVICE), qw.qweight, qw.scales, qw.zeros, None, 4,
                        group_size or (1 << 30), 8, n, dtype, cfg, unpack=unpack)
     _check_gemm(y.cpu(), _ref_y(dequantize_rows(xq, sx), qw.dequantize().cpu()), k, dtype)
+
+
+@fp8_dev
+@pytest.mark.parametrize("m,split_k", [(1, 3), (5, 1), (17, 2), (40, 1)])
+@pytest.mark.parametrize("group_size,symmetric", [(64, False), (32, True), (128, False), (None, False), (None, True)])
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+def test_gemm_scaled_x(m, split_k, group_size, symmetric, dtype):
+    """W4A8 at small M: fp8 X on the packed 16-bit GEMM (``gemm_wxa16(x_scale=)``), one group per K tile,
+    per-token scales and bias in the epilogue, K and N tails; against the fp32 product of the quantized
+    operands (rows of very different scale: a scale applied to the wrong row is visible)."""
+    n, k = 72, 300
+    qw = IntxFormat(4, group_size, symmetric, "int", dtype).quantize(torch.randn(n, k, generator=_gen(30)) * 0.05)
+    x = torch.randn(m, k, generator=_gen(31))
+    x[::2] *= 40
+    xq, sx = quantize_rows(x, "fp8")
+    bias = torch.randn(n, generator=_gen(32)).to(dtype)
+    group_len = group_size or (1 << 30)
+    qw, xqd = qw.to(DEVICE), xq.to(DEVICE)
+    cfg = scaled_x_config(m, n, k, 4, group_len, qw.zeros, 8, xqd)
+    assert cfg is not None and cfg.block_k <= group_len and group_len % cfg.block_k == 0
+    y = gemm_wxa16(xqd, qw.qweight, qw.scales, qw.zeros, bias.to(DEVICE), 4, group_len, 8, n,
+                   config=dataclasses.replace(cfg, split_k=split_k), x_scale=sx.to(DEVICE), out_dtype=dtype)
+    assert y.dtype == dtype and y.shape == (m, n)
+    _check_gemm(y.cpu(), _ref_y(dequantize_rows(xq, sx), qw.dequantize().cpu(), bias.float()), k, dtype)
+
+
+def test_scaled_x_config_falls_back():
+    """No packed path for 3-bit natural words or a prefetching table config: the fp8 kernel keeps them."""
+    x = torch.zeros(4, 256, dtype=torch.float16)
+    z = torch.zeros(1, 1, dtype=torch.uint8)
+    assert scaled_x_config(4, 64, 256, 3, 64, z, 4, x) is None
+    cfg = scaled_x_config(4, 64, 256, 4, 32, z, 8, x)
+    assert cfg is not None and cfg.block_k == 32 and not cfg.prefetch
+
+
+@fp8_dev
+@pytest.mark.parametrize("m", [1, 6])
+def test_linear_w4a8_paths_agree(m):
+    """The op's two kernels (packed 16-bit GEMM at small M, fp8 tensor cores above the threshold) compute
+    the same products: equal to output rounding, each within 2 eps of the reference."""
+    dtype = torch.float16
+    qw = IntxFormat(4, 64, False, "int", dtype).quantize(torch.randn(72, 300, generator=_gen(33)) * 0.05).to(DEVICE)
+    x = torch.randn(m, 300, generator=_gen(34)).to(DEVICE, dtype)
+    b = torch.randn(72, generator=_gen(35)).to(DEVICE, dtype)
+    args = (x, qw.qweight, qw.scales, qw.zeros, b, 4, 64, 300)
+    y_packed = ops_a8.linear_w4a8_fp8_eager(*args, packed_max_m=64)
+    y_fp8 = ops_a8.linear_w4a8_fp8_eager(*args, packed_max_m=0)
+    tol = 2 * torch.finfo(dtype).eps
+    assert _rel(y_packed.float(), y_fp8.float()) <= tol
+    if HAS_FP8_MMA:  # the interpreter's fp8 activation quantization is off (module docstring)
+        ref = reference_w4a8(*args)
+        assert _rel(y_packed.float(), ref.float()) <= tol and _rel(y_fp8.float(), ref.float()) <= tol
 
 
 @fp8_dev

@@ -29,10 +29,14 @@ from .formats.fp8 import BLOCK
 from .formats.intx import IntxWeight, symmetric_zero
 from .kernels.quant_act import act_scale_shape, quantize_act as quantize_act_triton
 from .kernels.scaled_mm import FUSED_QUANT_MAX_M, scaled_mm, scaled_mm_fused_quant, scaled_mm_intx
+from .kernels.gemm import gemm_wxa16, scaled_x_config
 from .ops import dense_reference, flatten_apply
 
 PER_CHANNEL_GROUP_LEN = 1 << 30
 W4A8_MAX_BITS = 4  # q - z in [-15, 15]: exact in e4m3 (integers up to 16 are)
+# W4A8 problems with M <= this run on the packed 16-bit GEMM with fp8 X (``w4a8_packed_max_m``); above,
+# the fp8 tensor-core kernel (``scaled_mm_intx``). Placeholder until the H200 run measures both.
+W4A8_PACKED_MAX_M = 64
 
 
 def _kind_of(qweight: torch.Tensor) -> str:
@@ -212,20 +216,35 @@ def reference_w4a8(x2d, qweight, scales, zeros, bias, bits, group_size, in_featu
     return dense_reference(dequantize_rows(xq, sx), w, bias, x2d.dtype)
 
 
-def linear_w4a8_fp8_eager(x, qweight, scales, zeros, bias, bits, group_size, in_features) -> torch.Tensor:
+def w4a8_packed_max_m() -> int:
+    """Largest M whose W4A8 product runs on the packed 16-bit GEMM (``kernels.gemm.gemm_wxa16`` with
+    ``x_scale``) instead of the fp8 tensor-core kernel; ``LOWBIT_W4A8_PACKED_MAX_M`` overrides."""
+    return int(os.environ.get("LOWBIT_W4A8_PACKED_MAX_M", W4A8_PACKED_MAX_M))
+
+
+def linear_w4a8_fp8_eager(x, qweight, scales, zeros, bias, bits, group_size, in_features,
+                          packed_max_m: Optional[int] = None) -> torch.Tensor:
+    """``packed_max_m`` overrides ``w4a8_packed_max_m()`` (benchmarks compare the two kernels)."""
     _validate_w4a8(x, qweight, scales, zeros, bias, bits, group_size, in_features)
     n = qweight.shape[1]
+    group_len = group_size or PER_CHANNEL_GROUP_LEN
+    sym_zero = int(symmetric_zero(bits))
+    max_m = w4a8_packed_max_m() if packed_max_m is None else packed_max_m
 
     def run(x2d):
         backend = dispatch.select_a8(_problem("w4a8", x2d, n))
         if backend == "reference":
             return reference_w4a8(x2d, qweight, scales, zeros, bias, bits, group_size, in_features)
-        if _fuse_quant(x2d, 0, None):
-            return scaled_mm_intx(x2d, None, qweight, scales, zeros, bias, bits, group_size or PER_CHANNEL_GROUP_LEN,
-                                  int(symmetric_zero(bits)), n, x2d.dtype, x_kind="fp8")
+        m = x2d.shape[0]
+        cfg = scaled_x_config(m, n, in_features, bits, group_len, zeros, sym_zero, x2d) if m <= max_m else None
+        if cfg is None and _fuse_quant(x2d, 0, None):
+            return scaled_mm_intx(x2d, None, qweight, scales, zeros, bias, bits, group_len, sym_zero, n, x2d.dtype,
+                                  x_kind="fp8")
         xq, sx = _quantize_2d(x2d, "fp8", 0, None, backend)
-        return scaled_mm_intx(xq, sx, qweight, scales, zeros, bias, bits, group_size or PER_CHANNEL_GROUP_LEN,
-                              int(symmetric_zero(bits)), n, x2d.dtype)
+        if cfg is not None:  # the same products on 16-bit MMAs (exact), scaled per K tile and per token
+            return gemm_wxa16(xq, qweight, scales, zeros, bias, bits, group_len, sym_zero, n, config=cfg,
+                              x_scale=sx, out_dtype=x2d.dtype)
+        return scaled_mm_intx(xq, sx, qweight, scales, zeros, bias, bits, group_len, sym_zero, n, x2d.dtype)
 
     return flatten_apply(x, in_features, n, run)
 

@@ -47,14 +47,19 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr,
                     PACKED: tl.constexpr = False, INLINE_ASM: tl.constexpr = False,
                     EVEN_K: tl.constexpr = False, ROW_REPS: tl.constexpr = 0, SCALE_AFTER: tl.constexpr = False,
-                    MMA_WORDS: tl.constexpr = False):
+                    MMA_WORDS: tl.constexpr = False, OP_DTYPE: tl.constexpr = None):
     """Y^T tile [BLOCK_N, BLOCK_M] (fp32) over the K tiles [t0, t1): rows ``offs_m`` of X (any row
     indices: the grouped kernel passes gathered token rows) times output channels ``offs_n`` of W.
     PACKED (``packed_applies``: codes of one P0-bit plane, integer zeros or a 4-bit table): the packed
     dequantization of ``unpack.dequant_packed`` / ``lut4_packed`` (PTX when INLINE_ASM).
     MMA_WORDS: words in the mma word order (``formats.intx.to_mma_words``): the packed path takes X in
     natural order (4-bit natural words: X permuted by ``mma_k_order``), the generic one gathers X rows
-    through ``unpack.natural_k``."""
+    through ``unpack.natural_k``.
+    OP_DTYPE: the MMA operand dtype (default X's); X tiles are cast to it after the load (fp8 X, W4A8)."""
+    if OP_DTYPE is None:
+        CDT: tl.constexpr = x_ptr.dtype.element_ty
+    else:
+        CDT: tl.constexpr = OP_DTYPE
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     if PACKED:
         # GPT groups per K tile (GROUP_LEN < BLOCK_K, GROUP_LEN % 32 == 0): scales per word-row
@@ -65,7 +70,7 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
         POST_SCALE: tl.constexpr = SCALE_AFTER and GPT == 1
         if LUT:  # one global table or one per channel (stride_tn 0 or 16), constant along K
             t_rows = tl.where(mask_n, offs_n * stride_tn, 0)
-            tw = lut4_table_words(t_ptr, t_rows, mask_n, x_ptr.dtype.element_ty, ROW_REPS)
+            tw = lut4_table_words(t_ptr, t_rows, mask_n, CDT, ROW_REPS)
             t_rows = t_rows[None, :]
             if ROW_REPS > 0:
                 t_rows = fragment_rows(t_rows, ROW_REPS)
@@ -98,18 +103,19 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
                 s = tl.reshape(tl.broadcast_to(s[:, None, :], (GPT, R // GPT, BLOCK_N)), (R, BLOCK_N))
                 z = tl.reshape(tl.broadcast_to(z[:, None, :], (GPT, R // GPT, BLOCK_N)), (R, BLOCK_N))
             if LUT:
-                w = lut4_packed(words, t_ptr, t_rows, tw, s, x_ptr.dtype.element_ty, INLINE_ASM, not POST_SCALE)
+                w = lut4_packed(words, t_ptr, t_rows, tw, s, CDT, INLINE_ASM, not POST_SCALE)
             elif P1 == 0:
-                w = dequant_packed(words, s, z, x_ptr.dtype.element_ty, INLINE_ASM, not POST_SCALE, P0)
+                w = dequant_packed(words, s, z, CDT, INLINE_ASM, not POST_SCALE, P0)
             else:  # several planes (one group per tile): (q0 - z) + 2**P0 q1 (+ 2**(P0+P1) q2), exact in 16 bits
-                w = dequant_packed(words, s, z, x_ptr.dtype.element_ty, INLINE_ASM, False, P0)
+                w = dequant_packed(words, s, z, CDT, INLINE_ASM, False, P0)
                 w = add_plane(w, qw_ptr, (Kp // 32) * P0, k0, offs_n, mask_n, stride_qk, Kp, s, z, EVEN_K, ROW_REPS,
-                              P1, P0, x_ptr.dtype.element_ty, INLINE_ASM, BLOCK_K)
+                              P1, P0, CDT, INLINE_ASM, BLOCK_K)
                 if P2 > 0:
                     w = add_plane(w, qw_ptr, (Kp // 32) * (P0 + P1), k0, offs_n, mask_n, stride_qk, Kp, s, z, EVEN_K,
-                                  ROW_REPS, P2, P0 + P1, x_ptr.dtype.element_ty, INLINE_ASM, BLOCK_K)
+                                  ROW_REPS, P2, P0 + P1, CDT, INLINE_ASM, BLOCK_K)
                 if not POST_SCALE:
-                    w = (w.to(tl.float32) * tl.reshape(s, (BLOCK_N,))[:, None]).to(x_ptr.dtype.element_ty)
+                    w = (w.to(tl.float32) * tl.reshape(s, (BLOCK_N,))[:, None]).to(CDT)
+            xt = xt.to(CDT)
             if not MMA_WORDS:  # natural-order words: permute X to the fragment's k order every tile
                 xt = mma_k_order(xt, BLOCK_K)
             if POST_SCALE:  # one scale per row and K tile: scale the tile's product, not each weight
@@ -139,19 +145,19 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
             s, z = group_params(s_ptr, z_ptr, k0 // GROUP_LEN, offs_n, mask_n, stride_sg, HAS_ZEROS, SYM_ZERO)
             if LUT:
                 tb = table_base(k0 // GROUP_LEN, offs_n, stride_tg, stride_tn)[:, None]
-                w = lut_dequant_tile(q, t_ptr, tb, s[:, None], mask_n[:, None], x_ptr.dtype.element_ty)
+                w = lut_dequant_tile(q, t_ptr, tb, s[:, None], mask_n[:, None], CDT)
             else:
-                w = dequant_tile(q, s[:, None], z[:, None], INT_ZERO, x_ptr.dtype.element_ty)
+                w = dequant_tile(q, s[:, None], z[:, None], INT_ZERO, CDT)
         else:
             s, z = group_params(s_ptr, z_ptr, (offs_k // GROUP_LEN)[None, :], offs_n[:, None],
                                 mask_n[:, None] & (offs_k < Kp)[None, :], stride_sg, HAS_ZEROS, SYM_ZERO)
             if LUT:
                 tb = table_base((offs_k // GROUP_LEN)[None, :], offs_n[:, None], stride_tg, stride_tn)
                 w = lut_dequant_tile(q, t_ptr, tb, s, mask_n[:, None] & (offs_k < Kp)[None, :],
-                                     x_ptr.dtype.element_ty)
+                                     CDT)
             else:
-                w = dequant_tile(q, s, z, INT_ZERO, x_ptr.dtype.element_ty)
-        acc += tl.dot(w, xt)
+                w = dequant_tile(q, s, z, INT_ZERO, CDT)
+        acc += tl.dot(w, xt.to(CDT))
     return acc
 
 
@@ -176,7 +182,7 @@ def add_plane(w, qw_ptr, row0, k0, offs_n, mask_n, stride_qk, Kp, s, z, EVEN_K: 
 
 @triton.jit
 def gemm_wxa16_kernel(
-    x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr,
+    x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, xs_ptr,
     M, N, K, Kp,
     stride_xm, stride_xk, stride_qk, stride_sg, stride_tg, stride_tn, stride_ws, stride_ym,
     GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
@@ -186,11 +192,16 @@ def gemm_wxa16_kernel(
     SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, PREFETCH: tl.constexpr,
     PACKED: tl.constexpr = False, INLINE_ASM: tl.constexpr = False,
     EVEN_N: tl.constexpr = False, EVEN_K: tl.constexpr = False, ROW_REPS: tl.constexpr = 0,
-    SCALE_AFTER: tl.constexpr = False, MMA_WORDS: tl.constexpr = False,
+    SCALE_AFTER: tl.constexpr = False, MMA_WORDS: tl.constexpr = False, X_SCALE: tl.constexpr = False,
 ):
     """Computes the tile transposed, Y^T[BLOCK_N, BLOCK_M] = W[BLOCK_N, :] @ X[BLOCK_M, :]^T: the
     dequantized weights are the register A operand and the tokens the MMA's N side, so Hopper's
-    wgmma applies from BLOCK_M = 16 on (a [BLOCK_M < 64, ...] A operand would not)."""
+    wgmma applies from BLOCK_M = 16 on (a [BLOCK_M < 64, ...] A operand would not).
+    X_SCALE (W4A8 at small M): X holds per-token quantized values (fp8) with fp32 scales xs (M,); the
+    MMAs run in fp16 (every e4m3 value and every q - z is exact there, products exact in fp32; the
+    launcher keeps one group per K tile so the group scale multiplies the tile's fp32 product, never
+    a 16-bit operand) and row m of the tile is multiplied by xs[m] before the bias."""
+    OPT: tl.constexpr = tl.float16 if X_SCALE else x_ptr.dtype.element_ty
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m, pid_n = grouped_tile_ids(pid, tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
@@ -206,7 +217,9 @@ def gemm_wxa16_kernel(
                           stride_xm, stride_xk, stride_qk, stride_sg, stride_tg, stride_tn,
                           GROUP_LEN, P0, P1, P2, HAS_ZEROS, SYM_ZERO, LUT, INT_ZERO,
                           BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, PACKED, INLINE_ASM, EVEN_K, ROW_REPS, SCALE_AFTER,
-                          MMA_WORDS)
+                          MMA_WORDS, OPT)
+    if X_SCALE:
+        acc = acc * tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)[None, :]
     if ROW_REPS > 0:
         offs_n = fragment_channels(offs_n, ROW_REPS)
         mask_n = fragment_channels(mask_n, ROW_REPS)
@@ -226,9 +239,12 @@ def gemm_wxa16(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
     bias: Optional[torch.Tensor], bits: int, group_len: int, sym_zero: float, out_features: int,
     config: Optional[GemmConfig] = None, table: Optional[torch.Tensor] = None, k_order: int = 0,
+    x_scale: Optional[torch.Tensor] = None, out_dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """x (M, K) fp16/bf16 -> (M, N). Inputs already validated by ``lowbit.ops``; ``table``: LUT mode;
-    ``k_order`` 1: words in the mma word order (``formats.intx.to_mma_words``; other widths than 4 bits read only it)."""
+    ``k_order`` 1: words in the mma word order (``formats.intx.to_mma_words``; other widths than 4 bits read only it).
+    ``x_scale`` fp32 (M,): x is per-token quantized (fp8, W4A8), Y = x_scale[m] * (x @ W^T) + bias in
+    ``out_dtype`` (fp16/bf16, also the MMA operand dtype; X_SCALE in the kernel)."""
     m, k = x.shape
     if config is None:
         cfg = resolve_config("gemm", GemmConfig, heuristic_config, m, out_features, k, bits, group_len, x)
@@ -243,7 +259,25 @@ def gemm_wxa16(
                        out_features, cfg.split_k, INT_ZERO=int_zero(zeros, sym_zero), BLOCK_M=cfg.block_m,
                        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, PREFETCH=cfg.prefetch,
                        **packed_meta(packed, cfg, out_features, k, x.is_cuda), MMA_WORDS=bool(k_order),
-                       num_warps=cfg.num_warps, num_stages=cfg.num_stages, table=table)
+                       num_warps=cfg.num_warps, num_stages=cfg.num_stages, table=table,
+                       extra_ptrs=(scales if x_scale is None else x_scale,), out_dtype=out_dtype,
+                       X_SCALE=x_scale is not None)
+
+
+def scaled_x_config(m: int, n: int, k: int, bits: int, group_len: int, zeros: Optional[torch.Tensor],
+                    sym_zero: float, x: torch.Tensor, k_order: int = 0) -> Optional[GemmConfig]:
+    """Tiles for ``gemm_wxa16(..., x_scale=)`` (fp8 X, W4A8): the shipped (else heuristic) W4A16 tiles of
+    the same problem with BLOCK_K cut to at most one group, so each group scale multiplies a K tile's
+    fp32 product (the 16-bit operands stay exact). None where the packed dequantization does not apply
+    (the caller keeps the fp8 tensor-core kernel)."""
+    cfg = resolve_config("gemm", GemmConfig, heuristic_config, m, n, k, bits, group_len, x)
+    bk = cfg.block_k
+    while bk > group_len:
+        bk //= 2
+    cfg = dataclasses.replace(cfg, block_k=bk, prefetch=False)
+    if group_len % bk or not use_packed(bits, zeros, sym_zero, None, group_len, cfg, k_order):
+        return None
+    return cfg
 
 
 def several_planes_config(cfg: GemmConfig, bits: int, group_len: int) -> GemmConfig:

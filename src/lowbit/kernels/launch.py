@@ -25,11 +25,12 @@ def split_k_counters(device: torch.device) -> torch.Tensor:
     return buf
 
 
-def output_buffers(m: int, n: int, split_k: int, tiles: int, like: torch.Tensor):
-    """(Y (M, N) in x's dtype, fp32 workspace (SPLIT_K, M, N) or Y again, counters, split stride)."""
+def output_buffers(m: int, n: int, split_k: int, tiles: int, like: torch.Tensor,
+                   dtype: Optional[torch.dtype] = None):
+    """(Y (M, N) in ``dtype`` (default x's), fp32 workspace (SPLIT_K, M, N) or Y again, counters, split stride)."""
     if split_k > 1 and tiles > MAX_SPLIT_K_TILES:
         raise ValueError(f"split-K over {tiles} output tiles exceeds {MAX_SPLIT_K_TILES}")
-    y = torch.empty((m, n), device=like.device, dtype=like.dtype)
+    y = torch.empty((m, n), device=like.device, dtype=dtype or like.dtype)
     if split_k == 1:
         return y, y, y, 0
     ws = torch.empty((split_k, m, n), device=like.device, dtype=torch.float32)
@@ -72,17 +73,20 @@ def even_k(k: int, block_k: int, bits: int, k_order: int) -> bool:
 def launch_intx(kernel, grid, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                 zeros: Optional[torch.Tensor], bias: Optional[torch.Tensor], bits: int, group_len: int,
                 sym_zero: float, out_features: int, split_k: int, table: Optional[torch.Tensor] = None,
+                extra_ptrs: Tuple[torch.Tensor, ...] = (), out_dtype: Optional[torch.dtype] = None,
                 **meta) -> torch.Tensor:
     """Allocate Y (+ split-K workspace) and launch an intx matmul kernel with the shared argument
     order: pointers, sizes, strides, format constexprs, then the kernel's own ``meta``. ``table``
-    (Gt, Nt, E) switches the kernel to lookup-table codes (LUT=True, ``lowbit.formats.lut``)."""
+    (Gt, Nt, E) switches the kernel to lookup-table codes (LUT=True, ``lowbit.formats.lut``).
+    ``extra_ptrs`` follow the counters (kernels with more pointer arguments); ``out_dtype``: Y's dtype
+    (default x's)."""
     m, k = x.shape
     n = out_features
-    y, ws, counters, stride_ws = output_buffers(m, n, split_k, grid[0], x)
+    y, ws, counters, stride_ws = output_buffers(m, n, split_k, grid[0], x, out_dtype)
     stride_tg, stride_tn = table_strides(table)
     kernel[grid](
         x, qweight, scales, zeros if zeros is not None else scales, table if table is not None else scales,
-        bias if bias is not None else scales, y, ws, counters,
+        bias if bias is not None else scales, y, ws, counters, *extra_ptrs,
         m, n, k, qweight.shape[0] * 32 // bits,
         x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), stride_tg, stride_tn, stride_ws, y.stride(0),
         GROUP_LEN=group_len, **plane_constexprs(bits),
