@@ -142,6 +142,22 @@ def test_quantize_act_matches_oracle(kind, block, dtype):
     assert torch.all(q[1].float() == 0)
 
 
+@pytest.mark.parametrize("kind", ["int8", pytest.param("fp8", marks=[gpu_only, fp8_dev])])
+@pytest.mark.parametrize("block,k", [(None, 300), (None, 33000), (64, 300)])
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+def test_quantize_act_dequant(kind, block, k, dtype):
+    """dequant=True stores q * s rounded once to x's dtype: bit-exact against the oracle's codes and scales
+    (one pass, two passes, blocks; a NaN row stays NaN)."""
+    x = (torch.randn(4, k, generator=_gen(8)) * 3).to(dtype)
+    x[1, 5] = float("nan")
+    x = x.to(DEVICE)
+    xd, s = quantize_act(x, kind, block, dequant=True)
+    qr, sr = quantize_rows(x, kind, block)
+    assert xd.dtype == dtype and torch.equal(s[[0, 2, 3]], sr[[0, 2, 3]])
+    ref = dequantize_rows(qr, sr, block).to(dtype)
+    assert torch.equal(xd[[0, 2, 3]], ref[[0, 2, 3]]) and torch.isnan(xd[1]).any()
+
+
 @pytest.mark.parametrize("k", [4096, 33000])
 def test_quantize_act_one_and_two_passes(k):
     """Rows up to 32768 values are read once (registers), longer ones in two passes: both bit-exact."""
@@ -403,22 +419,28 @@ def test_scaled_x_config_falls_back():
 
 
 @fp8_dev
-@pytest.mark.parametrize("m", [1, 6])
-def test_linear_w4a8_paths_agree(m):
-    """The op's two kernels (packed 16-bit GEMM at small M, fp8 tensor cores above the threshold) compute
-    the same products: equal to output rounding, each within 2 eps of the reference."""
+@pytest.mark.parametrize("m", [1, 6, 200])
+def test_linear_w4a8_paths_agree(m, monkeypatch):
+    """The op's kernels compute the same products: the packed 16-bit GEMM and the fp8 tensor-core kernel
+    within 2 eps of each other and of the reference; dequantized 16-bit operands + cuBLAS (two more
+    roundings) within 4 eps. The dispatch picks by M (``W4A8_PACKED_MAX_M``, here set to 8)."""
     dtype = torch.float16
     qw = IntxFormat(4, 64, False, "int", dtype).quantize(torch.randn(72, 300, generator=_gen(33)) * 0.05).to(DEVICE)
     x = torch.randn(m, 300, generator=_gen(34)).to(DEVICE, dtype)
     b = torch.randn(72, generator=_gen(35)).to(DEVICE, dtype)
     args = (x, qw.qweight, qw.scales, qw.zeros, b, 4, 64, 300)
-    y_packed = ops_a8.linear_w4a8_fp8_eager(*args, packed_max_m=64)
-    y_fp8 = ops_a8.linear_w4a8_fp8_eager(*args, packed_max_m=0)
-    tol = 2 * torch.finfo(dtype).eps
-    assert _rel(y_packed.float(), y_fp8.float()) <= tol
+    y = {p: ops_a8.linear_w4a8_fp8_eager(*args, path=p) for p in ("packed", "fp8mma", "dequant")}
+    eps = torch.finfo(dtype).eps
+    assert _rel(y["packed"].float(), y["fp8mma"].float()) <= 2 * eps
+    assert _rel(y["dequant"].float(), y["fp8mma"].float()) <= 4 * eps
+    monkeypatch.setenv("LOWBIT_W4A8_PACKED_MAX_M", "8")
+    assert torch.equal(ops.linear_w4a8_fp8(*args), y["packed" if m <= 8 else "dequant"])
+    assert ops_a8.w4a8_path(8, False) == "fp8mma" and ops_a8.w4a8_path(9, True) == "dequant"
+    with pytest.raises(ValueError, match="path"):
+        ops_a8.linear_w4a8_fp8_eager(*args, path="fast")
     if HAS_FP8_MMA:  # the interpreter's fp8 activation quantization is off (module docstring)
         ref = reference_w4a8(*args)
-        assert _rel(y_packed.float(), ref.float()) <= tol and _rel(y_fp8.float(), ref.float()) <= tol
+        assert _rel(y["packed"].float(), ref.float()) <= 2 * eps and _rel(y["fp8mma"].float(), ref.float()) <= 2 * eps
 
 
 @fp8_dev

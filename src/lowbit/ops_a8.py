@@ -10,7 +10,10 @@
     block (``block`` 128, fp8 block-scaled weights) inside the op. fp16/bf16 in and out.
 ``linear_w4a8_fp8(x, qweight, scales, zeros, bias, bits, group_size, in_features) -> y``
     intx weights (bits <= 4, integer or symmetric zeros; ``group_size`` 0 = per-channel) times
-    fp8 per-token activations on fp8 tensor cores.
+    fp8 per-token activations: y = sx[m] * sum_g s[g, n] * sum_k qx[m, k] (q[n, k] - z[g, n]) + bias.
+    Kernel by M (``w4a8_path``): the packed 16-bit GEMM on the fp8 codes (exact operands), the fp8
+    tensor-core kernel (int4 -> e4m3 in registers) where the packed path does not apply, dequantized
+    16-bit operands + cuBLAS at large M.
 
 The reference backend (CPU, or no fp8 tensor cores) computes in fp32 from the same quantized
 operands, so it differs from the kernels only by summation order.
@@ -29,14 +32,16 @@ from .formats.fp8 import BLOCK
 from .formats.intx import IntxWeight, symmetric_zero
 from .kernels.quant_act import act_scale_shape, quantize_act as quantize_act_triton
 from .kernels.scaled_mm import FUSED_QUANT_MAX_M, scaled_mm, scaled_mm_fused_quant, scaled_mm_intx
+from .kernels.dequant import dequant_matmul_wxa16
 from .kernels.gemm import gemm_wxa16, scaled_x_config
 from .ops import dense_reference, flatten_apply
 
 PER_CHANNEL_GROUP_LEN = 1 << 30
 W4A8_MAX_BITS = 4  # q - z in [-15, 15]: exact in e4m3 (integers up to 16 are)
-# W4A8 problems with M <= this run on the packed 16-bit GEMM with fp8 X (``w4a8_packed_max_m``); above,
-# the fp8 tensor-core kernel (``scaled_mm_intx``). Placeholder until the H200 run measures both.
-W4A8_PACKED_MAX_M = 64
+# W4A8 problems with M <= this run on the packed 16-bit GEMM with fp8 X (``w4a8_path``), larger ones on
+# dequantized 16-bit operands + cuBLAS. H200 (benchmarks/results/h200/w4a8_packed/, 2983321): the packed
+# GEMM beat the fp8 tensor-core kernel at every M from 1 to 4096 on all 8 Llama-3 8B/70B shapes.
+W4A8_PACKED_MAX_M = 128
 
 
 def _kind_of(qweight: torch.Tensor) -> str:
@@ -107,10 +112,13 @@ def reference_quantize_act(x2d, kind: str, block: int, inv_smooth=None) -> Tuple
     return quantize_rows(xs, kind, block or None)
 
 
-def _quantize_2d(x2d, kind, block, inv_smooth, backend):
+def _quantize_2d(x2d, kind, block, inv_smooth, backend, dequant: bool = False):
+    """(q, s); ``dequant``: q is q * s in x's dtype (``kernels.quant_act``)."""
     if backend == "reference":
-        return reference_quantize_act(x2d, kind, block, inv_smooth)
-    return quantize_act_triton(x2d.contiguous() if x2d.stride(-1) != 1 else x2d, kind, block or None, inv_smooth)
+        q, s = reference_quantize_act(x2d, kind, block, inv_smooth)
+        return (dequantize_rows(q, s, block or None).to(x2d.dtype), s) if dequant else (q, s)
+    x2d = x2d.contiguous() if x2d.stride(-1) != 1 else x2d
+    return quantize_act_triton(x2d, kind, block or None, inv_smooth, dequant)
 
 
 def quantize_act_eager(x: torch.Tensor, kind: str, block: int = 0,
@@ -216,32 +224,49 @@ def reference_w4a8(x2d, qweight, scales, zeros, bias, bits, group_size, in_featu
     return dense_reference(dequantize_rows(xq, sx), w, bias, x2d.dtype)
 
 
-def w4a8_packed_max_m() -> int:
-    """Largest M whose W4A8 product runs on the packed 16-bit GEMM (``kernels.gemm.gemm_wxa16`` with
-    ``x_scale``) instead of the fp8 tensor-core kernel; ``LOWBIT_W4A8_PACKED_MAX_M`` overrides."""
-    return int(os.environ.get("LOWBIT_W4A8_PACKED_MAX_M", W4A8_PACKED_MAX_M))
+W4A8_PATHS = ("auto", "packed", "dequant", "fp8mma")
+
+
+def w4a8_path(m: int, packed_ok: bool) -> str:
+    """Kernel for a W4A8 product of M rows: 'packed' (the packed 16-bit GEMM on the fp8 codes, exact
+    operands) for M <= W4A8_PACKED_MAX_M (``LOWBIT_W4A8_PACKED_MAX_M`` overrides) where it applies,
+    else 'fp8mma' (fp8 tensor cores, int4 -> e4m3 in registers); 'dequant' (16-bit dequantized operands +
+    cuBLAS) above."""
+    if m <= int(os.environ.get("LOWBIT_W4A8_PACKED_MAX_M", W4A8_PACKED_MAX_M)):
+        return "packed" if packed_ok else "fp8mma"
+    return "dequant"
 
 
 def linear_w4a8_fp8_eager(x, qweight, scales, zeros, bias, bits, group_size, in_features,
-                          packed_max_m: Optional[int] = None) -> torch.Tensor:
-    """``packed_max_m`` overrides ``w4a8_packed_max_m()`` (benchmarks compare the two kernels)."""
+                          path: str = "auto") -> torch.Tensor:
+    """``path`` forces one kernel at every M (``W4A8_PATHS``; benchmarks compare them); 'packed' falls back
+    to 'fp8mma' where the packed dequantization does not apply."""
     _validate_w4a8(x, qweight, scales, zeros, bias, bits, group_size, in_features)
+    if path not in W4A8_PATHS:
+        raise ValueError(f"path must be one of {W4A8_PATHS}, got {path!r}")
     n = qweight.shape[1]
     group_len = group_size or PER_CHANNEL_GROUP_LEN
     sym_zero = int(symmetric_zero(bits))
-    max_m = w4a8_packed_max_m() if packed_max_m is None else packed_max_m
 
     def run(x2d):
         backend = dispatch.select_a8(_problem("w4a8", x2d, n))
         if backend == "reference":
             return reference_w4a8(x2d, qweight, scales, zeros, bias, bits, group_size, in_features)
         m = x2d.shape[0]
-        cfg = scaled_x_config(m, n, in_features, bits, group_len, zeros, sym_zero, x2d) if m <= max_m else None
-        if cfg is None and _fuse_quant(x2d, 0, None):
+        cfg = None
+        if path in ("auto", "packed"):
+            cfg = scaled_x_config(m, n, in_features, bits, group_len, zeros, sym_zero, x2d)
+        chosen = w4a8_path(m, cfg is not None) if path == "auto" else path
+        if chosen == "packed" and cfg is None:
+            chosen = "fp8mma"
+        if chosen == "dequant":  # q * s rounded once to x's dtype, W dequantized to it: two 16-bit roundings
+            xd, _ = _quantize_2d(x2d, "fp8", 0, None, backend, dequant=True)
+            return dequant_matmul_wxa16(xd, qweight, scales, zeros, bias, bits, group_len, sym_zero, n)
+        if chosen == "fp8mma" and _fuse_quant(x2d, 0, None):
             return scaled_mm_intx(x2d, None, qweight, scales, zeros, bias, bits, group_len, sym_zero, n, x2d.dtype,
                                   x_kind="fp8")
         xq, sx = _quantize_2d(x2d, "fp8", 0, None, backend)
-        if cfg is not None:  # the same products on 16-bit MMAs (exact), scaled per K tile and per token
+        if chosen == "packed":  # the same products on 16-bit MMAs (exact), scaled per K tile and per token
             return gemm_wxa16(xq, qweight, scales, zeros, bias, bits, group_len, sym_zero, n, config=cfg,
                               x_scale=sx, out_dtype=x2d.dtype)
         return scaled_mm_intx(xq, sx, qweight, scales, zeros, bias, bits, group_len, sym_zero, n, x2d.dtype)

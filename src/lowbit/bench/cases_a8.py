@@ -6,7 +6,7 @@ Each row is checked against the fp32 math of its own quantized operands (``ops_a
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 
@@ -45,50 +45,36 @@ class OursW8A8(Case):
 
 
 class OursW4A8(Case):
-    """lowbit linear_w4a8_fp8 on the shape's intx weight (4-bit, integer zeros). ``packed_max_m`` forces the
-    op's kernel choice (0: fp8 tensor cores at every M, a large value: the packed 16-bit GEMM at every M);
-    ``mma_words``: the packed GEMM on words in the mma word order (``formats.intx.to_mma_words``)."""
+    """lowbit linear_w4a8_fp8 on the shape's intx weight (4-bit, integer zeros); ``path`` forces one of the
+    op's kernels at every M (``ops_a8.W4A8_PATHS``; 'auto' is the dispatch)."""
 
-    def __init__(self, name: str, label: str, packed_max_m: Optional[int] = None, mma_words: bool = False,
-                 **kw) -> None:
+    def __init__(self, name: str, label: str, path: str = "auto", **kw) -> None:
         super().__init__(name, label, **kw)
-        self.packed_max_m, self.mma_words = packed_max_m, mma_words
+        self.path = path
 
     def math_kind(self, spec: OpSpec) -> str:
         return "fp8"
 
     def available(self, spec: OpSpec, device: torch.device) -> Tuple[bool, str]:
-        if self.mma_words and spec.bits != 4:
-            return False, "the mma-word probe is 4-bit only"
         if spec.bits > 4:
             return False, "W4A8-fp8 takes bits <= 4"
         return _fp8_available(device)
 
     def bind(self, data: ShapeData) -> Bound:
-        from ..formats.intx import to_mma_words
-        from ..kernels.gemm import gemm_wxa16, scaled_x_config
-        from ..ops_a8 import PER_CHANNEL_GROUP_LEN, linear_w4a8_fp8_auto, linear_w4a8_fp8_eager, quantize_act_eager
-        from ..ops_a8 import reference_w4a8
+        from ..ops_a8 import linear_w4a8_fp8_auto, linear_w4a8_fp8_eager, reference_w4a8
 
         qw = data.qw
         args = (qw.bits, qw.group_size or 0, qw.in_features)
-        qweight = to_mma_words(qw.qweight, qw.bits) if self.mma_words else qw.qweight
-        group_len = qw.group_size or PER_CHANNEL_GROUP_LEN
 
         def run(x, w):
-            if self.mma_words:
-                xq, sx = quantize_act_eager(x, "fp8")
-                cfg = scaled_x_config(x.shape[0], w[0].shape[1], x.shape[1], qw.bits, group_len, w[2], 8, x, 1)
-                return gemm_wxa16(xq, w[0], w[1], w[2], None, qw.bits, group_len, 8, w[0].shape[1], config=cfg,
-                                  k_order=1, x_scale=sx, out_dtype=x.dtype)
-            if self.packed_max_m is not None:
-                return linear_w4a8_fp8_eager(x, w[0], w[1], w[2], None, *args, packed_max_m=self.packed_max_m)
+            if self.path != "auto":
+                return linear_w4a8_fp8_eager(x, w[0], w[1], w[2], None, *args, path=self.path)
             return linear_w4a8_fp8_auto(x, w[0], w[1], w[2], None, *args)
 
         s, e = data.shape, data.spec.dtype.itemsize
         zb = 0 if qw.zeros is None else qw.zeros.element_size()
         nbytes = intx_weight_bytes(s.n, s.k, qw.bits, qw.group_size, qw.scales.element_size(), zb)
-        return Bound((qweight, qw.scales, qw.zeros), run, nbytes, e, e, data.spec.dtype,
+        return Bound((qw.qweight, qw.scales, qw.zeros), run, nbytes, e, e, data.spec.dtype,
                      reference=lambda x: reference_w4a8(x, qw.qweight, qw.scales, qw.zeros, None, *args).float())
 
 
@@ -118,11 +104,9 @@ class IntMMQuant(IntMM):
 register(OursW8A8("lowbit_fp8", "lowbit W8A8-fp8 row-wise, act quant included (ours)", "fp8", role=OURS, ops=("fp8",)))
 register(OursW8A8("lowbit_int8", "lowbit W8A8-int8, act quant included (ours)", "int8", role=OURS, ops=("int8",)))
 register(OursW4A8("lowbit_w4a8", "lowbit W4A8-fp8 g128, act quant included (ours)", role=OURS, ops=("w4a8",)))
-register(OursW4A8("lowbit_w4a8_fp8mma", "lowbit W4A8 on fp8 tensor cores at every M (the op's large-M kernel)",
-                  packed_max_m=0, ops=("w4a8",)))
-register(OursW4A8("lowbit_w4a8_packed", "lowbit W4A8 on the packed 16-bit GEMM at every M (the op's small-M kernel)",
-                  packed_max_m=1 << 30, ops=("w4a8",)))
-register(OursW4A8("lowbit_w4a8_mmaw", "lowbit W4A8 packed 16-bit GEMM, words in the mma order (probe)",
-                  mma_words=True, ops=("w4a8",)))
+for _path, _what in (("fp8mma", "on fp8 tensor cores (int4 -> e4m3 in registers)"),
+                     ("packed", "on the packed 16-bit GEMM (fp8 codes as fp16)"),
+                     ("dequant", "as dequantized 16-bit operands + cuBLAS")):
+    register(OursW4A8(f"lowbit_w4a8_{_path}", f"lowbit W4A8 {_what} at every M", path=_path, ops=("w4a8",)))
 register(OursW8A8("lowbit_fp8_ref", "lowbit W8A8-fp8 row-wise (for the W4A8 ratio)", "fp8", ops=("w4a8",)))
 register(IntMMQuant("int_mm_quant", "int8 _int_mm + eager activation quant + scale epilogue", ops=("int8",)))
