@@ -1,0 +1,97 @@
+"""Deeper pipelines and longer K tiles for the packed W4 GEMM at small M (what the tuner's space leaves out).
+
+`lowbit tune` offers the packed 4-bit GEMM at most 4 cp.async stages and 128-k tiles. At M = 1..16 the
+kernel is latency-bound (docs/performance.md: few warps per scheduler, each a dependent chain per K tile),
+so more bytes in flight per program may help: 5-6 stages, or 256-k tiles (two groups of 128 per tile,
+scales per word row). For each shape and M this times the shipped config and every candidate (cold
+CUDA-graph kernel time, the tuner's timer and checks) and writes the winners as table entries
+(`scripts/merge_tables.py` merges them into the shipped table).
+
+    PYTHONPATH=src python scripts/pipeline_probe.py --shapes 6144x4096,... --m 1,16 --out out/probe.json
+"""
+import argparse
+import dataclasses
+import json
+import multiprocessing as mp
+import time
+
+import torch
+
+from lowbit.bench.timing import Cost, CudaTimer
+from lowbit.kernels.gemm import GemmConfig
+from lowbit.kernels.launch import resolve_config
+from lowbit.tuning import gpu_slug, m_bucket
+from lowbit.tuning.tune import _call, _compile_worker, _problem
+
+SHAPES_8B_70B = "6144x4096,4096x4096,28672x4096,4096x14336,10240x8192,8192x8192,57344x8192,8192x28672"
+
+
+def candidates(m: int):
+    bm = 16 if m <= 16 else 32 if m <= 32 else 64
+    out = []
+    for split in (1, 2, 4, 8):
+        for stages in (3, 4, 5, 6):
+            out.append(GemmConfig(bm, 64, 128, split, 8, 4, stages, False))
+            out.append(GemmConfig(bm, 128, 128, split, 8, 4, stages, False))
+        for stages in (2, 3, 4):
+            out.append(GemmConfig(bm, 64, 256, split, 8, 4, stages, False))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", default=SHAPES_8B_70B)
+    ap.add_argument("--m", default="1,16")
+    ap.add_argument("--jobs", type=int, default=8)
+    ap.add_argument("--out", default="out/pipeline_probe.json")
+    a = ap.parse_args()
+    shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
+    ms = [int(v) for v in a.m.split(",")]
+    dtype = torch.bfloat16
+    tasks = [(4, n, k, m, c) for n, k in shapes for m in ms for c in candidates(m)]
+    t0 = time.time()
+    with mp.get_context("spawn").Pool(a.jobs) as pool:
+        pool.map(_compile_worker, [(tasks[i::a.jobs], 128, "bfloat16") for i in range(a.jobs)])
+    print(f"compiled {len(tasks)} candidates in {time.time() - t0:.0f}s", flush=True)
+    timer = CudaTimer(replays=5)
+    entries, rows = [], []
+    for n, k in shapes:
+        base, _ = _problem(4, n, k, 128, dtype, 1)
+        base, qws = _problem(4, n, k, 128, dtype, timer.copies_needed(base.ideal_nbytes()))
+        ref_w = base.dequantize(torch.float32)
+        for m in ms:
+            x = torch.randn(m, k, device="cuda", dtype=dtype)
+            ref = x.float() @ ref_w.t()
+            shipped = resolve_config("gemm", GemmConfig, None, m, n, k, 4, 128, x)
+            results = []
+            for cfg in [shipped] + candidates(m):
+                try:
+                    y = _call(cfg, x, qws[0]).float()
+                    if not ((y - ref).norm() / ref.norm()).item() < 2e-2:
+                        raise ValueError("wrong result")
+                    us = timer.kernel_us([lambda q=q, c=cfg: _call(c, x, q) for q in qws], Cost("probe", 0, 0))
+                except Exception as e:  # noqa: BLE001 - a config that does not compile / fit is skipped
+                    print(f"  skip {cfg}: {e}", flush=True)
+                    continue
+                results.append((us, cfg))
+            ship_us = results[0][0] if results and results[0][1] == shipped else float("nan")
+            results.sort(key=lambda r: r[0])
+            best_us, best = results[0]
+            print(f"{n}x{k} M={m}: shipped {ship_us:.1f} us {shipped}; best {best_us:.1f} us {best} "
+                  f"({ship_us / best_us:.2f}x)", flush=True)
+            rows.append({"n": n, "k": k, "m": m, "shipped_us": ship_us, "shipped": dataclasses.asdict(shipped),
+                         "best_us": best_us, "best": dataclasses.asdict(best),
+                         "all": [(round(u, 2), dataclasses.asdict(c)) for u, c in results]})
+            entries.append({"kernel": "gemm", "bits": 4, "m": m_bucket(m), "n": n, "k": k, "us": round(best_us, 2),
+                            "best": True, "config": dataclasses.asdict(best)})
+        del qws
+        torch.cuda.empty_cache()
+    table = {"gpu": torch.cuda.get_device_name(), "dtype": str(dtype), "group_size": 128,
+             "torch": torch.__version__, "entries": entries}
+    with open(a.out, "w") as f:
+        json.dump({"table": table, "rows": rows, "slug": gpu_slug(table["gpu"])}, f, indent=1)
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
