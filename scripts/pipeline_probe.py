@@ -50,8 +50,9 @@ def main():
     dtype = torch.bfloat16
     tasks = [(4, n, k, m, c) for n, k in shapes for m in ms for c in candidates(m)]
     t0 = time.time()
+    per_shape = [[t for t in tasks if (t[1], t[2]) == s] for s in shapes]  # one weight per worker at a time
     with mp.get_context("spawn").Pool(a.jobs) as pool:
-        pool.map(_compile_worker, [(tasks[i::a.jobs], 128, "bfloat16") for i in range(a.jobs)])
+        pool.map(_compile_worker, [(c, 128, "bfloat16") for c in per_shape])
     print(f"compiled {len(tasks)} candidates in {time.time() - t0:.0f}s", flush=True)
     timer = CudaTimer(replays=5)
     entries, rows = [], []
