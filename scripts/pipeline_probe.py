@@ -1,4 +1,5 @@
-"""Deeper pipelines and longer K tiles for the packed W4 GEMM at small M (what the tuner's space leaves out).
+"""Configs outside the tuner's space for the packed W4 GEMM: deeper pipelines and longer K tiles at small M,
+large tiles with the group scale folded into the weights (``GemmConfig.scale_after=False``) at large M.
 
 `lowbit tune` offers the packed 4-bit GEMM at most 4 cp.async stages and 128-k tiles. At M = 1..16 the
 kernel is latency-bound (docs/performance.md: few warps per scheduler, each a dependent chain per K tile),
@@ -7,7 +8,7 @@ scales per word row). For each shape and M this times the shipped config and eve
 CUDA-graph kernel time, the tuner's timer and checks) and writes the winners as table entries
 (`scripts/merge_tables.py` merges them into the shipped table).
 
-    PYTHONPATH=src python scripts/pipeline_probe.py --shapes 6144x4096,... --m 1,16 --out out/probe.json
+    PYTHONPATH=src python scripts/pipeline_probe.py --shapes 6144x4096,... --m 1,16,1024 --out out/probe.json
 """
 import argparse
 import dataclasses
@@ -18,15 +19,27 @@ import time
 import torch
 
 from lowbit.bench.timing import Cost, CudaTimer
-from lowbit.kernels.gemm import GemmConfig
+from lowbit.kernels.gemm import GemmConfig, heuristic_config
 from lowbit.kernels.launch import resolve_config
 from lowbit.tuning import gpu_slug, m_bucket
-from lowbit.tuning.tune import _call, _compile_worker, _problem
+from lowbit.tuning.tune import DEQUANT_MM, _call, _compile_worker, _kernel_name, _problem
+
+def _asdict(cfg) -> dict:
+    return {} if cfg is None else dataclasses.asdict(cfg)
+
 
 SHAPES_8B_70B = "6144x4096,4096x4096,28672x4096,4096x14336,10240x8192,8192x8192,57344x8192,8192x28672"
 
 
 def candidates(m: int):
+    if m > 128:  # large tiles; scale_after=False folds the group scale into the 16-bit weights (no second
+        # accumulator: 128 x 256 compiles without spills), and dequantize + cuBLAS
+        out = [DEQUANT_MM]
+        for bm, bn, bk, warps, stages in ((128, 256, 64, 8, 3), (128, 256, 64, 8, 4), (128, 128, 64, 8, 4),
+                                          (128, 128, 128, 8, 3), (64, 256, 64, 8, 3), (256, 128, 64, 8, 3)):
+            for scale_after in (False, True):
+                out.append(GemmConfig(bm, bn, bk, 1, 8, warps, stages, False, scale_after))
+        return out
     bm = 16 if m <= 16 else 32 if m <= 32 else 64
     out = []
     for split in (1, 2, 4, 8):
@@ -63,7 +76,7 @@ def main():
         for m in ms:
             x = torch.randn(m, k, device="cuda", dtype=dtype)
             ref = x.float() @ ref_w.t()
-            shipped = resolve_config("gemm", GemmConfig, None, m, n, k, 4, 128, x)
+            shipped = resolve_config("gemm", GemmConfig, heuristic_config, m, n, k, 4, 128, x)
             results = []
             for cfg in [shipped] + candidates(m):
                 try:
@@ -78,13 +91,17 @@ def main():
             ship_us = results[0][0] if results and results[0][1] == shipped else float("nan")
             results.sort(key=lambda r: r[0])
             best_us, best = results[0]
-            print(f"{n}x{k} M={m}: shipped {ship_us:.1f} us {shipped}; best {best_us:.1f} us {best} "
+            print(f"{n}x{k} M={m}: shipped gemm {ship_us:.1f} us {shipped}; best {best_us:.1f} us {best} "
                   f"({ship_us / best_us:.2f}x)", flush=True)
-            rows.append({"n": n, "k": k, "m": m, "shipped_us": ship_us, "shipped": dataclasses.asdict(shipped),
-                         "best_us": best_us, "best": dataclasses.asdict(best),
-                         "all": [(round(u, 2), dataclasses.asdict(c)) for u, c in results]})
-            entries.append({"kernel": "gemm", "bits": 4, "m": m_bucket(m), "n": n, "k": k, "us": round(best_us, 2),
-                            "best": True, "config": dataclasses.asdict(best)})
+            rows.append({"n": n, "k": k, "m": m, "shipped_us": ship_us, "shipped": _asdict(shipped),
+                         "best_us": best_us, "best": _asdict(best),
+                         "all": [(round(u, 2), _kernel_name(c), _asdict(c)) for u, c in results]})
+            winners = {}  # fastest of each kernel family, the overall winner flagged (as ``lowbit tune`` does)
+            for us, cfg in results:
+                winners.setdefault(_kernel_name(cfg), (us, cfg))
+            for name, (us, cfg) in winners.items():
+                entries.append({"kernel": name, "bits": 4, "m": m_bucket(m), "n": n, "k": k, "us": round(us, 2),
+                                "best": cfg is best, "config": _asdict(cfg)})
         del qws
         torch.cuda.empty_cache()
     table = {"gpu": torch.cuda.get_device_name(), "dtype": str(dtype), "group_size": 128,

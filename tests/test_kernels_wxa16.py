@@ -2,6 +2,7 @@
 
 On CPU they run in the Triton interpreter (fp16 only); on a GPU fp16 and bf16.
 """
+import dataclasses
 import pytest
 import torch
 
@@ -142,6 +143,22 @@ def test_packed4_gemm_paths(n, k, config, options, monkeypatch):
     bias = torch.randn(n, generator=torch.Generator().manual_seed(4)).to(DEVICE, dtype)
     y = _launch("gemm", x, qw, bias, config)
     assert_close_matmul(y, reference_linear(x, qw, bias), x, qw.dequantize(), dtype)
+
+
+@pytest.mark.parametrize("n,k", [(256, 256), (72, 300)], ids=["even", "tails"])
+def test_packed4_gemm_config_scale_folded(n, k):
+    """``GemmConfig.scale_after=False`` (the large-M tiles): the group scale folded into the 16-bit weights,
+    one accumulator; a 128 x 256 tile (BLOCK_N 256, 8 warps) with 130 rows, against the oracle."""
+    from lowbit.kernels import gemm
+
+    dtype = torch.float16
+    config = GemmConfig(block_m=128, block_n=256, block_k=64, split_k=1, num_warps=8, scale_after=False)
+    assert gemm.packed_meta(True, config, n, k, False)["SCALE_AFTER"] is False
+    assert gemm.packed_meta(True, dataclasses.replace(config, scale_after=True), n, k, False)["SCALE_AFTER"] is True
+    qw = _make(4, 128, False, "int", n, k, dtype, seed=k)
+    x = torch.randn(130, k, generator=torch.Generator().manual_seed(6)).to(DEVICE, dtype)
+    y = _launch("gemm", x, qw, None, config)
+    assert_close_matmul(y, reference_linear(x, qw), x, qw.dequantize(), dtype)
 
 
 @pytest.mark.parametrize("n,k", [(128, 512), (72, 300)], ids=["even", "tails"])
