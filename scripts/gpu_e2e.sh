@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine: the whole test suite (converter tests with the carried packer wheels, e2e smoke
 # tests), then the end-to-end decode measurement of docs/e2e.md (resumable: run again to finish).
-# Usage: COMMIT=<sha> bash scripts/gpu_e2e.sh [tests|e2e|ro|all]  (results under $OUT, one archive)
+# Usage: COMMIT=<sha> [FORMATS=bf16,w4a16,...] [TAG=stem] bash scripts/gpu_e2e.sh [tests|e2e|ro|all]
+# (results under $OUT, one archive)
 set -uo pipefail
 OUT=${OUT:-out/gpu}; mkdir -p "$OUT/res"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -10,7 +11,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} LOWBIT_GIT_COMMIT=${COMMIT:-unknown}
 export TRITON_CACHE_DIR=$PWD/out/cache/triton TORCHINDUCTOR_CACHE_DIR=$PWD/out/cache/inductor
-what=${1:-all}; budget=${BUDGET:-400}
+what=${1:-all}; budget=${BUDGET:-400}; formats=${FORMATS:-bf16,tinygemm,w4a16,w3a16,w2a16}; tag=${TAG:-e2e_llama3-8b}
 start=$SECONDS
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.total --format=csv | tee "$OUT/res/gpu.txt"
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/res/gpu.txt"
@@ -20,11 +21,11 @@ fi
 if [[ $what == e2e || $what == all ]]; then
   left=$(( budget - (SECONDS - start) )); (( left < 60 )) && left=60
   mkdir -p out/e2e
-  timeout $(( left + 150 )) python3 -m lowbit.bench e2e --model llama3-8b --formats bf16,tinygemm,w4a16,w3a16,w2a16 \
-    --batch 1,8,32,128 --prompt 128 --decode 256 --compile compile-graph --time-budget $left --resume --out out/e2e \
-    2>&1 | grep -v Warning | tail -60 | tee "$OUT/res/e2e_log.txt"
-  python3 -m lowbit.bench e2e --render out/e2e/e2e_llama3-8b.json > /dev/null 2>&1
-  cp out/e2e/e2e_llama3-8b.* "$OUT/res/" 2>/dev/null
+  timeout $(( left + 150 )) python3 -m lowbit.bench e2e --model llama3-8b --formats "$formats" \
+    --batch 1,8,32,128 --prompt 128 --decode 256 --compile compile-graph --time-budget $left --resume --tag "$tag" \
+    --out out/e2e 2>&1 | grep -v Warning | tail -60 | tee "$OUT/res/e2e_log.txt"
+  python3 -m lowbit.bench e2e --render "out/e2e/$tag.json" > /dev/null 2>&1
+  cp "out/e2e/$tag".* "$OUT/res/" 2>/dev/null
 fi
 if [[ $what == ro ]]; then
   timeout $(( budget + 120 )) python3 -m lowbit.bench e2e --model llama3-8b --formats bf16,tinygemm,w4a16 --batch 1 \

@@ -32,7 +32,7 @@ SHAPES_8B_70B = "6144x4096,4096x4096,28672x4096,4096x14336,10240x8192,8192x8192,
 
 
 def candidates(m: int):
-    if m > 128:  # large tiles; scale_after=False folds the group scale into the 16-bit weights (no second
+    if m >= 128:  # large tiles; scale_after=False folds the group scale into the 16-bit weights (no second
         # accumulator: 128 x 256 compiles without spills), and dequantize + cuBLAS
         out = [DEQUANT_MM]
         for bm, bn, bk, warps, stages in ((128, 256, 64, 8, 3), (128, 256, 64, 8, 4), (128, 128, 64, 8, 4),

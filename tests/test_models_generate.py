@@ -43,10 +43,27 @@ def test_parse_formats():
     assert fs[0].label(torch.float32) == "fp32" and fs[2].label(torch.bfloat16) == "w4a16 g128"
     ok, why = fs[1].available(torch.device("cpu"), torch.bfloat16)
     assert not ok and "CUDA" in why
-    with pytest.raises(ValueError, match="not implemented"):
-        parse_format("fp8")
+    a8 = parse_formats("fp8,fp8-block,int8,w4a8,w8a8")
+    assert [f.kind for f in a8] == ["fp8", "fp8-block", "int8", "w4a8"]  # w8a8 = int8, deduplicated
+    assert a8[3].label(torch.bfloat16) == "w4a8-fp8 g128" and a8[3].bits == 4
     with pytest.raises(ValueError, match="unknown format"):
         parse_format("w9a16")
+    with pytest.raises(ValueError, match="unknown format"):
+        parse_format("fp4a8")
+
+
+@pytest.mark.parametrize("name,module", [("int8", "Int8Linear"), ("w4a8", "W4A8Linear"), ("fp8", "Float8Linear")])
+def test_apply_format_8bit_activations(name, module):
+    """The 8-bit-activation e2e formats go through quantize_ (every linear but the lm_head) and run the
+    model (CPU: the reference backend / interpreter) close to the dense logits."""
+    m = quantized(name)
+    kinds = {type(mod).__name__ for n, mod in m.named_modules() if n.startswith("layers.") and "proj" in n}
+    assert kinds == {module} and isinstance(m.lm_head, nn.Linear)
+    dense = build_model(CFG, "cpu", torch.float32, seed=0)
+    t = tokens(1, 6)
+    ref, got = dense(t), m(t)
+    assert got.shape == ref.shape
+    assert ((got - ref).norm() / ref.norm()).item() < 0.3
 
 
 def test_apply_format_replaces_linears_but_not_embedding_or_lm_head(w4_model):
@@ -126,7 +143,9 @@ GPU_CFG = LlamaConfig(name="g", vocab_size=512, hidden_size=256, intermediate_si
 @gpu_only
 @pytest.mark.parametrize("mode,fmt", [("graph", "bf16"), ("graph", "w4a16"), ("graph", "tinygemm"),
                                       ("compile-graph", "bf16"), ("compile-graph", "w4a16"),
-                                      ("compile-graph", "tinygemm"), ("reduce-overhead", "w4a16")])
+                                      ("compile-graph", "tinygemm"), ("reduce-overhead", "w4a16"),
+                                      ("graph", "w4a8"), ("compile-graph", "w4a8"), ("compile-graph", "fp8"),
+                                      ("compile-graph", "int8")])
 def test_cuda_generator_matches_eager(mode, fmt, monkeypatch):
     """The captured / compiled decode loop on the GPU (Triton kernels, bf16) against plain eager calls."""
     monkeypatch.delenv("LOWBIT_BACKEND")

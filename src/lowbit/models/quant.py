@@ -5,7 +5,10 @@
 * ``bf16`` — the unquantized model (in the run's dtype; the accuracy reference);
 * ``tinygemm`` — int4 g128 through ``aten._weight_int4pack_mm`` (CUDA, bf16), the baseline to beat;
 * ``w{n}a16[-g{size}|-pc][-sym]`` — lowbit weight-only n-bit (n = 1..8) via ``lowbit.quantize_``;
-  group 128 and asymmetric integer zeros unless told otherwise.
+  group 128 and asymmetric integer zeros unless told otherwise;
+* ``fp8`` (W8A8-fp8 row-wise), ``fp8-block`` (128 x 128 block scales), ``int8`` (W8A8-int8), ``w4a8``
+  (int4 g128 weights x fp8 activations): lowbit's 8-bit-activation configs (activations quantized per
+  token inside each linear); fp8 and W4A8 need sm_89+ for the kernels.
 
 Embeddings stay dense; the lm_head too unless ``quantize_lm_head``.
 """
@@ -18,18 +21,20 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from torch import nn
 
-from ..api import IntxWeightOnlyConfig, quantize_
+from ..api import (Float8DynamicActivationFloat8WeightConfig, Int4WeightFloat8ActivationConfig,
+                   Int8DynamicActivationInt8WeightConfig, IntxWeightOnlyConfig, quantize_)
 from ..formats.intx import IntxFormat
 
 DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
-NOT_YET = ("fp8", "w4a8", "int8", "w8a8")
+A8_FORMATS = {"fp8": "fp8", "w8a8-fp8": "fp8", "fp8-block": "fp8-block", "int8": "int8", "w8a8": "int8",
+              "w8a8-int8": "int8", "w4a8": "w4a8"}
 _INTX = re.compile(r"^w([1-8])a16(?:-?g(\d+)|-?(pc))?(-?sym)?$")
 
 
 @dataclass(frozen=True)
 class E2EFormat:
     name: str
-    kind: str  # "dense" | "tinygemm" | "intx"
+    kind: str  # "dense" | "tinygemm" | "intx" | "fp8" | "fp8-block" | "int8" | "w4a8"
     bits: int = 16
     group_size: Optional[int] = 128
     symmetric: bool = False
@@ -50,8 +55,22 @@ class E2EFormat:
             return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
         if self.kind == "tinygemm":
             return "tinygemm w4 g128"
+        if self.kind in A8_LABELS:
+            return A8_LABELS[self.kind]
         g = "pc" if self.group_size is None else f"g{self.group_size}"
         return f"w{self.bits}a16 {g}{' sym' if self.symmetric else ''}"
+
+
+A8_LABELS = {"fp8": "w8a8-fp8 row", "fp8-block": "w8a8-fp8 block", "int8": "w8a8-int8", "w4a8": "w4a8-fp8 g128"}
+
+
+def a8_config(kind: str, dtype: torch.dtype):
+    """The ``lowbit.quantize_`` config of an 8-bit-activation e2e format."""
+    if kind == "w4a8":
+        return Int4WeightFloat8ActivationConfig(group_size=128, scale_dtype=DTYPE_NAMES.get(dtype, "bfloat16"))
+    if kind == "int8":
+        return Int8DynamicActivationInt8WeightConfig()
+    return Float8DynamicActivationFloat8WeightConfig(granularity="block" if kind == "fp8-block" else "row")
 
 
 def parse_format(token: str) -> E2EFormat:
@@ -64,9 +83,11 @@ def parse_format(token: str) -> E2EFormat:
     if m:
         gs = None if m.group(3) else (128 if m.group(2) is None else int(m.group(2)))
         return E2EFormat(t, "intx", int(m.group(1)), gs, bool(m.group(4)))
-    if t in NOT_YET:
-        raise ValueError(f"format {t!r} is not implemented in lowbit yet (weight-only intx only so far)")
-    raise ValueError(f"unknown format {token!r}: bf16, tinygemm, w<n>a16[-g<size>|-pc][-sym] (n = 1..8)")
+    if t in A8_FORMATS:
+        kind = A8_FORMATS[t]
+        return E2EFormat(kind, kind, 4 if kind == "w4a8" else 8, 128 if kind == "w4a8" else None)
+    raise ValueError(f"unknown format {token!r}: bf16, tinygemm, w<n>a16[-g<size>|-pc][-sym] (n = 1..8), "
+                     f"{', '.join(sorted(set(A8_FORMATS.values())))}")
 
 
 def parse_formats(text: str) -> List[E2EFormat]:
@@ -131,6 +152,8 @@ def apply_format(model: nn.Module, fmt: E2EFormat, quantize_lm_head: bool = Fals
             setattr(model.get_submodule(parent) if parent else model, child, TinygemmLinear(module, fmt.group_size))
         return model
     dtype = next(model.parameters()).dtype
+    if fmt.kind in A8_LABELS:
+        return quantize_(model, a8_config(fmt.kind, dtype), filter_fn=keep)
     cfg = IntxWeightOnlyConfig(bits=fmt.bits, group_size=fmt.group_size, symmetric=fmt.symmetric,
                                scale_dtype=DTYPE_NAMES.get(dtype, "bfloat16"))
     return quantize_(model, cfg, filter_fn=keep)
