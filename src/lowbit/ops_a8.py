@@ -112,15 +112,13 @@ def reference_quantize_act(x2d, kind: str, block: int, inv_smooth=None) -> Tuple
     return quantize_rows(xs, kind, block or None)
 
 
-def _quantize_2d(x2d, kind, block, inv_smooth, backend, dequant: bool = False, codes16: bool = False):
-    """(q, s); ``dequant``: q is q * s in x's dtype; ``codes16``: the codes as fp16 (``kernels.quant_act``)."""
+def _quantize_2d(x2d, kind, block, inv_smooth, backend, dequant: bool = False):
+    """(q, s); ``dequant``: q is q * s in x's dtype (``kernels.quant_act``)."""
     if backend == "reference":
         q, s = reference_quantize_act(x2d, kind, block, inv_smooth)
-        if dequant:
-            return dequantize_rows(q, s, block or None).to(x2d.dtype), s
-        return (q.to(torch.float16) if codes16 else q), s
+        return (dequantize_rows(q, s, block or None).to(x2d.dtype), s) if dequant else (q, s)
     x2d = x2d.contiguous() if x2d.stride(-1) != 1 else x2d
-    return quantize_act_triton(x2d, kind, block or None, inv_smooth, dequant, codes16)
+    return quantize_act_triton(x2d, kind, block or None, inv_smooth, dequant)
 
 
 def quantize_act_eager(x: torch.Tensor, kind: str, block: int = 0,
@@ -267,11 +265,10 @@ def linear_w4a8_fp8_eager(x, qweight, scales, zeros, bias, bits, group_size, in_
         if chosen == "fp8mma" and _fuse_quant(x2d, 0, None):
             return scaled_mm_intx(x2d, None, qweight, scales, zeros, bias, bits, group_len, sym_zero, n, x2d.dtype,
                                   x_kind="fp8")
-        if chosen == "packed":  # the same products on fp16 MMAs (exact), scaled per K tile and per token
-            xq16, sx = _quantize_2d(x2d, "fp8", 0, None, backend, codes16=True)  # e4m3 codes as fp16: exact
-            return gemm_wxa16(xq16, qweight, scales, zeros, bias, bits, group_len, sym_zero, n, config=cfg,
-                              x_scale=sx, out_dtype=x2d.dtype)
         xq, sx = _quantize_2d(x2d, "fp8", 0, None, backend)
+        if chosen == "packed":  # the same products on 16-bit MMAs (exact), scaled per K tile and per token
+            return gemm_wxa16(xq, qweight, scales, zeros, bias, bits, group_len, sym_zero, n, config=cfg,
+                              x_scale=sx, out_dtype=x2d.dtype)
         return scaled_mm_intx(xq, sx, qweight, scales, zeros, bias, bits, group_len, sym_zero, n, x2d.dtype)
 
     return flatten_apply(x, in_features, n, run)

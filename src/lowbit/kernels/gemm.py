@@ -201,8 +201,7 @@ def gemm_wxa16_kernel(
     """Computes the tile transposed, Y^T[BLOCK_N, BLOCK_M] = W[BLOCK_N, :] @ X[BLOCK_M, :]^T: the
     dequantized weights are the register A operand and the tokens the MMA's N side, so Hopper's
     wgmma applies from BLOCK_M = 16 on (a [BLOCK_M < 64, ...] A operand would not).
-    X_SCALE (W4A8 at small M): X holds per-token quantization codes (e4m3, or the same codes stored as fp16
-    by ``quantize_act(codes16=True)``, which spares the kernel the conversion) with fp32 scales xs (M,); the
+    X_SCALE (W4A8 at small M): X holds per-token quantized values (fp8) with fp32 scales xs (M,); the
     MMAs run in fp16 (every e4m3 value and every q - z is exact there, products exact in fp32; the
     launcher keeps one group per K tile so the group scale multiplies the tile's fp32 product, never
     a 16-bit operand) and row m of the tile is multiplied by xs[m] before the bias."""

@@ -35,21 +35,14 @@ def cast_8bit(x, inv, QMAX: tl.constexpr, IS_INT8: tl.constexpr, OUT_TY: tl.cons
     return v.to(OUT_TY)
 
 
-# What quantize_act stores (``STORE``): the 8-bit codes; the value each code stands for, q * s, rounded once to
-# the output's 16-bit dtype; or the codes themselves as fp16 (exact: every e4m3 / int8 value is an fp16).
-STORE_CODES, STORE_DEQUANT, STORE_CODES16 = 0, 1, 2
-
-
 @triton.jit
-def emit_8bit(x, s, inv, QMAX: tl.constexpr, IS_INT8: tl.constexpr, OUT_TY: tl.constexpr, STORE: tl.constexpr):
-    """What the kernel stores for x (``STORE_*``): the 8-bit code (``cast_8bit``), q * s in OUT_TY, or q in
-    OUT_TY (fp16)."""
-    if STORE == 0:
-        return cast_8bit(x, inv, QMAX, IS_INT8, OUT_TY)
-    q = cast_8bit(x, inv, QMAX, IS_INT8, tl.int8 if IS_INT8 else tl.float8e4nv)
-    if STORE == 1:
+def emit_8bit(x, s, inv, QMAX: tl.constexpr, IS_INT8: tl.constexpr, OUT_TY: tl.constexpr, DEQUANT: tl.constexpr):
+    """What the kernel stores for x: the 8-bit code (``cast_8bit``), or with DEQUANT the value it stands
+    for, q * s, rounded once to OUT_TY (a 16-bit dtype; the operand of a 16-bit GEMM)."""
+    if DEQUANT:
+        q = cast_8bit(x, inv, QMAX, IS_INT8, tl.int8 if IS_INT8 else tl.float8e4nv)
         return (q.to(tl.float32) * s).to(OUT_TY)
-    return q.to(OUT_TY)
+    return cast_8bit(x, inv, QMAX, IS_INT8, OUT_TY)
 
 
 @triton.jit
@@ -58,11 +51,12 @@ def quantize_act_kernel(
     M, K,
     stride_xm, stride_qm, stride_sm,
     HAS_SMOOTH: tl.constexpr, IS_INT8: tl.constexpr, QMAX: tl.constexpr, FLOOR: tl.constexpr,
-    BLOCK: tl.constexpr, CHUNK: tl.constexpr, STORE: tl.constexpr = 0,
+    BLOCK: tl.constexpr, CHUNK: tl.constexpr, DEQUANT: tl.constexpr = False,
 ):
     """One program per token row. BLOCK == 0: per-row scale; a row of K <= CHUNK is read once and kept
     in registers, a longer one in two passes of CHUNK pieces (amax, then cast; the second read hits
-    L2). BLOCK > 0: CHUNK // BLOCK scale blocks per step, one pass. STORE: what q holds (``emit_8bit``)."""
+    L2). BLOCK > 0: CHUNK // BLOCK scale blocks per step, one pass. DEQUANT: q holds q * s in its own
+    16-bit dtype (``emit_8bit``)."""
     row = tl.program_id(0)
     x_row = x_ptr + row.to(tl.int64) * stride_xm
     q_row = q_ptr + row.to(tl.int64) * stride_qm
@@ -72,7 +66,7 @@ def quantize_act_kernel(
         x = _smoothed(x_row, ism_ptr, offs, offs < K, HAS_SMOOTH)
         s, inv = row_scale(tl.max(tl.abs(x), axis=0), tl.max((x != x).to(tl.int32), axis=0) > 0, QMAX, FLOOR)
         tl.store(s_ptr + row * stride_sm, s)
-        tl.store(q_row + offs, emit_8bit(x, s, inv, QMAX, IS_INT8, out_ty, STORE), mask=offs < K)
+        tl.store(q_row + offs, emit_8bit(x, s, inv, QMAX, IS_INT8, out_ty, DEQUANT), mask=offs < K)
     elif BLOCK == 0:
         amax = tl.zeros((CHUNK,), dtype=tl.float32)
         nan = tl.zeros((CHUNK,), dtype=tl.int32)
@@ -86,7 +80,7 @@ def quantize_act_kernel(
         for k0 in range(0, K, CHUNK):
             offs = k0 + tl.arange(0, CHUNK)
             x = _smoothed(x_row, ism_ptr, offs, offs < K, HAS_SMOOTH)
-            tl.store(q_row + offs, emit_8bit(x, s, inv, QMAX, IS_INT8, out_ty, STORE), mask=offs < K)
+            tl.store(q_row + offs, emit_8bit(x, s, inv, QMAX, IS_INT8, out_ty, DEQUANT), mask=offs < K)
     else:
         NB: tl.constexpr = CHUNK // BLOCK
         for k0 in range(0, K, CHUNK):
@@ -97,7 +91,7 @@ def quantize_act_kernel(
             s, inv = row_scale(amax, nan, QMAX, FLOOR)
             blk = k0 // BLOCK + tl.arange(0, NB)
             tl.store(s_ptr + row * stride_sm + blk, s, mask=blk * BLOCK < K)
-            tl.store(q_row + offs, emit_8bit(x, s[:, None], inv[:, None], QMAX, IS_INT8, out_ty, STORE),
+            tl.store(q_row + offs, emit_8bit(x, s[:, None], inv[:, None], QMAX, IS_INT8, out_ty, DEQUANT),
                      mask=offs < K)
 
 
@@ -115,19 +109,15 @@ def act_scale_shape(m: int, k: int, block: Optional[int]):
 
 
 def quantize_act(x: torch.Tensor, kind: str, block: Optional[int] = None,
-                 inv_smooth: Optional[torch.Tensor] = None, dequant: bool = False,
-                 codes16: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+                 inv_smooth: Optional[torch.Tensor] = None, dequant: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """x (M, K) with K contiguous -> (q (M, K) fp8/int8, s fp32 (M,) or (M, ceil(K/block))).
     ``dequant``: q is instead q * s in x's dtype (fp16/bf16), one rounding: the quantized activation as
-    the operand of a 16-bit GEMM. ``codes16``: q holds the codes as fp16 (exact), the operand of a
-    16-bit GEMM that applies s itself (``gemm_wxa16(x_scale=)``).
+    the operand of a 16-bit GEMM.
 
     Inputs are validated by ``lowbit.ops``; ``block`` is a power of two >= 16 or None.
     """
     m, k = x.shape
-    store = STORE_DEQUANT if dequant else STORE_CODES16 if codes16 else STORE_CODES
-    qdtype = {STORE_CODES: torch_dtype(kind), STORE_DEQUANT: x.dtype, STORE_CODES16: torch.float16}[store]
-    q = torch.empty((m, k), device=x.device, dtype=qdtype)
+    q = torch.empty((m, k), device=x.device, dtype=x.dtype if dequant else torch_dtype(kind))
     s = torch.empty(act_scale_shape(m, k, block), device=x.device, dtype=torch.float32)
     if m == 0:
         return q, s
@@ -145,6 +135,6 @@ def quantize_act(x: torch.Tensor, kind: str, block: Optional[int] = None,
         x, q, s, inv_smooth if inv_smooth is not None else s,
         m, k, x.stride(0), q.stride(0), s.stride(0),
         HAS_SMOOTH=inv_smooth is not None, IS_INT8=kind == "int8", QMAX=qmax(kind), FLOOR=AMAX_FLOOR,
-        BLOCK=block or 0, CHUNK=chunk, STORE=store, num_warps=warps or (4 if chunk <= 1024 else 8),
+        BLOCK=block or 0, CHUNK=chunk, DEQUANT=dequant, num_warps=warps or (4 if chunk <= 1024 else 8),
     )
     return q, s
