@@ -21,7 +21,8 @@ from lowbit.errors import FormatError, InputError, UnsupportedError
 from lowbit.formats import Fp8Format, Int8Format, IntxFormat
 from lowbit.formats.act8 import dequantize_rows, quantize_rows
 from lowbit.formats.intx import symmetric_zero
-from lowbit.kernels.gemm import gemm_wxa16, scaled_x_config
+from lowbit.kernels import gemm as gemm_module
+from lowbit.kernels.gemm import GemmConfig, gemm_wxa16, scaled_x_config
 from lowbit.kernels.int4_fp8 import (UNPACK_MAGIC, UNPACK_PRMT, e4m3_bytes, e4m3_tables, intx_operand, load_tables,
                                      signed_words, table_words)
 from lowbit.kernels.quant_act import quantize_act
@@ -409,13 +410,18 @@ def test_gemm_scaled_x(m, split_k, group_size, symmetric, dtype):
     _check_gemm(y.cpu(), _ref_y(dequantize_rows(xq, sx), qw.dequantize().cpu(), bias.float()), k, dtype)
 
 
-def test_scaled_x_config_falls_back():
-    """No packed path for 3-bit natural words or a prefetching table config: the fp8 kernel keeps them."""
+def test_scaled_x_config_falls_back(monkeypatch):
+    """No packed path for 3-bit natural words: the fp8 kernel keeps them; a table tile chosen for the folded
+    scale (``scale_after=False``) is replaced by the heuristic one (the post-MMA scale must fit)."""
     x = torch.zeros(4, 256, dtype=torch.float16)
     z = torch.zeros(1, 1, dtype=torch.uint8)
     assert scaled_x_config(4, 64, 256, 3, 64, z, 4, x) is None
     cfg = scaled_x_config(4, 64, 256, 4, 32, z, 8, x)
-    assert cfg is not None and cfg.block_k == 32 and not cfg.prefetch
+    assert cfg is not None and cfg.block_k == 32 and not cfg.prefetch and cfg.scale_after
+    folded = GemmConfig(256, 128, 64, 1, 8, 8, 3, False, False)  # a large-M table tile (folded scale)
+    monkeypatch.setattr(gemm_module, "resolve_config", lambda *a: folded)
+    cfg = scaled_x_config(100, 64, 256, 4, 128, z, 8, x)
+    assert cfg.scale_after and (cfg.block_m, cfg.block_n) == (64, 64)  # the heuristic tile, not 256x128
 
 
 @fp8_dev

@@ -236,6 +236,8 @@ def heuristic_config(m: int, n: int, k: int, group_len: int) -> GemmConfig:
     bk = 64 if group_len >= 64 else 32
     if m <= 64:
         return GemmConfig(16 if m <= 16 else 32 if m <= 32 else 64, 128, bk, 1, 8, 4, 4)
+    if m <= 128:  # the H200 winner on most Llama-3 shapes at M = 128 (benchmarks/results/h200/pipeline_probe/)
+        return GemmConfig(64, 64, 2 * bk if group_len >= 128 else bk, 1, 8, 4, 3)
     return GemmConfig(128, 128, bk, 1, 8, 8, 3)
 
 
@@ -275,6 +277,8 @@ def scaled_x_config(m: int, n: int, k: int, bits: int, group_len: int, zeros: Op
     fp32 product (the 16-bit operands stay exact). None where the packed dequantization does not apply
     (the caller keeps the fp8 tensor-core kernel)."""
     cfg = resolve_config("gemm", GemmConfig, heuristic_config, m, n, k, bits, group_len, x)
+    if not cfg.scale_after:  # a tile chosen for the folded scale: its second accumulator may not fit
+        cfg = heuristic_config(m, n, k, group_len)
     bk = cfg.block_k
     while bk > group_len:
         bk //= 2
