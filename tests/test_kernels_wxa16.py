@@ -13,7 +13,7 @@ from lowbit.formats.intx import symmetric_zero
 from lowbit.kernels.launch import split_k_counters
 from lowbit.ops import PER_CHANNEL_GROUP_LEN
 
-from helpers import DEVICE, KERNEL_DTYPES, assert_close_matmul, reference_linear
+from helpers import DEVICE, KERNEL_DTYPES, assert_close_matmul, gpu_only, reference_linear
 
 FORMATS = [  # (bits, group_size, symmetric, zero_kind)
     pytest.param(4, 128, False, "int", id="w4g128-asym"),
@@ -153,10 +153,27 @@ def test_packed4_gemm_config_scale_folded(n, k):
 
     dtype = torch.float16
     config = GemmConfig(block_m=128, block_n=256, block_k=64, split_k=1, num_warps=8, scale_after=False)
-    assert gemm.packed_meta(True, config, n, k, False)["SCALE_AFTER"] is False
-    assert gemm.packed_meta(True, dataclasses.replace(config, scale_after=True), n, k, False)["SCALE_AFTER"] is True
+    assert gemm.packed_meta(True, config, n, k, False, 64)["SCALE_AFTER"] is False
+    assert gemm.packed_meta(True, config, n, k, False, 128)["SCALE_AFTER"] is True  # ``folded_scale_ok``
+    assert gemm.packed_meta(True, dataclasses.replace(config, scale_after=True), n, k, False, 64)["SCALE_AFTER"] is True
+    config = dataclasses.replace(config, block_k=128)
     qw = _make(4, 128, False, "int", n, k, dtype, seed=k)
     x = torch.randn(130, k, generator=torch.Generator().manual_seed(6)).to(DEVICE, dtype)
+    y = _launch("gemm", x, qw, None, config)
+    assert_close_matmul(y, reference_linear(x, qw), x, qw.dequantize(), dtype)
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+def test_packed4_gemm_folded_scale_guard(dtype):
+    """The config that gave a 1.7e-2 relative error on the H200 with the folded scale (128x128x64 x 8 warps,
+    groups of 128, 28672x4096): ``folded_scale_ok`` keeps its post-MMA scale, so the result is right."""
+    from lowbit.kernels import gemm
+
+    config = GemmConfig(block_m=128, block_n=128, block_k=64, split_k=1, num_warps=8, num_stages=3, scale_after=False)
+    assert not gemm.folded_scale_ok(config, 128)
+    qw = _make(4, 128, False, "int", 28672, 4096, dtype, seed=7)
+    x = torch.randn(128, 4096, generator=torch.Generator().manual_seed(8)).to(DEVICE, dtype)
     y = _launch("gemm", x, qw, None, config)
     assert_close_matmul(y, reference_linear(x, qw), x, qw.dequantize(), dtype)
 

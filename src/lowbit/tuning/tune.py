@@ -25,6 +25,9 @@ from . import gpu_slug, m_bucket
 
 
 DEQUANT_MM = None  # the dequantize + cuBLAS path has no config
+# a candidate's output vs the fp32 oracle (relative Frobenius): correct 16-bit kernels sit at 1.6-2.2e-3 (bf16
+# output rounding); 2e-2 let a config with a wrong result (1.7e-2, ``gemm.folded_scale_ok``) through
+CHECK_REL_ERR = 6e-3
 
 
 def gemv_candidates(m: int, group_len: int) -> List[GemvConfig]:
@@ -160,7 +163,7 @@ def tune(bits_list: Sequence[int], shapes: Sequence[Tuple[int, int]], ms: Sequen
                 for bits_, n_, k_, m_, cfg in _tasks([bits], [(n, k)], [m], group, gemv):
                     try:
                         y = _call(cfg, x, qws[0]).float()
-                        if not ((y - ref).norm() / ref.norm()).item() < 2e-2:
+                        if not ((y - ref).norm() / ref.norm()).item() < CHECK_REL_ERR:
                             raise ValueError("wrong result")
                         us = timer.kernel_us([lambda q=q: _call(cfg, x, q) for q in qws], Cost("tune", 0, 0))
                     except Exception as e:
