@@ -315,3 +315,14 @@ def test_packed_gemm_bits(bits, n, k, group_size, symmetric, dtype, config):
     y = gemm_wxa16(x, to_mma_words(qw.qweight, bits), qw.scales, qw.zeros, bias, bits, gl, symmetric_zero(bits), n,
                    config=config, k_order=1)
     assert_close_matmul(y, reference_linear(x, qw, bias), x, qw.dequantize(), dtype)
+
+
+def test_tuner_folded_candidates_are_allowed():
+    """The tuner's large-M packed candidates with the folded scale are tiles ``folded_scale_ok`` accepts at
+    group 128 (else the kernel would quietly run them with the post-MMA scale and spill)."""
+    from lowbit.kernels.gemm import folded_scale_ok
+    from lowbit.tuning.tune import gemm_candidates
+
+    folded = [c for m in (128, 1024, 4096) for c in gemm_candidates(m) if not c.scale_after]
+    assert folded and all(folded_scale_ok(c, 128) for c in folded)
+    assert not any(not c.scale_after for c in gemm_candidates(64))

@@ -76,6 +76,10 @@ def gemm_candidates(m: int, bits: int = 4) -> List[GemmConfig]:
         else:
             for bn, bk, warps in ((64, 64, 4), (64, 128, 4), (128, 64, 8), (128, 128, 8), (256, 64, 8)):
                 out.append(GemmConfig(bm, bn, bk, 1, 8, warps, 3))
+    if m >= 128:  # packed tiles with the group scale folded into the weights (one accumulator, no spills;
+        # benchmarks/results/h200/pipeline_probe/): BLOCK_M 256, or K tiles of a whole group (``gemm.folded_scale_ok``)
+        for bm, bn, bk, stages in ((256, 128, 64, 3), (128, 128, 128, 3), (128, 256, 128, 3)):
+            out.append(GemmConfig(bm, bn, bk, 1, 8, 8, stages, False, False))
     return out
 
 
