@@ -13,16 +13,15 @@ CUDA-graph kernel time, the tuner's timer and checks) and writes the winners as 
 import argparse
 import dataclasses
 import json
-import multiprocessing as mp
-import time
 
 import torch
 
-from lowbit.bench.timing import Cost, CudaTimer
+from lowbit.bench.timing import CudaTimer
 from lowbit.kernels.gemm import GemmConfig, heuristic_config
 from lowbit.kernels.launch import resolve_config
-from lowbit.tuning import gpu_slug, m_bucket
-from lowbit.tuning.tune import CHECK_REL_ERR, DEQUANT_MM, _call, _compile_worker, _kernel_name, _problem
+from lowbit.tuning import gpu_slug
+from lowbit.tuning.tune import DEQUANT_MM, _kernel_name, _problem, compile_candidates, table_entries, time_candidates
+
 
 def _asdict(cfg) -> dict:
     return {} if cfg is None else dataclasses.asdict(cfg)
@@ -61,12 +60,7 @@ def main():
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
     ms = [int(v) for v in a.m.split(",")]
     dtype = torch.bfloat16
-    tasks = [(4, n, k, m, c) for n, k in shapes for m in ms for c in candidates(m)]
-    t0 = time.time()
-    per_shape = [[t for t in tasks if (t[1], t[2]) == s] for s in shapes]  # one weight per worker at a time
-    with mp.get_context("spawn").Pool(a.jobs) as pool:
-        pool.map(_compile_worker, [(c, 128, "bfloat16") for c in per_shape])
-    print(f"compiled {len(tasks)} candidates in {time.time() - t0:.0f}s", flush=True)
+    compile_candidates([(4, n, k, m, c) for n, k in shapes for m in ms for c in candidates(m)], 128, dtype, a.jobs)
     timer = CudaTimer(replays=5)
     entries, rows = [], []
     for n, k in shapes:
@@ -75,33 +69,16 @@ def main():
         ref_w = base.dequantize(torch.float32)
         for m in ms:
             x = torch.randn(m, k, device="cuda", dtype=dtype)
-            ref = x.float() @ ref_w.t()
             shipped = resolve_config("gemm", GemmConfig, heuristic_config, m, n, k, 4, 128, x)
-            results = []
-            for cfg in [shipped] + candidates(m):
-                try:
-                    y = _call(cfg, x, qws[0]).float()
-                    if not ((y - ref).norm() / ref.norm()).item() < CHECK_REL_ERR:
-                        raise ValueError("wrong result")
-                    us = timer.kernel_us([lambda q=q, c=cfg: _call(c, x, q) for q in qws], Cost("probe", 0, 0))
-                except Exception as e:  # noqa: BLE001 - a config that does not compile / fit is skipped
-                    print(f"  skip {cfg}: {e}", flush=True)
-                    continue
-                results.append((us, cfg))
-            ship_us = results[0][0] if results and results[0][1] == shipped else float("nan")
-            results.sort(key=lambda r: r[0])
+            results = time_candidates([shipped] + candidates(m), x, qws, x.float() @ ref_w.t(), timer)
+            ship_us = next((u for u, c in results if c is shipped), float("nan"))
             best_us, best = results[0]
             print(f"{n}x{k} M={m}: shipped gemm {ship_us:.1f} us {shipped}; best {best_us:.1f} us {best} "
                   f"({ship_us / best_us:.2f}x)", flush=True)
             rows.append({"n": n, "k": k, "m": m, "shipped_us": ship_us, "shipped": _asdict(shipped),
                          "best_us": best_us, "best": _asdict(best),
                          "all": [(round(u, 2), _kernel_name(c), _asdict(c)) for u, c in results]})
-            winners = {}  # fastest of each kernel family, the overall winner flagged (as ``lowbit tune`` does)
-            for us, cfg in results:
-                winners.setdefault(_kernel_name(cfg), (us, cfg))
-            for name, (us, cfg) in winners.items():
-                entries.append({"kernel": name, "bits": 4, "m": m_bucket(m), "n": n, "k": k, "us": round(us, 2),
-                                "best": cfg is best, "config": _asdict(cfg)})
+            entries += table_entries(results, 4, m, n, k)
         del qws
         torch.cuda.empty_cache()
     table = {"gpu": torch.cuda.get_device_name(), "dtype": str(dtype), "group_size": 128,

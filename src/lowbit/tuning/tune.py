@@ -126,32 +126,69 @@ def _tasks(bits_list, shapes, ms, group, gemv: str = "full") -> List[Tuple[int, 
 def _compile_worker(args):
     tasks, group, dtype_name = args
     dtype = getattr(torch, dtype_name)
-    done = {}
+    key, qw = None, None
     for bits, n, k, m, cfg in tasks:
-        key = (bits, n, k)
-        if key not in done:
-            done[key] = _problem(bits, n, k, group, dtype, 1)[1][0]
+        if (bits, n, k) != key:  # one weight alive at a time (70B shapes are GBs in fp32)
+            key, qw = (bits, n, k), None
+            qw = _problem(bits, n, k, group, dtype, 1)[1][0]
         x = torch.randn(m, k, device="cuda", dtype=dtype)
         try:
-            _call(cfg, x, done[key])
+            _call(cfg, x, qw)
         except Exception as e:  # reported again (and skipped) by the timing pass
             print(f"compile failed {cfg}: {e}", file=sys.stderr)
     torch.cuda.synchronize()
     return len(tasks)
 
 
-def tune(bits_list: Sequence[int], shapes: Sequence[Tuple[int, int]], ms: Sequence[int], group: int = 128,
-         dtype: torch.dtype = torch.bfloat16, jobs: int = 8, gemv: str = "full") -> Dict:
-    from ..bench.timing import Cost, CudaTimer
-
-    tasks = _tasks(bits_list, shapes, ms, group, gemv)
+def compile_candidates(tasks, group: int, dtype: torch.dtype, jobs: int) -> None:
+    """Compile every (bits, n, k, m, config) task in ``jobs`` spawned processes (the binaries land in
+    Triton's disk cache for the timing pass); each worker gets a contiguous run of tasks sorted by weight
+    shape, so it builds one weight after the other."""
     t0 = time.time()
     if jobs > 1:
-        ctx = mp.get_context("spawn")
-        chunks = [tasks[i::jobs] for i in range(jobs)]
-        with ctx.Pool(jobs) as pool:
+        order = sorted(range(len(tasks)), key=lambda i: tasks[i][:3])
+        size = -(-len(order) // jobs)
+        chunks = [[tasks[i] for i in order[j:j + size]] for j in range(0, len(order), size)]
+        with mp.get_context("spawn").Pool(jobs) as pool:
             pool.map(_compile_worker, [(c, group, str(dtype).replace("torch.", "")) for c in chunks])
     print(f"compiled {len(tasks)} candidates in {time.time() - t0:.0f}s", flush=True)
+
+
+def time_candidates(configs, x: torch.Tensor, qws, ref: torch.Tensor, timer) -> List[Tuple[float, object]]:
+    """(us, config) of every candidate that runs and matches the fp32 oracle ``ref`` (relative error below
+    CHECK_REL_ERR), fastest first; cold CUDA-graph kernel time over the weight copies ``qws``."""
+    from ..bench.timing import Cost
+
+    results = []
+    for cfg in configs:
+        try:
+            y = _call(cfg, x, qws[0]).float()
+            if not ((y - ref).norm() / ref.norm()).item() < CHECK_REL_ERR:
+                raise ValueError("wrong result")
+            us = timer.kernel_us([lambda q=q, c=cfg: _call(c, x, q) for q in qws], Cost("tune", 0, 0))
+        except Exception as e:  # a config that does not compile, fit or match is skipped
+            print(f"  skip {cfg}: {e}", flush=True)
+            continue
+        results.append((us, cfg))
+    results.sort(key=lambda r: r[0])
+    return results
+
+
+def table_entries(results, bits: int, m: int, n: int, k: int) -> List[Dict]:
+    """Shipped-table entries: the fastest config of each kernel family, the overall winner flagged ``best``."""
+    winners = {}
+    for us, cfg in results:
+        winners.setdefault(_kernel_name(cfg), (us, cfg))
+    best = _kernel_name(results[0][1])
+    return [{"kernel": name, "bits": bits, "m": m_bucket(m), "n": n, "k": k, "us": round(us, 2), "best": name == best,
+             "config": dataclasses.asdict(cfg) if cfg is not None else {}} for name, (us, cfg) in winners.items()]
+
+
+def tune(bits_list: Sequence[int], shapes: Sequence[Tuple[int, int]], ms: Sequence[int], group: int = 128,
+         dtype: torch.dtype = torch.bfloat16, jobs: int = 8, gemv: str = "full") -> Dict:
+    from ..bench.timing import CudaTimer
+
+    compile_candidates(_tasks(bits_list, shapes, ms, group, gemv), group, dtype, jobs)
     timer = CudaTimer(replays=10)
     entries = []
     for bits in bits_list:
@@ -162,29 +199,12 @@ def tune(bits_list: Sequence[int], shapes: Sequence[Tuple[int, int]], ms: Sequen
             ref_w = base.dequantize(torch.float32)
             for m in ms:
                 x = torch.randn(m, k, device="cuda", dtype=dtype)
-                ref = x.float() @ ref_w.t()
-                results = []
-                for bits_, n_, k_, m_, cfg in _tasks([bits], [(n, k)], [m], group, gemv):
-                    try:
-                        y = _call(cfg, x, qws[0]).float()
-                        if not ((y - ref).norm() / ref.norm()).item() < CHECK_REL_ERR:
-                            raise ValueError("wrong result")
-                        us = timer.kernel_us([lambda q=q: _call(cfg, x, q) for q in qws], Cost("tune", 0, 0))
-                    except Exception as e:
-                        print(f"  skip {cfg}: {e}", flush=True)
-                        continue
-                    results.append((us, cfg))
-                results.sort(key=lambda r: r[0])
+                configs = [t[4] for t in _tasks([bits], [(n, k)], [m], group, gemv)]
+                results = time_candidates(configs, x, qws, x.float() @ ref_w.t(), timer)
                 best_us, best = results[0]
                 print(f"W{bits} {n}x{k} M={m}: best {best_us:.1f} us {best} "
                       f"(worst {results[-1][0]:.1f} us of {len(results)})", flush=True)
-                winners = {}  # fastest config of each kernel family; the overall winner is flagged
-                for us, cfg in results:
-                    winners.setdefault(_kernel_name(cfg), (us, cfg))
-                for name, (us, cfg) in winners.items():
-                    entries.append({"kernel": name, "bits": bits, "m": m_bucket(m), "n": n, "k": k,
-                                    "us": round(us, 2), "best": name == _kernel_name(best),
-                                    "config": dataclasses.asdict(cfg) if cfg is not None else {}})
+                entries += table_entries(results, bits, m, n, k)
             del qws
             torch.cuda.empty_cache()
     return {"gpu": torch.cuda.get_device_name(), "dtype": str(dtype), "group_size": group,
