@@ -136,7 +136,7 @@ def test_packed4_gemm_paths(n, k, config, options, monkeypatch):
     dtype = torch.float16
     qw = _make(4, 128, False, "int", n, k, dtype, seed=n)
     assert gemm.use_packed(4, qw.zeros, symmetric_zero(4), None, 128, config)
-    meta = gemm.packed_meta(True, config, n, k, False)
+    meta = gemm.packed_meta(True, config, n, k, False, 128)
     assert meta["EVEN_N"] == meta["EVEN_K"] == (n == 128)
     assert (meta["ROW_REPS"] > 0) == options["fragment_rows"]
     x = torch.randn(5, k, generator=torch.Generator().manual_seed(3)).to(DEVICE, dtype)
@@ -326,3 +326,13 @@ def test_tuner_folded_candidates_are_allowed():
     folded = [c for m in (128, 1024, 4096) for c in gemm_candidates(m) if not c.scale_after]
     assert folded and all(folded_scale_ok(c, 128) for c in folded)
     assert not any(not c.scale_after for c in gemm_candidates(64))
+
+
+def test_tuner_table_entries_flag_the_winner():
+    """``tune.table_entries``: the fastest config of each kernel family, only the overall winner ``best``."""
+    from lowbit.tuning.tune import DEQUANT_MM, table_entries
+
+    fast, slow = GemmConfig(16, 64, 128, 4), GemmConfig(16, 128, 128, 2)
+    entries = table_entries([(5.0, fast), (7.0, DEQUANT_MM), (8.0, slow)], 4, 256, 4096, 4096)
+    assert [(e["kernel"], e["best"], e["us"]) for e in entries] == [("gemm", True, 5.0), ("dequant_mm", False, 7.0)]
+    assert entries[0]["config"]["split_k"] == 4 and entries[1]["config"] == {} and entries[0]["m"] == 256

@@ -324,10 +324,10 @@ def folded_scale_ok(cfg: GemmConfig, group_len: int) -> bool:
     error of 1.7e-2 instead of 2.2e-3 on 28672x4096 (not on 1024x512; 256x128x64 and 128x128x128 were
     right everywhere; ``scripts/folded_probe.py``), cause not found. Until it is, tiles shorter than the
     group fold the scale only with BLOCK_M >= 256; the others keep the post-MMA scale."""
-    return cfg.block_k >= min(group_len, 1 << 20) or cfg.block_m >= 256
+    return cfg.block_k >= group_len or cfg.block_m >= 256
 
 
-def packed_meta(packed: bool, cfg: GemmConfig, n: int, k: int, on_gpu: bool, group_len: int = 128) -> dict:
+def packed_meta(packed: bool, cfg: GemmConfig, n: int, k: int, on_gpu: bool, group_len: int) -> dict:
     """Constexprs of the packed 4-bit path: EVEN_N / EVEN_K drop masks on tile-aligned shapes,
     ROW_REPS orders the accumulator rows like the Hopper MMA fragment (``unpack.fragment_rows``) so
     word loads are 8/16-byte vectors, SCALE_AFTER scales each K tile's product instead of each weight."""
