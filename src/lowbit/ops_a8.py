@@ -253,10 +253,8 @@ def linear_w4a8_fp8_eager(x, qweight, scales, zeros, bias, bits, group_size, in_
         if backend == "reference":
             return reference_w4a8(x2d, qweight, scales, zeros, bias, bits, group_size, in_features)
         m = x2d.shape[0]
-        cfg = None
-        if path in ("auto", "packed"):
-            cfg = scaled_x_config(m, n, in_features, bits, group_len, zeros, sym_zero, x2d)
-        chosen = w4a8_path(m, cfg is not None) if path == "auto" else path
+        chosen = w4a8_path(m, True) if path == "auto" else path  # 'packed' falls back below where it can't run
+        cfg = scaled_x_config(m, n, in_features, bits, group_len, zeros, sym_zero, x2d) if chosen == "packed" else None
         if chosen == "packed" and cfg is None:
             chosen = "fp8mma"
         if chosen == "dequant":  # q * s rounded once to x's dtype, W dequantized to it: two 16-bit roundings
