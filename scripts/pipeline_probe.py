@@ -30,7 +30,26 @@ def _asdict(cfg) -> dict:
 SHAPES_8B_70B = "6144x4096,4096x4096,28672x4096,4096x14336,10240x8192,8192x8192,57344x8192,8192x28672"
 
 
-def candidates(m: int):
+def folded_small_candidates(m: int):
+    """Small M, the group scale folded into the 16-bit weights (``scale_after=False``) against scaling each
+    K tile's product (True): with the product scaled, every K tile waits for its wgmma group to finish
+    (``WARPGROUP.DEPBAR.LE gsb0, 0x0`` before the FFMAs); folded, the wgmmas stay in flight across the next
+    tile's dequantization at the cost of one HMUL2 per weight pair."""
+    bm = 16 if m <= 16 else 32 if m <= 32 else 64
+    out = []
+    for split in (1, 2, 4, 8):
+        for stages in (3, 4):
+            for scale_after in (False, True):
+                out.append(GemmConfig(bm, 64, 128, split, 8, 4, stages, False, scale_after))
+                out.append(GemmConfig(bm, 128, 128, split, 8, 4, stages, False, scale_after))
+                if bm <= 32:
+                    out.append(GemmConfig(bm, 256, 128, split, 8, 8, stages, False, scale_after))
+    return out
+
+
+def candidates(m: int, family: str = "pipeline"):
+    if family == "folded-small":
+        return folded_small_candidates(m)
     if m >= 128:  # large tiles; scale_after=False folds the group scale into the 16-bit weights (no second
         # accumulator: 128 x 256 compiles without spills), and dequantize + cuBLAS
         out = [DEQUANT_MM]
@@ -56,11 +75,14 @@ def main():
     ap.add_argument("--m", default="1,16")
     ap.add_argument("--jobs", type=int, default=8)
     ap.add_argument("--out", default="out/pipeline_probe.json")
+    ap.add_argument("--family", default="pipeline", choices=["pipeline", "folded-small"],
+                    help="pipeline: deeper stages / 256-k tiles (small M), folded large tiles (M >= 128); "
+                         "folded-small: scale_after False vs True at M < 128")
     a = ap.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
     ms = [int(v) for v in a.m.split(",")]
     dtype = torch.bfloat16
-    compile_candidates([(4, n, k, m, c) for n, k in shapes for m in ms for c in candidates(m)], 128, dtype, a.jobs)
+    compile_candidates([(4, n, k, m, c) for n, k in shapes for m in ms for c in candidates(m, a.family)], 128, dtype, a.jobs)
     timer = CudaTimer(replays=5)
     entries, rows = [], []
     for n, k in shapes:
@@ -70,7 +92,7 @@ def main():
         for m in ms:
             x = torch.randn(m, k, device="cuda", dtype=dtype)
             shipped = resolve_config("gemm", GemmConfig, heuristic_config, m, n, k, 4, 128, x)
-            results = time_candidates([shipped] + candidates(m), x, qws, x.float() @ ref_w.t(), timer)
+            results = time_candidates([shipped] + candidates(m, a.family), x, qws, x.float() @ ref_w.t(), timer)
             ship_us = next((u for u, c in results if c is shipped), float("nan"))
             best_us, best = results[0]
             print(f"{n}x{k} M={m}: shipped gemm {ship_us:.1f} us {shipped}; best {best_us:.1f} us {best} "
