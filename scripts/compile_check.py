@@ -49,7 +49,7 @@ def compile_kernel(fn, constexprs, num_warps, num_stages, dtype="fp16", base_sig
     attrs = {}
     if div16:
         attrs = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k, v in sig.items()
-                 if v != "constexpr" and k not in ("M", "magic", "stride_xk")}
+                 if v != "constexpr" and k not in ("M", "magic", "stride_xk") and not k.endswith("_desc")}
     src = ASTSource(fn, sig, constexprs=dict(constexprs), attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": num_warps, "num_stages": num_stages})
@@ -106,6 +106,7 @@ def main():
     p.add_argument("--scale-after", action="store_true", help="gemm packed: scale the MMA result per K tile")
     p.add_argument("--mma-words", action="store_true", help="gemm / grouped: 4-bit words in the mma word order")
     p.add_argument("--x-fp8", action="store_true", help="gemm: fp8 X with per-token scales (X_SCALE, W4A8 small M)")
+    p.add_argument("--tma", action="store_true", help="gemm packed: words and X through TMA descriptors")
     p.add_argument("--even", action="store_true", help="gemm: N % BLOCK_N == 0 and K % BLOCK_K == 0 (no masks)")
     p.add_argument("--gemv", action="store_true", help="grouped: the CUDA-core (GEMV) K loop instead of tensor cores")
     p.add_argument("--experts", type=int, default=8, help="grouped: E")
@@ -121,7 +122,7 @@ def main():
     if a.kernel == "gemv":
         ce.update(NUM_STAGES=1 if a.prefetch else a.stages, PREFETCH=a.prefetch, EVEN_K=True)
     if a.kernel == "gemm":
-        ce.update(GROUP_M=8, INT_ZERO=True, PREFETCH=False, PACKED=a.asm4, INLINE_ASM=a.asm4, EVEN_N=a.even, EVEN_K=a.even, ROW_REPS=a.row_reps, SCALE_AFTER=a.scale_after, MMA_WORDS=a.mma_words, X_SCALE=a.x_fp8)
+        ce.update(GROUP_M=8, INT_ZERO=True, PREFETCH=False, PACKED=a.asm4, INLINE_ASM=a.asm4, EVEN_N=a.even, EVEN_K=a.even, ROW_REPS=a.row_reps, SCALE_AFTER=a.scale_after, MMA_WORDS=a.mma_words, X_SCALE=a.x_fp8, TMA=a.tma)
     base_sig = None
     if a.kernel == "grouped":
         del ce["LUT"]  # affine codes only
@@ -136,8 +137,14 @@ def main():
         ce.update(NUM_STAGES=a.stages, EVEN_K=True) if a.kernel == "sparse24_gemv" else ce.update(GROUP_M=8)
     fn = {"gemv": gemv_wxa16_kernel, "gemm": gemm_wxa16_kernel, "grouped": grouped_wxa16_kernel,
           "sparse24_gemv": gemv_sparse24_kernel, "sparse24_gemm": gemm_sparse24_kernel}[a.kernel]
-    k = compile_kernel(fn, ce, a.warps, a.stages, a.dtype, base_sig,
-                       sig_override={"x_ptr": "*fp8e4nv"} if a.x_fp8 else None)
+    override = {"x_ptr": "*fp8e4nv"} if a.x_fp8 else {}
+    if a.tma:
+        xdt = "fp8e4nv" if a.x_fp8 else a.dtype
+        override.update(w_desc=f"tensordesc<i32[{a.block_k * plane_constexprs(a.bits)['P0'] // 32},{a.block_n}]>",
+                        x_desc=f"tensordesc<{xdt}[{a.block_m},{a.block_k}]>")
+    else:
+        ce.update(w_desc=None, x_desc=None)
+    k = compile_kernel(fn, ce, a.warps, a.stages, a.dtype, base_sig, sig_override=override or None)
     hist, usage, sass = sass_histogram(k.asm["cubin"])
     print(usage)
     print(" ".join(f"{op}:{c}" for op, c in hist.most_common(40)))

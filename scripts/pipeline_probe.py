@@ -47,9 +47,18 @@ def folded_small_candidates(m: int):
     return out
 
 
+def tma_small_candidates(m: int):
+    """Small M, weight words and X through TMA descriptors (``GemmConfig.tma``) against cp.async pointers."""
+    bm = 16 if m <= 16 else 32 if m <= 32 else 64
+    return [GemmConfig(bm, bn, 128, split, 8, 4, stages, False, True, tma)
+            for bn in (64, 128) for split in (1, 2, 4) for stages in (3, 4, 5) for tma in (False, True)]
+
+
 def candidates(m: int, family: str = "pipeline"):
     if family == "folded-small":
         return folded_small_candidates(m)
+    if family == "tma-small":
+        return tma_small_candidates(m)
     if m >= 128:  # large tiles; scale_after=False folds the group scale into the 16-bit weights (no second
         # accumulator: 128 x 256 compiles without spills), and dequantize + cuBLAS
         out = [DEQUANT_MM]
@@ -75,9 +84,9 @@ def main():
     ap.add_argument("--m", default="1,16")
     ap.add_argument("--jobs", type=int, default=8)
     ap.add_argument("--out", default="out/pipeline_probe.json")
-    ap.add_argument("--family", default="pipeline", choices=["pipeline", "folded-small"],
+    ap.add_argument("--family", default="pipeline", choices=["pipeline", "folded-small", "tma-small"],
                     help="pipeline: deeper stages / 256-k tiles (small M), folded large tiles (M >= 128); "
-                         "folded-small: scale_after False vs True at M < 128")
+                         "folded-small: scale_after False vs True at M < 128; tma-small: TMA vs cp.async at M < 128")
     a = ap.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
     ms = [int(v) for v in a.m.split(",")]

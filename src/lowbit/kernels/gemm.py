@@ -20,10 +20,15 @@ from .dequant import int_zero
 from .epilogue import grouped_tile_ids, split_k_tiles, write_linear_output
 from ..formats.intx import mma_chunk
 from .launch import launch_intx, resolve_config
+
+try:  # Triton >= 3.4
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover
+    TensorDescriptor = None
 from .unpack import (
     codes_from_words_nk, dequant_packed, dequant_tile, fragment_channels, fragment_rows, group_params, load_codes_nk,
-    lut4_packed, lut4_table_words, lut_dequant_tile, mma_k_order, natural_k, register_anchor, stored_k_extent,
-    table_base,
+    lut4_packed, lut4_table_words, lut_dequant_tile, mma_k_order, natural_k, plane_constexprs, register_anchor,
+    stored_k_extent, table_base,
 )
 
 
@@ -41,6 +46,9 @@ class GemmConfig:
     # accumulator) instead of being folded into the dequantized weights (one rounding to the 16-bit
     # operand, half the accumulator registers: 128 x 256 tiles compile without spills)
     scale_after: bool = True
+    # packed path: weight words and X tiles through TMA descriptors (``tma_applies``) instead of per-thread
+    # cp.async pointers (no per-thread address / mask arithmetic in the K loop)
+    tma: bool = False
 
 
 @triton.jit
@@ -51,7 +59,8 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr,
                     PACKED: tl.constexpr = False, INLINE_ASM: tl.constexpr = False,
                     EVEN_K: tl.constexpr = False, ROW_REPS: tl.constexpr = 0, SCALE_AFTER: tl.constexpr = False,
-                    MMA_WORDS: tl.constexpr = False, OP_DTYPE: tl.constexpr = None):
+                    MMA_WORDS: tl.constexpr = False, OP_DTYPE: tl.constexpr = None,
+                    w_desc=None, x_desc=None, tile_n0=0, tile_m0=0, TMA: tl.constexpr = False):
     """Y^T tile [BLOCK_N, BLOCK_M] (fp32) over the K tiles [t0, t1): rows ``offs_m`` of X (any row
     indices: the grouped kernel passes gathered token rows) times output channels ``offs_n`` of W.
     PACKED (``packed_applies``: codes of one P0-bit plane, integer zeros or a 4-bit table): the packed
@@ -59,7 +68,10 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
     MMA_WORDS: words in the mma word order (``formats.intx.to_mma_words``): the packed path takes X in
     natural order (4-bit natural words: X permuted by ``mma_k_order``), the generic one gathers X rows
     through ``unpack.natural_k``.
-    OP_DTYPE: the MMA operand dtype (default X's); X tiles are cast to it after the load (fp8 X, W4A8)."""
+    OP_DTYPE: the MMA operand dtype (default X's); X tiles are cast to it after the load (fp8 X, W4A8).
+    TMA (packed path, the dense kernel): the words come through ``w_desc`` (block [BLOCK_K * P0 / 32, BLOCK_N]
+    at word-row k0 * P0 / 32, column tile_n0) and X through ``x_desc`` (block [BLOCK_M, BLOCK_K] at row tile_m0);
+    the descriptors zero-fill past the tensor edges, so no masks."""
     if OP_DTYPE is None:
         CDT: tl.constexpr = x_ptr.dtype.element_ty
     else:
@@ -84,7 +96,10 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
             r = tl.arange(0, R)
             w_ptrs = qw_ptr + offs_n[None, :] + (k0 // VPW + r)[:, None] * stride_qk  # [R, BLOCK_N]
             x_ptrs = x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None] * stride_xk  # [BLOCK_K, BLOCK_M]
-            if EVEN_K:
+            if TMA:
+                words = w_desc.load([k0 // VPW, tile_n0])
+                xt = tl.trans(x_desc.load([tile_m0, k0]))
+            elif EVEN_K:
                 words = tl.load(w_ptrs, mask=mask_n[None, :], other=0)
                 xt = tl.load(x_ptrs, mask=mask_m[None, :], other=0.0)
             else:  # a tile past K reads no words past Kp (only possible when GPT > 1) and zero x
@@ -197,6 +212,7 @@ def gemm_wxa16_kernel(
     PACKED: tl.constexpr = False, INLINE_ASM: tl.constexpr = False,
     EVEN_N: tl.constexpr = False, EVEN_K: tl.constexpr = False, ROW_REPS: tl.constexpr = 0,
     SCALE_AFTER: tl.constexpr = False, MMA_WORDS: tl.constexpr = False, X_SCALE: tl.constexpr = False,
+    w_desc=None, x_desc=None, TMA: tl.constexpr = False,
 ):
     """Computes the tile transposed, Y^T[BLOCK_N, BLOCK_M] = W[BLOCK_N, :] @ X[BLOCK_M, :]^T: the
     dequantized weights are the register A operand and the tokens the MMA's N side, so Hopper's
@@ -221,7 +237,7 @@ def gemm_wxa16_kernel(
                           stride_xm, stride_xk, stride_qk, stride_sg, stride_tg, stride_tn,
                           GROUP_LEN, P0, P1, P2, HAS_ZEROS, SYM_ZERO, LUT, INT_ZERO,
                           BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, PACKED, INLINE_ASM, EVEN_K, ROW_REPS, SCALE_AFTER,
-                          MMA_WORDS, OPT)
+                          MMA_WORDS, OPT, w_desc, x_desc, pid_n * BLOCK_N, pid_m * BLOCK_M, TMA)
     if X_SCALE:
         acc = acc * tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)[None, :]
     if ROW_REPS > 0:
@@ -261,13 +277,33 @@ def gemm_wxa16(
         cfg = several_planes_config(cfg, bits, group_len)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(out_features, cfg.block_n), cfg.split_k)
     packed = use_packed(bits, zeros, sym_zero, table, group_len, cfg, k_order)
+    descs = tma_descriptors(x, qweight, bits, cfg) if cfg.tma and packed and tma_applies(x, qweight, bits, cfg) else {}
     return launch_intx(gemm_wxa16_kernel, grid, x, qweight, scales, zeros, bias, bits, group_len, sym_zero,
                        out_features, cfg.split_k, INT_ZERO=int_zero(zeros, sym_zero), BLOCK_M=cfg.block_m,
                        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, PREFETCH=cfg.prefetch,
                        **packed_meta(packed, cfg, out_features, k, x.is_cuda, group_len), MMA_WORDS=bool(k_order),
                        num_warps=cfg.num_warps, num_stages=cfg.num_stages, table=table,
                        extra_ptrs=(scales if x_scale is None else x_scale,), out_dtype=out_dtype,
-                       X_SCALE=x_scale is not None)
+                       X_SCALE=x_scale is not None, **descs)
+
+
+def tma_applies(x: torch.Tensor, qweight: torch.Tensor, bits: int, cfg: GemmConfig) -> bool:
+    """TMA descriptors need CUDA tensors with a contiguous last dim, 16-byte aligned bases and row strides,
+    and boxes of at most 256 elements per dim (16-byte multiples along the contiguous one)."""
+    if TensorDescriptor is None or not x.is_cuda or x.stride(1) != 1 or qweight.stride(1) != 1:
+        return False
+    if torch.cuda.get_device_capability(x.device)[0] < 9:
+        return False
+    aligned = all(t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0 for t in (x, qweight))
+    return aligned and cfg.block_k * x.element_size() % 16 == 0 and cfg.block_n <= 256 and cfg.block_k <= 256
+
+
+def tma_descriptors(x: torch.Tensor, qweight: torch.Tensor, bits: int, cfg: GemmConfig) -> dict:
+    """Kernel arguments of the TMA path: the words of the first bit-plane and X, in tiles of one K step."""
+    rows = cfg.block_k * plane_constexprs(bits)["P0"] // 32
+    return {"w_desc": TensorDescriptor(qweight, list(qweight.shape), [qweight.stride(0), 1], [rows, cfg.block_n]),
+            "x_desc": TensorDescriptor(x, list(x.shape), [x.stride(0), 1], [cfg.block_m, cfg.block_k]),
+            "TMA": True}
 
 
 def scaled_x_config(m: int, n: int, k: int, bits: int, group_len: int, zeros: Optional[torch.Tensor],
