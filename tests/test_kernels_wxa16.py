@@ -317,6 +317,42 @@ def test_packed_gemm_bits(bits, n, k, group_size, symmetric, dtype, config):
     assert_close_matmul(y, reference_linear(x, qw, bias), x, qw.dequantize(), dtype)
 
 
+@gpu_only
+@pytest.mark.parametrize("bits,group_size,symmetric", [(4, 128, False), (4, 64, True), (2, 64, False), (8, 128, False),
+                                                       (3, 128, False)], ids=["w4g128", "w4g64-sym", "w2g64", "w8g128", "w3g128"])
+@pytest.mark.parametrize("n,k", [(256, 512), (72, 304)], ids=["even", "tails"])
+@pytest.mark.parametrize("m", [1, 5, 33])
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+def test_packed_gemm_tma(bits, group_size, symmetric, n, k, m, dtype):
+    """``GemmConfig.tma``: words and X through TMA descriptors (zero-filled past N, K and M: no masks),
+    the same result as the oracle; split-K, two groups per tile (g64 under a 128-k tile), several planes."""
+    from lowbit.formats.intx import to_mma_words
+    from lowbit.kernels import gemm
+
+    bm = 16 if m <= 16 else 64
+    config = GemmConfig(block_m=bm, block_n=64, block_k=128, split_k=2, num_warps=4, tma=True)
+    qw = _make(bits, group_size, symmetric, "int", n, k, dtype, seed=bits + k)
+    words = to_mma_words(qw.qweight, bits)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)).to(DEVICE, dtype)
+    assert gemm.tma_applies(x, words, bits, config)
+    bias = torch.randn(n, generator=torch.Generator().manual_seed(4)).to(DEVICE, dtype)
+    y = gemm_wxa16(x, words, qw.scales, qw.zeros, bias, bits, group_size, symmetric_zero(bits), n,
+                   config=config, k_order=1)
+    assert_close_matmul(y, reference_linear(x, qw, bias), x, qw.dequantize(), dtype)
+
+
+def test_packed_gemm_tma_applies():
+    """TMA needs CUDA tensors with 16-byte aligned rows; elsewhere the cp.async path runs."""
+    from lowbit.kernels import gemm
+
+    config = GemmConfig(block_m=16, block_n=64, block_k=128, tma=True)
+    words = torch.zeros(64, 256, dtype=torch.int32)
+    assert not gemm.tma_applies(torch.zeros(1, 512, dtype=torch.float16), words, 4, config)  # CPU
+    if torch.cuda.is_available():
+        assert not gemm.tma_applies(torch.zeros(1, 300, dtype=torch.float16, device="cuda"), words.cuda(), 4, config)
+        assert gemm.tma_applies(torch.zeros(1, 512, dtype=torch.float16, device="cuda"), words.cuda(), 4, config)
+
+
 def test_tuner_folded_candidates_are_allowed():
     """The tuner's large-M packed candidates with the folded scale are tiles ``folded_scale_ok`` accepts at
     group 128 (else the kernel would quietly run them with the post-MMA scale and spill)."""
