@@ -128,7 +128,8 @@ def main():
         del ce["LUT"]  # affine codes only
         ce.update(INT_ZERO=True, EVEN_K=True, HAS_IDS=a.ids, TOPK=2, GATHER=a.ids, SCATTER=a.scatter, HAS_ROW_WEIGHTS=a.row_weights,
                   E_POW2=triton.next_power_of_2(a.experts), NUM_TILES=64, MMA=not a.gemv, GROUP_M=8,
-                  NUM_STAGES=a.stages, PACKED=a.asm4, INLINE_ASM=a.asm4, ROW_REPS=a.row_reps, MMA_WORDS=a.mma_words)
+                  NUM_STAGES=a.stages, PACKED=a.asm4, INLINE_ASM=a.asm4, ROW_REPS=a.row_reps, MMA_WORDS=a.mma_words,
+                  SCALE_AFTER=a.scale_after)
         base_sig = GROUPED_SIG
     if a.kernel.startswith("sparse24"):  # 4-bit kept values, integer zeros: no planes, no LUT
         for key in ("P0", "P1", "P2", "LUT"):
@@ -142,7 +143,7 @@ def main():
         xdt = "fp8e4nv" if a.x_fp8 else a.dtype
         override.update(w_desc=f"tensordesc<i32[{a.block_k * plane_constexprs(a.bits)['P0'] // 32},{a.block_n}]>",
                         x_desc=f"tensordesc<{xdt}[{a.block_m},{a.block_k}]>")
-    else:
+    elif a.kernel == "gemm":
         ce.update(w_desc=None, x_desc=None)
     k = compile_kernel(fn, ce, a.warps, a.stages, a.dtype, base_sig, sig_override=override or None)
     hist, usage, sass = sass_histogram(k.asm["cubin"])

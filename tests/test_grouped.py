@@ -25,7 +25,10 @@ CONFIGS = {
     "mma-splitk": GroupedConfig(mma=True, block_m=16, block_n=32, block_k=32, split_k=3),
     # 4-bit int zeros: packed dequant with accumulator rows in MMA fragment order (gemm.fragment_row_reps = 1)
     "mma-packed-rows": GroupedConfig(mma=True, block_m=16, block_n=64, block_k=64, split_k=2),
-    "mma-packed-128": GroupedConfig(mma=True, block_m=128, block_n=64, block_k=128, num_warps=4),
+    "mma-packed-128": GroupedConfig(mma=True, block_m=128, block_n=64, block_k=128, num_warps=4, scale_after=False),
+    # the group scale applied to each K tile's product (one group per tile) vs folded into the weights
+    "mma-packed-post": GroupedConfig(mma=True, block_m=16, block_n=64, block_k=64, scale_after=True),
+    "mma-packed-folded": GroupedConfig(mma=True, block_m=16, block_n=64, block_k=64, scale_after=False),
     "gemv2": GroupedConfig(mma=False, block_m=2, block_n=32, block_k=64),
     "gemv4-splitk": GroupedConfig(mma=False, block_m=4, block_n=32, block_k=64, split_k=2),
 }

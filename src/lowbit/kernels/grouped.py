@@ -43,6 +43,9 @@ class GroupedConfig:
     group_m: int = 8
     num_warps: int = 4
     num_stages: int = 3
+    # packed path: scale each K tile's product by its group scale (exact 16-bit operands, a second
+    # accumulator) instead of folding it into the weights (``gemm.GemmConfig.scale_after``)
+    scale_after: bool = True
 
 
 def max_tiles(rows: int, experts: int, block_m: int) -> int:
@@ -79,7 +82,7 @@ def grouped_wxa16_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, NUM_STAGES: tl.constexpr, EVEN_K: tl.constexpr,
     PACKED: tl.constexpr = False, INLINE_ASM: tl.constexpr = False, ROW_REPS: tl.constexpr = 0,
-    MMA_WORDS: tl.constexpr = False,
+    MMA_WORDS: tl.constexpr = False, SCALE_AFTER: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -112,7 +115,7 @@ def grouped_wxa16_kernel(
         acc = gemm_accumulate(x_ptr, qw_e, s_e, z_e, s_e, src, mask_m, offs_n, mask_n, K, Kp, t0, t1,
                               stride_xm, stride_xk, stride_qk, stride_sg, 0, 0, GROUP_LEN, P0, P1, P2, HAS_ZEROS,
                               SYM_ZERO, False, INT_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, False, PACKED, INLINE_ASM, EVEN_K,
-                              ROW_REPS, MMA_WORDS=MMA_WORDS)
+                              ROW_REPS, SCALE_AFTER=SCALE_AFTER, MMA_WORDS=MMA_WORDS)
         if ROW_REPS > 0:  # the packed path's accumulator rows are in MMA fragment order
             offs_n = fragment_channels(offs_n, ROW_REPS)
             mask_n = fragment_channels(mask_n, ROW_REPS)
@@ -170,12 +173,16 @@ def heuristic_config(rows: int, experts: int, n: int, k: int, group_len: int, nu
         # H200: the CUDA-core loop ran Mixtral T = 8 at 2x the time of a loop of dense W4A16 calls)
         if packed_mma and bm == 128:
             # sm_90 compile check (gather + scatter + row weights, mma word order): 128x64x128 x 4 warps
-            # 195 registers, no spills (8 warps split the rows and dequantize every weight twice)
-            cfg.update(num_warps=4)
+            # 195 registers, no spills (8 warps split the rows and dequantize every weight twice); the
+            # folded scale (one accumulator) keeps it there
+            cfg.update(num_warps=4, scale_after=False)
             block_k = 128
         elif packed_mma and bm <= 64:
             # packed dequant (sm_90 compile check, gather + scatter + row weights): 16x64x128 x 4 warps
-            # 128 registers, 32x128x128 x 8 warps 145, 64x64x128 x 8 warps 171, no spills
+            # 128 registers, 32x128x128 x 8 warps 145, 64x64x128 x 8 warps 171, no spills; with the
+            # post-MMA group scale 128 / 178 / 201, no spills, 3.80 SASS per weight at 16x64x128 (folded:
+            # 4.59, an HMUL2 per pair; the dense GEMM measured the post-MMA scale 3-16 % faster at M <= 64,
+            # benchmarks/results/h200/folded_small/)
             block_k = 128
             if bm == 32:
                 cfg.update(block_n=128)
@@ -235,7 +242,7 @@ def grouped_packed_meta(cfg: GroupedConfig, bits: int, zeros: Optional[torch.Ten
     """The packed dequantization of the GEMM (``gemm.packed_meta``) for the tensor-core loop."""
     if not (cfg.mma and packed_applies(bits, zeros, sym_zero, None, group_len, cfg.block_k, k_order)):
         return {}
-    return packed_tile_meta(cfg.block_n, cfg.num_warps, on_gpu)
+    return {**packed_tile_meta(cfg.block_n, cfg.num_warps, on_gpu), "SCALE_AFTER": cfg.scale_after}
 
 
 def dequant_grouped_mm(
