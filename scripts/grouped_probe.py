@@ -64,6 +64,8 @@ def main():
             res.sort(key=lambda r: r[0])
             print(f"{shape.model}/{shape.layer} T={t}: heuristic {h_us:.1f} us {heur}; best {res[0][0]:.1f} us "
                   f"{res[0][1]} ({h_us / res[0][0]:.2f}x)", flush=True)
+            print("    " + "  ".join(f"n{c.block_n}w{c.num_warps}s{c.split_k}st{c.num_stages}:{us:.1f}" for us, c in res),
+                  flush=True)
         del copies
         torch.cuda.empty_cache()
 
