@@ -15,7 +15,7 @@ if [[ $what == tests || $what == all ]]; then
 fi
 if [[ $what == bench || $what == all ]]; then
   budget=${BENCH_S:-$([[ $what == all ]] && echo 105 || echo 190)}
-  timeout $((budget + 40)) python3 -m lowbit.bench moe --shapes mixtral-8x7b,qwen1.5-moe --tokens 1,8,64,512,4096 \
+  timeout $((budget + 40)) python3 -m lowbit.bench moe --shapes mixtral-8x7b,qwen1.5-moe --tokens "${TOKENS:-1,8,64,512,4096}" \
     --time-budget "$budget" --out "$R" > "$R/bench.txt" 2>&1
   tail -45 "$R/bench.txt"
 fi

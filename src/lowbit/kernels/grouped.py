@@ -190,10 +190,12 @@ def heuristic_config(rows: int, experts: int, n: int, k: int, group_len: int, nu
             block_k = min(block_k, 64)
     programs = active * triton.cdiv(per_expert, cfg["block_m"]) * triton.cdiv(n, cfg["block_n"])
     k_tiles = triton.cdiv(k, block_k)
-    # split-K to about 3 programs per SM: the H200 probe (scripts/grouped_probe.py, benchmarks/results/h200/
-    # grouped_probe/) found 6 per SM (split 7-10 at 1 token per expert) 1.2-1.4x slower than split 1-4 on the
-    # Qwen1.5-MoE experts at T = 1 / 8 and about even on Mixtral
-    split = max(1, min(16, k_tiles, int(-(-3 * num_sms // programs))))
+    # split-K up to ~6 programs per SM for long K loops (>= 32 K tiles), ~3 for short ones: the H200 probe
+    # (scripts/grouped_probe.py, benchmarks/results/h200/grouped_probe/: every config timed) found 6 per SM
+    # 1.2-1.4x slower than 3 on Qwen1.5-MoE (11-16 K tiles) at T = 1 / 8, and 3 per SM 1.05-1.17x slower
+    # than 6 on Mixtral (32 / 112 K tiles) at T = 1 / 8 / 64
+    per_sm = 6 if k_tiles >= 32 else 3
+    split = max(1, min(16, k_tiles, int(-(-per_sm * num_sms // programs))))
     if split > 1 and split * rows * n * 4 > (256 << 20):  # fp32 workspace stays small
         split = 1
     return GroupedConfig(block_k=block_k, split_k=split, **cfg)
