@@ -107,7 +107,7 @@ def main():
     p.add_argument("--mma-words", action="store_true", help="gemm / grouped: 4-bit words in the mma word order")
     p.add_argument("--x-fp8", action="store_true", help="gemm: fp8 X with per-token scales (X_SCALE, W4A8 small M)")
     p.add_argument("--tma", action="store_true", help="gemm packed: words and X through TMA descriptors")
-    p.add_argument("--even", action="store_true", help="gemm: N % BLOCK_N == 0 and K % BLOCK_K == 0 (no masks)")
+    p.add_argument("--even", action="store_true", help="gemm: N %% BLOCK_N == 0 and K %% BLOCK_K == 0 (no masks)")
     p.add_argument("--gemv", action="store_true", help="grouped: the CUDA-core (GEMV) K loop instead of tensor cores")
     p.add_argument("--experts", type=int, default=8, help="grouped: E")
     p.add_argument("--ids", action="store_true", help="grouped: rows gathered through sorted pair ids")

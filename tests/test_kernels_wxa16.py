@@ -364,6 +364,16 @@ def test_tuner_folded_candidates_are_allowed():
     assert not any(not c.scale_after for c in gemm_candidates(64))
 
 
+def test_tuner_tma_candidates():
+    """The tuner offers the packed GEMM with TMA loads at small M (packed tiles, post-MMA scale), not at large M."""
+    from lowbit.tuning.tune import gemm_candidates
+
+    tma = [c for c in gemm_candidates(16) if c.tma]
+    assert tma and all(c.block_k == 128 and c.scale_after and not c.prefetch for c in tma)
+    assert {c.split_k for c in tma} == {1, 2, 4, 8}
+    assert not any(c.tma for c in gemm_candidates(1024))
+
+
 def test_tuner_table_entries_flag_the_winner():
     """``tune.table_entries``: the fastest config of each kernel family, only the overall winner ``best``."""
     from lowbit.tuning.tune import DEQUANT_MM, table_entries

@@ -73,6 +73,10 @@ def gemm_candidates(m: int, bits: int = 4) -> List[GemmConfig]:
                 if bits <= 2:  # 1/2-bit packed: 256-k tiles carry the bytes of a 4-bit 128-k tile
                     out.append(GemmConfig(bm, 64, 256, split, 8, 4, 3, False))
                     out.append(GemmConfig(bm, 128, 256, split, 8, 8, 3, False))
+                # packed path with TMA word / X loads (``GemmConfig.tma``; benchmarks/results/h200/tma_small/:
+                # 5-10 % faster at M = 64 on the Llama-3-70B shapes, +-5 % at M <= 16)
+                for stages in (3, 4):
+                    out.append(GemmConfig(bm, 64, 128, split, 8, 4, stages, False, True, True))
         else:
             for bn, bk, warps in ((64, 64, 4), (64, 128, 4), (128, 64, 8), (128, 128, 8), (256, 64, 8)):
                 out.append(GemmConfig(bm, bn, bk, 1, 8, warps, 3))
