@@ -20,16 +20,16 @@ from .dequant import int_zero
 from .epilogue import grouped_tile_ids, split_k_tiles, write_linear_output
 from ..formats.intx import mma_chunk
 from .launch import launch_intx, resolve_config
-
-try:  # Triton >= 3.4
-    from triton.tools.tensor_descriptor import TensorDescriptor
-except ImportError:  # pragma: no cover
-    TensorDescriptor = None
 from .unpack import (
     codes_from_words_nk, dequant_packed, dequant_tile, fragment_channels, fragment_rows, group_params, load_codes_nk,
     lut4_packed, lut4_table_words, lut_dequant_tile, mma_k_order, natural_k, plane_constexprs, register_anchor,
     stored_k_extent, table_base,
 )
+
+try:  # Triton >= 3.4
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover
+    TensorDescriptor = None
 
 
 @dataclass(frozen=True)
@@ -277,7 +277,10 @@ def gemm_wxa16(
         cfg = several_planes_config(cfg, bits, group_len)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(out_features, cfg.block_n), cfg.split_k)
     packed = use_packed(bits, zeros, sym_zero, table, group_len, cfg, k_order)
-    descs = tma_descriptors(x, qweight, bits, cfg) if cfg.tma and packed and tma_applies(x, qweight, bits, cfg) else {}
+    # TMA only where the H200 tests ran it: affine W4A16-style codes with 16-bit X (a table entry with tma=True
+    # reached by a lookup-table weight or by fp8 X keeps the pointer loads)
+    use_tma = cfg.tma and packed and table is None and x_scale is None and tma_applies(x, qweight, bits, cfg)
+    descs = tma_descriptors(x, qweight, bits, cfg) if use_tma else {}
     return launch_intx(gemm_wxa16_kernel, grid, x, qweight, scales, zeros, bias, bits, group_len, sym_zero,
                        out_features, cfg.split_k, INT_ZERO=int_zero(zeros, sym_zero), BLOCK_M=cfg.block_m,
                        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, PREFETCH=cfg.prefetch,
