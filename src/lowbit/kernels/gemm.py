@@ -19,17 +19,12 @@ import triton.language as tl
 from .dequant import int_zero
 from .epilogue import grouped_tile_ids, split_k_tiles, write_linear_output
 from ..formats.intx import mma_chunk
-from .launch import launch_intx, resolve_config
+from .launch import TensorDescriptor, launch_intx, resolve_config, tma_rows_ok
 from .unpack import (
     codes_from_words_nk, dequant_packed, dequant_tile, fragment_channels, fragment_rows, group_params, load_codes_nk,
     lut4_packed, lut4_table_words, lut_dequant_tile, mma_k_order, natural_k, plane_constexprs, register_anchor,
     stored_k_extent, table_base,
 )
-
-try:  # Triton >= 3.4
-    from triton.tools.tensor_descriptor import TensorDescriptor
-except ImportError:  # pragma: no cover
-    TensorDescriptor = None
 
 
 @dataclass(frozen=True)
@@ -293,12 +288,11 @@ def gemm_wxa16(
 def tma_applies(x: torch.Tensor, qweight: torch.Tensor, bits: int, cfg: GemmConfig) -> bool:
     """TMA descriptors need CUDA tensors with a contiguous last dim, 16-byte aligned bases and row strides,
     and boxes of at most 256 elements per dim (16-byte multiples along the contiguous one)."""
-    if TensorDescriptor is None or not x.is_cuda or x.stride(1) != 1 or qweight.stride(1) != 1:
+    if TensorDescriptor is None or not x.is_cuda or not tma_rows_ok(x, qweight):
         return False
     if torch.cuda.get_device_capability(x.device)[0] < 9:
         return False
-    aligned = all(t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0 for t in (x, qweight))
-    return aligned and cfg.block_k * x.element_size() % 16 == 0 and cfg.block_n <= 256 and cfg.block_k <= 256
+    return cfg.block_k * x.element_size() % 16 == 0 and cfg.block_n <= 256 and cfg.block_k <= 256
 
 
 def tma_descriptors(x: torch.Tensor, qweight: torch.Tensor, bits: int, cfg: GemmConfig) -> dict:

@@ -8,6 +8,18 @@ import torch
 
 from .unpack import plane_constexprs
 
+try:  # Triton >= 3.3
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - older Triton: the pointer kernels serve every problem
+    TensorDescriptor = None
+
+
+def tma_rows_ok(*tensors: torch.Tensor) -> bool:
+    """TMA descriptors over these 2-D tensors can be made: contiguous last dim, 16-byte aligned base
+    and row stride (in bytes)."""
+    return all(t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0
+               for t in tensors)
+
 
 MAX_SPLIT_K_TILES = 1 << 16
 _COUNTERS: Dict[Tuple[str, int], torch.Tensor] = {}

@@ -29,11 +29,7 @@ import triton
 import triton.language as tl
 
 from .epilogue import grouped_tile_ids
-
-try:  # Triton >= 3.3
-    from triton.tools.tensor_descriptor import TensorDescriptor
-except ImportError:  # pragma: no cover - older Triton: the pointer kernel serves every M
-    TensorDescriptor = None
+from .launch import TensorDescriptor, tma_rows_ok
 
 
 @dataclass(frozen=True)
@@ -110,10 +106,8 @@ TMA_CANDIDATES = (
 
 
 def tma_operands_ok(k: int, xq: torch.Tensor, wq: torch.Tensor) -> bool:
-    """TMA descriptors over Xq (M, K) and Wq (N, K): K-contiguous, 16-byte aligned bases and row strides."""
-    if k % 16 or xq.stride(-1) != 1 or wq.stride(-1) != 1:
-        return False
-    return not (xq.data_ptr() % 16 or wq.data_ptr() % 16 or xq.stride(0) % 16 or wq.stride(0) % 16)
+    """TMA descriptors over the 8-bit Xq (M, K) and Wq (N, K): K % 16 == 0 (16-byte rows) and ``tma_rows_ok``."""
+    return k % 16 == 0 and tma_rows_ok(xq, wq)
 
 
 def tma_applies(m: int, k: int, xq: torch.Tensor, wq: torch.Tensor, block: Optional[int],
