@@ -107,6 +107,7 @@ def main():
     p.add_argument("--mma-words", action="store_true", help="gemm / grouped: 4-bit words in the mma word order")
     p.add_argument("--x-fp8", action="store_true", help="gemm: fp8 X with per-token scales (X_SCALE, W4A8 small M)")
     p.add_argument("--tma", action="store_true", help="gemm packed: words and X through TMA descriptors")
+    p.add_argument("--k-unroll", type=int, default=1, help="gemm packed: K tiles per loop iteration (K_UNROLL)")
     p.add_argument("--even", action="store_true", help="gemm: N %% BLOCK_N == 0 and K %% BLOCK_K == 0 (no masks)")
     p.add_argument("--gemv", action="store_true", help="grouped: the CUDA-core (GEMV) K loop instead of tensor cores")
     p.add_argument("--experts", type=int, default=8, help="grouped: E")
@@ -122,7 +123,7 @@ def main():
     if a.kernel == "gemv":
         ce.update(NUM_STAGES=1 if a.prefetch else a.stages, PREFETCH=a.prefetch, EVEN_K=True)
     if a.kernel == "gemm":
-        ce.update(GROUP_M=8, INT_ZERO=True, PREFETCH=False, PACKED=a.asm4, INLINE_ASM=a.asm4, EVEN_N=a.even, EVEN_K=a.even, ROW_REPS=a.row_reps, SCALE_AFTER=a.scale_after, MMA_WORDS=a.mma_words, X_SCALE=a.x_fp8, TMA=a.tma)
+        ce.update(GROUP_M=8, INT_ZERO=True, PREFETCH=False, PACKED=a.asm4, INLINE_ASM=a.asm4, EVEN_N=a.even, EVEN_K=a.even, ROW_REPS=a.row_reps, SCALE_AFTER=a.scale_after, MMA_WORDS=a.mma_words, X_SCALE=a.x_fp8, TMA=a.tma, K_UNROLL=a.k_unroll)
     base_sig = None
     if a.kernel == "grouped":
         del ce["LUT"]  # affine codes only
@@ -151,8 +152,8 @@ def main():
     print(" ".join(f"{op}:{c}" for op, c in hist.most_common(40)))
     if a.per_weight:
         n_body, body = loop_body(sass)
-        per_thread = a.block_n * a.block_k / (32 * a.warps)
-        print(f"K loop: {n_body} SASS instructions per thread per tile, {per_thread:g} dense weights per thread "
+        per_thread = a.block_n * a.block_k * (a.k_unroll if a.kernel == "gemm" else 1) / (32 * a.warps)
+        print(f"K loop: {n_body} SASS instructions per thread per iteration, {per_thread:g} dense weights per thread "
               f"-> {n_body / per_thread:.2f} per dense weight position")
         print("  loop: " + " ".join(f"{op}:{c}" for op, c in body.most_common(24)))
     if a.sass:

@@ -317,6 +317,32 @@ def test_packed_gemm_bits(bits, n, k, group_size, symmetric, dtype, config):
     assert_close_matmul(y, reference_linear(x, qw, bias), x, qw.dequantize(), dtype)
 
 
+@pytest.mark.parametrize("bits,group_size,symmetric", [(4, 128, False), (4, 64, True), (2, 128, False), (3, 128, False)],
+                         ids=["w4g128", "w4g64-sym", "w2g128", "w3g128"])
+@pytest.mark.parametrize("k_unroll,split_k", [(2, 2), (4, 1), (2, 3)], ids=["u2s2", "u4s1", "u2s3"])
+@pytest.mark.parametrize("tma", [False, True], ids=["cp.async", "tma"])
+def test_packed_gemm_k_unroll(bits, group_size, symmetric, k_unroll, split_k, tma):
+    """``GemmConfig.k_unroll``: K_UNROLL tiles per loop iteration when every split-K chunk holds whole
+    steps (K = 1024: 8 tiles of 128), the plain loop otherwise (u2s3: 8 tiles do not split in 3 x 2);
+    both against the oracle, with several groups per tile (g64) and several bit-planes (W3)."""
+    from lowbit.formats.intx import to_mma_words
+    from lowbit.kernels import gemm
+
+    if tma and DEVICE != "cuda":
+        pytest.skip("TMA descriptors need CUDA")
+    n, k, dtype = 128, 1024, torch.float16
+    config = GemmConfig(block_m=16, block_n=64, block_k=128, split_k=split_k, num_warps=4, k_unroll=k_unroll,
+                        tma=tma)
+    assert gemm.k_unroll_ok(k, config, bits, 1) == (k_unroll * split_k in (4,))
+    assert not gemm.k_unroll_ok(k + 128, config, bits, 1)
+    qw = _make(bits, group_size, symmetric, "int", n, k, dtype, seed=bits + k_unroll)
+    x = torch.randn(3, k, generator=torch.Generator().manual_seed(k_unroll)).to(DEVICE, dtype)
+    bias = torch.randn(n, generator=torch.Generator().manual_seed(4)).to(DEVICE, dtype)
+    y = gemm_wxa16(x, to_mma_words(qw.qweight, bits), qw.scales, qw.zeros, bias, bits, group_size,
+                   symmetric_zero(bits), n, config=config, k_order=1)
+    assert_close_matmul(y, reference_linear(x, qw, bias), x, qw.dequantize(), dtype)
+
+
 @gpu_only
 @pytest.mark.parametrize("bits,group_size,symmetric", [(4, 128, False), (4, 64, True), (2, 64, False), (8, 128, False),
                                                        (3, 128, False)], ids=["w4g128", "w4g64-sym", "w2g64", "w8g128", "w3g128"])

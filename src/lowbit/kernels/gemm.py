@@ -44,6 +44,8 @@ class GemmConfig:
     # packed path: weight words and X tiles through TMA descriptors (``tma_applies``) instead of per-thread
     # cp.async pointers (no per-thread address / mask arithmetic in the K loop)
     tma: bool = False
+    # packed path: K tiles per loop iteration (``k_unroll_ok``; otherwise 1)
+    k_unroll: int = 1
 
 
 @triton.jit
@@ -55,7 +57,8 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
                     PACKED: tl.constexpr = False, INLINE_ASM: tl.constexpr = False,
                     EVEN_K: tl.constexpr = False, ROW_REPS: tl.constexpr = 0, SCALE_AFTER: tl.constexpr = False,
                     MMA_WORDS: tl.constexpr = False, OP_DTYPE: tl.constexpr = None,
-                    w_desc=None, x_desc=None, tile_n0=0, tile_m0=0, TMA: tl.constexpr = False):
+                    w_desc=None, x_desc=None, tile_n0=0, tile_m0=0, TMA: tl.constexpr = False,
+                    K_UNROLL: tl.constexpr = 1):
     """Y^T tile [BLOCK_N, BLOCK_M] (fp32) over the K tiles [t0, t1): rows ``offs_m`` of X (any row
     indices: the grouped kernel passes gathered token rows) times output channels ``offs_n`` of W.
     PACKED (``packed_applies``: codes of one P0-bit plane, integer zeros or a 4-bit table): the packed
@@ -66,76 +69,30 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
     OP_DTYPE: the MMA operand dtype (default X's); X tiles are cast to it after the load (fp8 X, W4A8).
     TMA (packed path, the dense kernel): the words come through ``w_desc`` (block [BLOCK_K * P0 / 32, BLOCK_N]
     at word-row k0 * P0 / 32, column tile_n0) and X through ``x_desc`` (block [BLOCK_M, BLOCK_K] at row tile_m0);
-    the descriptors zero-fill past the tensor edges, so no masks."""
+    the descriptors zero-fill past the tensor edges, so no masks.
+    K_UNROLL (packed path): K tiles per loop iteration ((t1 - t0) % K_UNROLL == 0, ``k_unroll_ok``): the
+    loop's per-iteration work (pipeline stage bookkeeping, barriers, address increments) is shared."""
     if OP_DTYPE is None:
         CDT: tl.constexpr = x_ptr.dtype.element_ty
     else:
         CDT: tl.constexpr = OP_DTYPE
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     if PACKED:
-        # GPT groups per K tile (GROUP_LEN < BLOCK_K, GROUP_LEN % 32 == 0): scales per word-row
-        GPT: tl.constexpr = BLOCK_K // GROUP_LEN if GROUP_LEN < BLOCK_K else 1
-        VPW: tl.constexpr = 32 // P0  # codes per word
-        R: tl.constexpr = BLOCK_K // VPW
         tl.static_assert(MMA_WORDS or (P0 == 4 and P1 == 0), "the packed path reads other widths in the mma word order only")
-        POST_SCALE: tl.constexpr = SCALE_AFTER and GPT == 1
+        tw = 0
+        t_rows = 0
         if LUT:  # one global table or one per channel (stride_tn 0 or 16), constant along K
             t_rows = tl.where(mask_n, offs_n * stride_tn, 0)
             tw = lut4_table_words(t_ptr, t_rows, mask_n, CDT, ROW_REPS)
             t_rows = t_rows[None, :]
             if ROW_REPS > 0:
                 t_rows = fragment_rows(t_rows, ROW_REPS)
-        for t in range(t0, t1):
-            k0 = t * BLOCK_K
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            r = tl.arange(0, R)
-            w_ptrs = qw_ptr + offs_n[None, :] + (k0 // VPW + r)[:, None] * stride_qk  # [R, BLOCK_N]
-            x_ptrs = x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None] * stride_xk  # [BLOCK_K, BLOCK_M]
-            if TMA:
-                words = w_desc.load([k0 // VPW, tile_n0])
-                xt = tl.trans(x_desc.load([tile_m0, k0]))
-            elif EVEN_K:
-                words = tl.load(w_ptrs, mask=mask_n[None, :], other=0)
-                xt = tl.load(x_ptrs, mask=mask_m[None, :], other=0.0)
-            else:  # a tile past K reads no words past Kp (only possible when GPT > 1) and zero x
-                words = tl.load(w_ptrs, mask=mask_n[None, :] & ((k0 + VPW * r) < Kp)[:, None], other=0)
-                xt = tl.load(x_ptrs, mask=mask_m[None, :] & (offs_k[:, None] < K), other=0.0)
-            if GPT == 1:  # the tile's group: s, z [1, BLOCK_N]
-                g = k0 // GROUP_LEN
-                g_mask = mask_n[None, :]
-            else:  # its GPT groups: s, z [GPT, BLOCK_N]
-                g = k0 // GROUP_LEN + tl.arange(0, GPT)[:, None]
-                g_mask = mask_n[None, :] & (g * GROUP_LEN < Kp)
-            s, z = group_params(s_ptr, z_ptr, g, offs_n[None, :], g_mask, stride_sg, HAS_ZEROS, SYM_ZERO)
-            if not HAS_ZEROS and not LUT:  # keeps the dequantized tile in registers (``register_anchor``)
-                z = register_anchor(s_ptr, g, offs_n[None, :], g_mask, stride_sg) + SYM_ZERO
-            if ROW_REPS > 0:  # contiguous loads above, then the MMA fragment's row order in registers
-                words = fragment_rows(words, ROW_REPS)
-                s = fragment_rows(s, ROW_REPS)
-                z = fragment_rows(z, ROW_REPS)
-            if GPT > 1:  # word-row r lies in group r // (GROUP_LEN // VPW) of the tile
-                s = tl.reshape(tl.broadcast_to(s[:, None, :], (GPT, R // GPT, BLOCK_N)), (R, BLOCK_N))
-                z = tl.reshape(tl.broadcast_to(z[:, None, :], (GPT, R // GPT, BLOCK_N)), (R, BLOCK_N))
-            if LUT:
-                w = lut4_packed(words, t_ptr, t_rows, tw, s, CDT, INLINE_ASM, not POST_SCALE)
-            elif P1 == 0:
-                w = dequant_packed(words, s, z, CDT, INLINE_ASM, not POST_SCALE, P0)
-            else:  # several planes (one group per tile): (q0 - z) + 2**P0 q1 (+ 2**(P0+P1) q2), exact in 16 bits
-                w = dequant_packed(words, s, z, CDT, INLINE_ASM, False, P0)
-                w = add_plane(w, qw_ptr, (Kp // 32) * P0, k0, offs_n, mask_n, stride_qk, Kp, s, z, EVEN_K, ROW_REPS,
-                              P1, P0, CDT, INLINE_ASM, BLOCK_K)
-                if P2 > 0:
-                    w = add_plane(w, qw_ptr, (Kp // 32) * (P0 + P1), k0, offs_n, mask_n, stride_qk, Kp, s, z, EVEN_K,
-                                  ROW_REPS, P2, P0 + P1, CDT, INLINE_ASM, BLOCK_K)
-                if not POST_SCALE:
-                    w = (w.to(tl.float32) * tl.reshape(s, (BLOCK_N,))[:, None]).to(CDT)
-            xt = xt.to(CDT)
-            if not MMA_WORDS:  # natural-order words: permute X to the fragment's k order every tile
-                xt = mma_k_order(xt, BLOCK_K)
-            if POST_SCALE:  # one scale per row and K tile: scale the tile's product, not each weight
-                acc += tl.reshape(s, (BLOCK_N,))[:, None] * tl.dot(w, xt)
-            else:
-                acc += tl.dot(w, xt)
+        for t in range(t0, t1, K_UNROLL):  # K_UNROLL tiles per iteration: the loop's own work amortized
+            for u in tl.static_range(K_UNROLL):
+                acc = packed_tile_step(acc, x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, mask_n, K, Kp,
+                                       t + u, stride_xm, stride_xk, stride_qk, stride_sg, GROUP_LEN, P0, P1, P2,
+                                       HAS_ZEROS, SYM_ZERO, LUT, BLOCK_K, INLINE_ASM, EVEN_K, ROW_REPS, SCALE_AFTER,
+                                       MMA_WORDS, CDT, w_desc, x_desc, tile_n0, tile_m0, TMA, tw, t_rows)
         return acc
     tl.static_assert(PACKED or not (MMA_WORDS and P1 > 0), "several bit-planes in the mma word order take the packed path")
     # software pipelining by hand: the next tile's words are in flight while this one is used
@@ -195,6 +152,72 @@ def add_plane(w, qw_ptr, row0, k0, offs_n, mask_n, stride_qk, Kp, s, z, EVEN_K: 
 
 
 @triton.jit
+def packed_tile_step(acc, x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, mask_n, K, Kp, t,
+                     stride_xm, stride_xk, stride_qk, stride_sg, GROUP_LEN: tl.constexpr, P0: tl.constexpr,
+                     P1: tl.constexpr, P2: tl.constexpr, HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr,
+                     LUT: tl.constexpr, BLOCK_K: tl.constexpr, INLINE_ASM: tl.constexpr, EVEN_K: tl.constexpr,
+                     ROW_REPS: tl.constexpr, SCALE_AFTER: tl.constexpr, MMA_WORDS: tl.constexpr, CDT: tl.constexpr,
+                     w_desc, x_desc, tile_n0, tile_m0, TMA: tl.constexpr, tw, t_rows):
+    """acc [BLOCK_N, BLOCK_M] + the product of K tile ``t`` on the packed path (see ``gemm_accumulate``)."""
+    BLOCK_N: tl.constexpr = acc.shape[0]
+    GPT: tl.constexpr = BLOCK_K // GROUP_LEN if GROUP_LEN < BLOCK_K else 1
+    VPW: tl.constexpr = 32 // P0  # codes per word
+    R: tl.constexpr = BLOCK_K // VPW
+    POST_SCALE: tl.constexpr = SCALE_AFTER and GPT == 1
+    k0 = t * BLOCK_K
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    r = tl.arange(0, R)
+    w_ptrs = qw_ptr + offs_n[None, :] + (k0 // VPW + r)[:, None] * stride_qk  # [R, BLOCK_N]
+    x_ptrs = x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None] * stride_xk  # [BLOCK_K, BLOCK_M]
+    if TMA:
+        words = w_desc.load([k0 // VPW, tile_n0])
+        xt = tl.trans(x_desc.load([tile_m0, k0]))
+    elif EVEN_K:
+        words = tl.load(w_ptrs, mask=mask_n[None, :], other=0)
+        xt = tl.load(x_ptrs, mask=mask_m[None, :], other=0.0)
+    else:  # a tile past K reads no words past Kp (only possible when GPT > 1) and zero x
+        words = tl.load(w_ptrs, mask=mask_n[None, :] & ((k0 + VPW * r) < Kp)[:, None], other=0)
+        xt = tl.load(x_ptrs, mask=mask_m[None, :] & (offs_k[:, None] < K), other=0.0)
+    if GPT == 1:  # the tile's group: s, z [1, BLOCK_N]
+        g = k0 // GROUP_LEN
+        g_mask = mask_n[None, :]
+    else:  # its GPT groups: s, z [GPT, BLOCK_N]
+        g = k0 // GROUP_LEN + tl.arange(0, GPT)[:, None]
+        g_mask = mask_n[None, :] & (g * GROUP_LEN < Kp)
+    s, z = group_params(s_ptr, z_ptr, g, offs_n[None, :], g_mask, stride_sg, HAS_ZEROS, SYM_ZERO)
+    if not HAS_ZEROS and not LUT:  # keeps the dequantized tile in registers (``register_anchor``)
+        z = register_anchor(s_ptr, g, offs_n[None, :], g_mask, stride_sg) + SYM_ZERO
+    if ROW_REPS > 0:  # contiguous loads above, then the MMA fragment's row order in registers
+        words = fragment_rows(words, ROW_REPS)
+        s = fragment_rows(s, ROW_REPS)
+        z = fragment_rows(z, ROW_REPS)
+    if GPT > 1:  # word-row r lies in group r // (GROUP_LEN // VPW) of the tile
+        s = tl.reshape(tl.broadcast_to(s[:, None, :], (GPT, R // GPT, BLOCK_N)), (R, BLOCK_N))
+        z = tl.reshape(tl.broadcast_to(z[:, None, :], (GPT, R // GPT, BLOCK_N)), (R, BLOCK_N))
+    if LUT:
+        w = lut4_packed(words, t_ptr, t_rows, tw, s, CDT, INLINE_ASM, not POST_SCALE)
+    elif P1 == 0:
+        w = dequant_packed(words, s, z, CDT, INLINE_ASM, not POST_SCALE, P0)
+    else:  # several planes (one group per tile): (q0 - z) + 2**P0 q1 (+ 2**(P0+P1) q2), exact in 16 bits
+        w = dequant_packed(words, s, z, CDT, INLINE_ASM, False, P0)
+        w = add_plane(w, qw_ptr, (Kp // 32) * P0, k0, offs_n, mask_n, stride_qk, Kp, s, z, EVEN_K, ROW_REPS,
+                      P1, P0, CDT, INLINE_ASM, BLOCK_K)
+        if P2 > 0:
+            w = add_plane(w, qw_ptr, (Kp // 32) * (P0 + P1), k0, offs_n, mask_n, stride_qk, Kp, s, z, EVEN_K,
+                          ROW_REPS, P2, P0 + P1, CDT, INLINE_ASM, BLOCK_K)
+        if not POST_SCALE:
+            w = (w.to(tl.float32) * tl.reshape(s, (BLOCK_N,))[:, None]).to(CDT)
+    xt = xt.to(CDT)
+    if not MMA_WORDS:  # natural-order words: permute X to the fragment's k order every tile
+        xt = mma_k_order(xt, BLOCK_K)
+    if POST_SCALE:  # one scale per row and K tile: scale the tile's product, not each weight
+        acc += tl.reshape(s, (BLOCK_N,))[:, None] * tl.dot(w, xt)
+    else:
+        acc += tl.dot(w, xt)
+    return acc
+
+
+@triton.jit
 def gemm_wxa16_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, xs_ptr,
     M, N, K, Kp,
@@ -207,7 +230,7 @@ def gemm_wxa16_kernel(
     PACKED: tl.constexpr = False, INLINE_ASM: tl.constexpr = False,
     EVEN_N: tl.constexpr = False, EVEN_K: tl.constexpr = False, ROW_REPS: tl.constexpr = 0,
     SCALE_AFTER: tl.constexpr = False, MMA_WORDS: tl.constexpr = False, X_SCALE: tl.constexpr = False,
-    w_desc=None, x_desc=None, TMA: tl.constexpr = False,
+    w_desc=None, x_desc=None, TMA: tl.constexpr = False, K_UNROLL: tl.constexpr = 1,
 ):
     """Computes the tile transposed, Y^T[BLOCK_N, BLOCK_M] = W[BLOCK_N, :] @ X[BLOCK_M, :]^T: the
     dequantized weights are the register A operand and the tokens the MMA's N side, so Hopper's
@@ -232,7 +255,7 @@ def gemm_wxa16_kernel(
                           stride_xm, stride_xk, stride_qk, stride_sg, stride_tg, stride_tn,
                           GROUP_LEN, P0, P1, P2, HAS_ZEROS, SYM_ZERO, LUT, INT_ZERO,
                           BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, PACKED, INLINE_ASM, EVEN_K, ROW_REPS, SCALE_AFTER,
-                          MMA_WORDS, OPT, w_desc, x_desc, pid_n * BLOCK_N, pid_m * BLOCK_M, TMA)
+                          MMA_WORDS, OPT, w_desc, x_desc, pid_n * BLOCK_N, pid_m * BLOCK_M, TMA, K_UNROLL)
     if X_SCALE:
         acc = acc * tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)[None, :]
     if ROW_REPS > 0:
@@ -282,7 +305,19 @@ def gemm_wxa16(
                        **packed_meta(packed, cfg, out_features, k, x.is_cuda, group_len), MMA_WORDS=bool(k_order),
                        num_warps=cfg.num_warps, num_stages=cfg.num_stages, table=table,
                        extra_ptrs=(scales if x_scale is None else x_scale,), out_dtype=out_dtype,
-                       X_SCALE=x_scale is not None, **descs)
+                       X_SCALE=x_scale is not None, **descs,
+                       K_UNROLL=cfg.k_unroll if packed and k_unroll_ok(k, cfg, bits, k_order) else 1)
+
+
+def k_unroll_ok(k: int, cfg: GemmConfig, bits: int, k_order: int) -> bool:
+    """K_UNROLL > 1 needs every split-K chunk to hold a whole number of unrolled steps (the K tiles of
+    the stored extent divide by split_k * k_unroll: all chunks equal, no tail)."""
+    if cfg.k_unroll <= 1:
+        return False
+    chunk = 128 // plane_constexprs(bits)["P0"]
+    extent = triton.cdiv(k, chunk) * chunk if k_order else k  # ``unpack.stored_k_extent``
+    tiles = triton.cdiv(extent, cfg.block_k)
+    return tiles % (cfg.split_k * cfg.k_unroll) == 0
 
 
 def tma_applies(x: torch.Tensor, qweight: torch.Tensor, bits: int, cfg: GemmConfig) -> bool:
