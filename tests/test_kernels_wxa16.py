@@ -398,6 +398,8 @@ def test_tuner_tma_candidates():
     assert tma and all(c.block_k == 128 and c.scale_after and not c.prefetch for c in tma)
     assert {c.split_k for c in tma} == {1, 2, 4, 8}
     assert not any(c.tma for c in gemm_candidates(1024))
+    unrolled = [c for c in gemm_candidates(1) if c.k_unroll > 1]
+    assert unrolled and {c.tma for c in unrolled} == {False, True} and not any(c.k_unroll > 1 for c in gemm_candidates(256))
 
 
 def test_tuner_table_entries_flag_the_winner():

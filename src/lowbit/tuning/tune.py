@@ -77,6 +77,10 @@ def gemm_candidates(m: int, bits: int = 4) -> List[GemmConfig]:
                 # 5-10 % faster at M = 64 on the Llama-3-70B shapes, +-5 % at M <= 16)
                 for stages in (3, 4):
                     out.append(GemmConfig(bm, 64, 128, split, 8, 4, stages, False, True, True))
+                # two K tiles per loop iteration (``GemmConfig.k_unroll``; benchmarks/results/h200/k_unroll/:
+                # 1.04-1.09x at M = 1 on the larger Llama-3 shapes); applies only where ``gemm.k_unroll_ok``
+                for tma in (False, True):
+                    out.append(GemmConfig(bm, 64, 128, split, 8, 4, 3, False, True, tma, 2))
         else:
             for bn, bk, warps in ((64, 64, 4), (64, 128, 4), (128, 64, 8), (128, 128, 8), (256, 64, 8)):
                 out.append(GemmConfig(bm, bn, bk, 1, 8, warps, 3))
