@@ -64,7 +64,7 @@ def k_unroll_candidates(m: int):
 
 def candidates(m: int, family: str = "pipeline", k: int = 0):
     if family == "k-unroll":  # only configs whose unroll applies at this K (others would repeat unroll 1)
-        return [c for c in k_unroll_candidates(m) if c.k_unroll == 1 or k_unroll_ok(k, c, 4, 1)]
+        return [c for c in k_unroll_candidates(m) if c.k_unroll == 1 or k_unroll_ok(k, c, 4, 1, 128)]
     if family == "folded-small":
         return folded_small_candidates(m)
     if family == "tma-small":

@@ -323,8 +323,8 @@ def test_packed_gemm_bits(bits, n, k, group_size, symmetric, dtype, config):
 @pytest.mark.parametrize("tma", [False, True], ids=["cp.async", "tma"])
 def test_packed_gemm_k_unroll(bits, group_size, symmetric, k_unroll, split_k, tma):
     """``GemmConfig.k_unroll``: K_UNROLL tiles per loop iteration when every split-K chunk holds whole
-    steps (K = 1024: 8 tiles of 128), the plain loop otherwise (u2s3: 8 tiles do not split in 3 x 2);
-    both against the oracle, with several groups per tile (g64) and several bit-planes (W3)."""
+    steps (K = 1024: 8 tiles of 128) and a tile one group, the plain loop otherwise (u2s3: 8 tiles do not
+    split in 3 x 2; g64: two groups per tile); all against the oracle, several bit-planes (W3) included."""
     from lowbit.formats.intx import to_mma_words
     from lowbit.kernels import gemm
 
@@ -333,8 +333,8 @@ def test_packed_gemm_k_unroll(bits, group_size, symmetric, k_unroll, split_k, tm
     n, k, dtype = 128, 1024, torch.float16
     config = GemmConfig(block_m=16, block_n=64, block_k=128, split_k=split_k, num_warps=4, k_unroll=k_unroll,
                         tma=tma)
-    assert gemm.k_unroll_ok(k, config, bits, 1) == (k_unroll * split_k in (4,))
-    assert not gemm.k_unroll_ok(k + 128, config, bits, 1)
+    assert gemm.k_unroll_ok(k, config, bits, 1, group_size) == (k_unroll * split_k in (4,) and group_size == 128)
+    assert not gemm.k_unroll_ok(k + 128, config, bits, 1, group_size)
     qw = _make(bits, group_size, symmetric, "int", n, k, dtype, seed=bits + k_unroll)
     x = torch.randn(3, k, generator=torch.Generator().manual_seed(k_unroll)).to(DEVICE, dtype)
     bias = torch.randn(n, generator=torch.Generator().manual_seed(4)).to(DEVICE, dtype)

@@ -296,8 +296,11 @@ def gemm_wxa16(
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(out_features, cfg.block_n), cfg.split_k)
     packed = use_packed(bits, zeros, sym_zero, table, group_len, cfg, k_order)
     # TMA only where the H200 tests ran it: affine W4A16-style codes with 16-bit X (a table entry with tma=True
-    # reached by a lookup-table weight or by fp8 X keeps the pointer loads)
-    use_tma = cfg.tma and packed and table is None and x_scale is None and tma_applies(x, qweight, bits, cfg)
+    # reached by a lookup-table weight or by fp8 X keeps the pointer loads), one group per K tile (the tuned
+    # tables' group 128; with per-word-row scales, g64 under a 128-k tile, the TMA loop compiles to 641 instead
+    # of 339 SASS per tile and ran 107 vs 64 us on 28672x4096 at M = 64, benchmarks/results/h200/k_unroll_g64/)
+    use_tma = (cfg.tma and packed and table is None and x_scale is None and group_len % cfg.block_k == 0
+               and tma_applies(x, qweight, bits, cfg))
     descs = tma_descriptors(x, qweight, bits, cfg) if use_tma else {}
     return launch_intx(gemm_wxa16_kernel, grid, x, qweight, scales, zeros, bias, bits, group_len, sym_zero,
                        out_features, cfg.split_k, INT_ZERO=int_zero(zeros, sym_zero), BLOCK_M=cfg.block_m,
@@ -306,13 +309,15 @@ def gemm_wxa16(
                        num_warps=cfg.num_warps, num_stages=cfg.num_stages, table=table,
                        extra_ptrs=(scales if x_scale is None else x_scale,), out_dtype=out_dtype,
                        X_SCALE=x_scale is not None, **descs,
-                       K_UNROLL=cfg.k_unroll if packed and k_unroll_ok(k, cfg, bits, k_order) else 1)
+                       K_UNROLL=cfg.k_unroll if packed and k_unroll_ok(k, cfg, bits, k_order, group_len) else 1)
 
 
-def k_unroll_ok(k: int, cfg: GemmConfig, bits: int, k_order: int) -> bool:
+def k_unroll_ok(k: int, cfg: GemmConfig, bits: int, k_order: int, group_len: int) -> bool:
     """K_UNROLL > 1 needs every split-K chunk to hold a whole number of unrolled steps (the K tiles of
-    the stored extent divide by split_k * k_unroll: all chunks equal, no tail)."""
-    if cfg.k_unroll <= 1:
+    the stored extent divide by split_k * k_unroll: all chunks equal, no tail); applied with one group per
+    K tile only, as measured (tables tuned at group 128; several groups per tile: 168 instead of 127
+    registers at 64x64x128)."""
+    if cfg.k_unroll <= 1 or group_len % cfg.block_k:
         return False
     chunk = 128 // plane_constexprs(bits)["P0"]
     extent = triton.cdiv(k, chunk) * chunk if k_order else k  # ``unpack.stored_k_extent``
