@@ -13,15 +13,20 @@ from lowbit.bench.moe import MOE_SHAPES, make_point
 from lowbit.bench.timing import Cost, CudaTimer
 from lowbit.formats.intx import IntxFormat, runs_mma_words, runtime_words, symmetric_zero
 from lowbit.formats.intx_experts import quantize_experts
+from lowbit.kernels.gemm import k_unroll_ok
 from lowbit.kernels.grouped import GroupedConfig, grouped_wxa16, heuristic_config
 
 
-def candidates(base: GroupedConfig):
+def candidates(base: GroupedConfig, unroll: bool = False):
+    """Tile width / split-K / stages around the heuristic; ``unroll``: also 2 K tiles per loop iteration
+    (``GroupedConfig.k_unroll``, only where ``gemm.k_unroll_ok`` lets it apply), on 64- and 128-wide tiles."""
     out = []
-    for bn, warps in ((64, 4), (128, 8), (128, 4)):
+    for bn, warps in ((64, 4), (128, 8)) if unroll else ((64, 4), (128, 8), (128, 4)):
         for split in (1, 2, 4, 8):
             for stages in (3, 4):
-                out.append(dataclasses.replace(base, block_n=bn, num_warps=warps, split_k=split, num_stages=stages))
+                for k_unroll in (1, 2) if unroll else (1,):
+                    out.append(dataclasses.replace(base, block_n=bn, num_warps=warps, split_k=split, num_stages=stages,
+                                                   k_unroll=k_unroll))
     return out
 
 
@@ -29,6 +34,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="mixtral-8x7b,qwen1.5-moe")
     ap.add_argument("--tokens", default="1,8,64")
+    ap.add_argument("--unroll", action="store_true", help="also K_UNROLL = 2 candidates")
     a = ap.parse_args()
     dev, dtype = torch.device("cuda"), torch.bfloat16
     timer = CudaTimer(replays=5)
@@ -50,7 +56,8 @@ def main():
             heur = heuristic_config(rows, shape.experts, shape.n, shape.k, 128, 132, shape.topk, True)
             ref = call(heur, copies[0]).float()
             res = []
-            for cfg in [heur] + candidates(heur):
+            for cfg in [heur] + [c for c in candidates(heur, a.unroll)
+                                if c.k_unroll == 1 or k_unroll_ok(shape.k, c, 4, ko, 128)]:
                 try:
                     y = call(cfg, copies[0]).float()
                     if not ((y - ref).norm() / ref.norm()).item() < 1e-3:
@@ -64,7 +71,7 @@ def main():
             res.sort(key=lambda r: r[0])
             print(f"{shape.model}/{shape.layer} T={t}: heuristic {h_us:.1f} us {heur}; best {res[0][0]:.1f} us "
                   f"{res[0][1]} ({h_us / res[0][0]:.2f}x)", flush=True)
-            print("    " + "  ".join(f"n{c.block_n}w{c.num_warps}s{c.split_k}st{c.num_stages}:{us:.1f}" for us, c in res),
+            print("    " + "  ".join(f"n{c.block_n}w{c.num_warps}s{c.split_k}st{c.num_stages}u{c.k_unroll}:{us:.1f}" for us, c in res),
                   flush=True)
         del copies
         torch.cuda.empty_cache()

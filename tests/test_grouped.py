@@ -29,6 +29,8 @@ CONFIGS = {
     # the group scale applied to each K tile's product (one group per tile) vs folded into the weights
     "mma-packed-post": GroupedConfig(mma=True, block_m=16, block_n=64, block_k=64, scale_after=True),
     "mma-packed-folded": GroupedConfig(mma=True, block_m=16, block_n=64, block_k=64, scale_after=False),
+    # two K tiles per loop iteration (4 K tiles = 2 splits x 2 steps: ``gemm.k_unroll_ok``)
+    "mma-packed-unroll": GroupedConfig(mma=True, block_m=16, block_n=64, block_k=64, split_k=2, k_unroll=2),
     "gemv2": GroupedConfig(mma=False, block_m=2, block_n=32, block_k=64),
     "gemv4-splitk": GroupedConfig(mma=False, block_m=4, block_n=32, block_k=64, split_k=2),
 }
@@ -393,3 +395,18 @@ def test_mma_word_order_experts(cfg):
     _assert_close(y, _oracle(x, w, counts), x, w, torch.float16)
     y_op = ops.grouped_gemm(x, w_mma, _offsets(counts), k_order=1)
     _assert_close(y_op, _oracle(x, w, counts), x, w, torch.float16)
+
+
+def test_grouped_k_unroll_applies():
+    """The unrolled config of CONFIGS runs 2 K tiles per iteration (K = 200 -> 4 tiles of 64 in either word
+    order), not when a split would hold an odd number of tiles or a tile two groups."""
+    import dataclasses
+
+    from lowbit.kernels.grouped import grouped_packed_meta
+
+    cfg = CONFIGS["mma-packed-unroll"]
+    z = torch.zeros(1, dtype=torch.uint8)
+    for k_order in (0, 1):
+        assert grouped_packed_meta(cfg, 4, z, 8.0, 64, False, k_order, K)["K_UNROLL"] == 2
+    assert grouped_packed_meta(dataclasses.replace(cfg, split_k=3), 4, z, 8.0, 64, False, 1, K)["K_UNROLL"] == 1
+    assert grouped_packed_meta(dataclasses.replace(cfg, block_k=128), 4, z, 8.0, 64, False, 1, 512)["K_UNROLL"] == 1

@@ -27,7 +27,7 @@ import triton.language as tl
 
 from .dequant import dequantize_intx, int_zero
 from .epilogue import grouped_tile_ids, split_k_tiles, write_output
-from .gemm import gemm_accumulate, packed_applies, packed_tile_meta
+from .gemm import gemm_accumulate, k_unroll_ok, packed_applies, packed_tile_meta
 from .gemv import FLOAT_2_23_BITS, gemv_accumulate
 from .launch import MAX_SPLIT_K_TILES, even_k, output_buffers
 from .unpack import fragment_channels, plane_constexprs, stored_k_extent
@@ -46,6 +46,8 @@ class GroupedConfig:
     # packed path: scale each K tile's product by its group scale (exact 16-bit operands, a second
     # accumulator) instead of folding it into the weights (``gemm.GemmConfig.scale_after``)
     scale_after: bool = True
+    # packed path: K tiles per loop iteration (``gemm.GemmConfig.k_unroll``; 1 where ``k_unroll_ok`` fails)
+    k_unroll: int = 1
 
 
 def max_tiles(rows: int, experts: int, block_m: int) -> int:
@@ -82,7 +84,7 @@ def grouped_wxa16_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, NUM_STAGES: tl.constexpr, EVEN_K: tl.constexpr,
     PACKED: tl.constexpr = False, INLINE_ASM: tl.constexpr = False, ROW_REPS: tl.constexpr = 0,
-    MMA_WORDS: tl.constexpr = False, SCALE_AFTER: tl.constexpr = False,
+    MMA_WORDS: tl.constexpr = False, SCALE_AFTER: tl.constexpr = False, K_UNROLL: tl.constexpr = 1,
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -115,7 +117,7 @@ def grouped_wxa16_kernel(
         acc = gemm_accumulate(x_ptr, qw_e, s_e, z_e, s_e, src, mask_m, offs_n, mask_n, K, Kp, t0, t1,
                               stride_xm, stride_xk, stride_qk, stride_sg, 0, 0, GROUP_LEN, P0, P1, P2, HAS_ZEROS,
                               SYM_ZERO, False, INT_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, False, PACKED, INLINE_ASM, EVEN_K,
-                              ROW_REPS, SCALE_AFTER=SCALE_AFTER, MMA_WORDS=MMA_WORDS)
+                              ROW_REPS, SCALE_AFTER=SCALE_AFTER, MMA_WORDS=MMA_WORDS, K_UNROLL=K_UNROLL)
         if ROW_REPS > 0:  # the packed path's accumulator rows are in MMA fragment order
             offs_n = fragment_channels(offs_n, ROW_REPS)
             mask_n = fragment_channels(mask_n, ROW_REPS)
@@ -237,17 +239,18 @@ def grouped_wxa16(
         E_POW2=triton.next_power_of_2(e), NUM_TILES=tiles, MMA=cfg.mma,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k, GROUP_M=cfg.group_m,
         NUM_STAGES=cfg.num_stages, EVEN_K=even_k(k, cfg.block_k, bits, k_order), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        **grouped_packed_meta(cfg, bits, zeros, sym_zero, group_len, x.is_cuda, k_order), MMA_WORDS=bool(k_order),
+        **grouped_packed_meta(cfg, bits, zeros, sym_zero, group_len, x.is_cuda, k_order, k), MMA_WORDS=bool(k_order),
     )
     return y
 
 
 def grouped_packed_meta(cfg: GroupedConfig, bits: int, zeros: Optional[torch.Tensor], sym_zero: float,
-                        group_len: int, on_gpu: bool, k_order: int = 0) -> dict:
+                        group_len: int, on_gpu: bool, k_order: int = 0, k: int = 0) -> dict:
     """The packed dequantization of the GEMM (``gemm.packed_meta``) for the tensor-core loop."""
     if not (cfg.mma and packed_applies(bits, zeros, sym_zero, None, group_len, cfg.block_k, k_order)):
         return {}
-    return {**packed_tile_meta(cfg.block_n, cfg.num_warps, on_gpu), "SCALE_AFTER": cfg.scale_after}
+    unroll = cfg.k_unroll if k_unroll_ok(k, cfg, bits, k_order, group_len) else 1
+    return {**packed_tile_meta(cfg.block_n, cfg.num_warps, on_gpu), "SCALE_AFTER": cfg.scale_after, "K_UNROLL": unroll}
 
 
 def dequant_grouped_mm(
