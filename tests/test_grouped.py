@@ -246,6 +246,8 @@ def test_heuristic_picks_the_loop_by_rows_per_expert(rows, experts, topk, mma, b
     packed = heuristic_config(rows, experts, 14336, 4096, 128, topk=topk, packed=True)
     assert packed.mma and packed.block_m == (block_m if mma else 16)
     assert packed.block_k == 128 and packed.num_warps == (4 if packed.block_m in (16, 128) else 8)
+    assert packed.k_unroll == (2 if packed.block_m == 16 else 1) and cfg.k_unroll == 1  # 32 K tiles: unrolled
+    assert heuristic_config(rows, experts, 2048, 1408, 128, topk=topk, packed=True).k_unroll == 1  # 11 K tiles
 
 
 def test_reference_backend_matches_triton(monkeypatch):

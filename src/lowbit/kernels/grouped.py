@@ -200,6 +200,11 @@ def heuristic_config(rows: int, experts: int, n: int, k: int, group_len: int, nu
     split = max(1, min(16, k_tiles, int(-(-per_sm * num_sms // programs))))
     if split > 1 and split * rows * n * 4 > (256 << 20):  # fp32 workspace stays small
         split = 1
+    if packed_mma and cfg["block_m"] == 16 and k_tiles >= 32:
+        # 2 K tiles per loop iteration (applied where ``gemm.k_unroll_ok``): H200 grouped_probe --unroll
+        # (benchmarks/results/h200/grouped_unroll/): Mixtral w1 / w2 1.09x at T = 1, 1.03 / 1.07x at T = 8;
+        # Qwen1.5-MoE's 11-16 K tiles rarely split evenly and gained nothing
+        cfg.update(k_unroll=2)
     return GroupedConfig(block_k=block_k, split_k=split, **cfg)
 
 
