@@ -412,3 +412,19 @@ def test_grouped_k_unroll_applies():
         assert grouped_packed_meta(cfg, 4, z, 8.0, 64, False, k_order, K)["K_UNROLL"] == 2
     assert grouped_packed_meta(dataclasses.replace(cfg, split_k=3), 4, z, 8.0, 64, False, 1, K)["K_UNROLL"] == 1
     assert grouped_packed_meta(dataclasses.replace(cfg, block_k=128), 4, z, 8.0, 64, False, 1, 512)["K_UNROLL"] == 1
+
+
+def test_grouped_heuristic_folds_the_scale_only_where_the_dense_guard_allows():
+    """128-row packed tiles fold the group scale (``scale_after=False``) with groups of 128 (one 128-k tile per
+    group, ``gemm.folded_scale_ok``); groups of 256 take 64-row tiles with the post-MMA scale instead."""
+    from lowbit.kernels.gemm import folded_scale_ok
+
+    g128 = heuristic_config(8192, 8, 14336, 4096, 128, topk=2, packed=True)
+    assert (g128.block_m, g128.scale_after) == (128, False) and folded_scale_ok(g128, 128)
+    g256 = heuristic_config(8192, 8, 14336, 4096, 256, topk=2, packed=True)
+    assert g256.block_m == 64 and g256.scale_after and g256.block_k == 128
+    counts = [130, 0, 140]  # ~135 rows per active expert: the 128-row bucket, groups of 256 -> 64-row tiles
+    w = _weights(group_size=256, e=3, n=40, k=512, seed=9)
+    x = _x(sum(counts), k=512)
+    assert heuristic_config(sum(counts), 3, 40, 512, 256, packed=True).block_m == 64
+    _assert_close(ops.grouped_gemm(x, w, _offsets(counts)), _oracle(x, w, counts), x, w, torch.float16)

@@ -27,7 +27,7 @@ import triton.language as tl
 
 from .dequant import dequantize_intx, int_zero
 from .epilogue import grouped_tile_ids, split_k_tiles, write_output
-from .gemm import gemm_accumulate, k_unroll_ok, packed_applies, packed_tile_meta
+from .gemm import GemmConfig, folded_scale_ok, gemm_accumulate, k_unroll_ok, packed_applies, packed_tile_meta
 from .gemv import FLOAT_2_23_BITS, gemv_accumulate
 from .launch import MAX_SPLIT_K_TILES, even_k, output_buffers
 from .unpack import fragment_channels, plane_constexprs, stored_k_extent
@@ -165,6 +165,11 @@ def heuristic_config(rows: int, experts: int, n: int, k: int, group_len: int, nu
         cfg = dict(mma=False, block_m=bm, block_n=64)
     else:
         bm = 16 if per_expert <= 16 else 32 if per_expert <= 32 else 64 if per_expert <= 64 else 128
+        if packed_mma and bm == 128 and not folded_scale_ok(GemmConfig(block_m=128, block_k=128), group_len):
+            # the 128-row packed tile folds the group scale into the weights (below); with groups longer than
+            # its 128-k tile that is the case ``gemm.folded_scale_ok`` keeps out of the dense GEMM (a wrong
+            # result seen on the H200, cause not found): 64-row tiles with the post-MMA scale instead
+            bm = 64
         cfg = dict(mma=True, block_m=bm, block_n=64)
         # sm_90 compile check (scripts/compile_check.py grouped): with the gather/scatter epilogue,
         # BLOCK_M 16 x BLOCK_K 128 x 4 warps spills a little (BLOCK_K 64 does not), 4 warps spill from
