@@ -187,15 +187,18 @@ def test_torch_compile_fullgraph_lutlinear():
     (GemmConfig(block_m=32, block_n=128, block_k=128, num_warps=8), Fp4Format(32, "e8m0")),  # 4 groups per tile
     (GemmConfig(block_m=16, block_n=128, block_k=64, split_k=2), CodebookFormat(4, 64, "row", torch.float16, iters=4)),
     (GemmConfig(block_m=16, block_n=64, block_k=128), CodebookFormat(4, 32, "row", iters=4)),  # per-channel tables
-], ids=["nf4-bk64", "nf4-bk128", "fp4-g32-bk128", "cb4-row-fp16-table", "cb4-row-g32-bk128"])
+    # 2 K tiles per loop iteration (``gemm.k_unroll_ok``: 8 tiles of 64 at K = 512; the tails shape runs 1)
+    (GemmConfig(block_m=16, block_n=64, block_k=64, split_k=2, k_unroll=2), NF4Format(64)),
+], ids=["nf4-bk64", "nf4-bk128", "fp4-g32-bk128", "cb4-row-fp16-table", "cb4-row-g32-bk128", "nf4-bk64-unroll"])
 @pytest.mark.parametrize("n,k", [(128, 512), (72, 300)], ids=["even", "tails"])
 def test_lut_packed4_gemm(config, fmt, n, k):
     """The packed lookup-table path of the GEMM (``unpack.lut4_packed``; one global 16-entry table or one
     per channel, masked table rows on the N tail)."""
-    from lowbit.kernels.gemm import use_packed
+    from lowbit.kernels.gemm import k_unroll_ok, use_packed
 
     qw = _make(fmt, n, k, torch.float16, seed=n)
     assert use_packed(4, None, 0.0, qw.table, qw.group_size, config)
+    assert k_unroll_ok(k, config, 4, 0, qw.group_size) == (config.k_unroll == 2 and k == 512)
     x = torch.randn(7, k, generator=torch.Generator().manual_seed(2)).to(DEVICE, torch.float16)
     bias = torch.randn(n, generator=torch.Generator().manual_seed(3)).to(DEVICE, torch.float16)
     y = _launch("gemm", x, qw, bias, config)
