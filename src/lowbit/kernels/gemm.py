@@ -79,7 +79,7 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     if PACKED:
         tl.static_assert(MMA_WORDS or (P0 == 4 and P1 == 0), "the packed path reads other widths in the mma word order only")
-        tw = 0
+        tw = 0  # placeholders: the table words / rows exist for lookup-table codes only
         t_rows = 0
         if LUT:  # one global table or one per channel (stride_tn 0 or 16), constant along K
             t_rows = tl.where(mask_n, offs_n * stride_tn, 0)
