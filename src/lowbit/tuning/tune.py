@@ -78,7 +78,7 @@ def gemm_candidates(m: int, bits: int = 4) -> List[GemmConfig]:
                 for stages in (3, 4):
                     out.append(GemmConfig(bm, 64, 128, split, 8, 4, stages, False, True, True))
                 # two K tiles per loop iteration (``GemmConfig.k_unroll``; benchmarks/results/h200/k_unroll/:
-                # 1.04-1.09x at M = 1 on the larger Llama-3 shapes); applies only where ``gemm.k_unroll_ok``
+                # 1.02-1.06x over the best 1-tile config at M = 1 on the larger Llama-3 shapes); only where ``gemm.k_unroll_ok``
                 for tma in (False, True):
                     out.append(GemmConfig(bm, 64, 128, split, 8, 4, 3, False, True, tma, 2))
         else:
