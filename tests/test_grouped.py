@@ -423,6 +423,13 @@ def test_grouped_heuristic_folds_the_scale_only_where_the_dense_guard_allows():
     assert (g128.block_m, g128.scale_after) == (128, False) and folded_scale_ok(g128, 128)
     g256 = heuristic_config(8192, 8, 14336, 4096, 256, topk=2, packed=True)
     assert g256.block_m == 64 and g256.scale_after and g256.block_k == 128
+    # a folded config passed in gets the same guard as the dense GEMM's (``gemm.scale_after_applies``)
+    from lowbit.kernels.grouped import grouped_packed_meta
+
+    z = torch.zeros(1, dtype=torch.uint8)
+    folded = GroupedConfig(mma=True, block_m=128, block_n=64, block_k=128, num_warps=4, scale_after=False)
+    assert grouped_packed_meta(folded, 4, z, 8.0, 128, False, 1, 512)["SCALE_AFTER"] is False
+    assert grouped_packed_meta(folded, 4, z, 8.0, 256, False, 1, 512)["SCALE_AFTER"] is True
     counts = [130, 0, 140]  # ~135 rows per active expert: the 128-row bucket, groups of 256 -> 64-row tiles
     w = _weights(group_size=256, e=3, n=40, k=512, seed=9)
     x = _x(sum(counts), k=512)

@@ -400,6 +400,12 @@ def folded_scale_ok(cfg: GemmConfig, group_len: int) -> bool:
     return cfg.block_k >= group_len or cfg.block_m >= 256
 
 
+def scale_after_applies(cfg, group_len: int) -> bool:
+    """SCALE_AFTER of a packed tile config (``GemmConfig`` / ``grouped.GroupedConfig``): its own choice, except
+    that the folded scale is used only where ``folded_scale_ok``."""
+    return cfg.scale_after or not folded_scale_ok(cfg, group_len)
+
+
 def packed_meta(packed: bool, cfg: GemmConfig, n: int, k: int, on_gpu: bool, group_len: int) -> dict:
     """Constexprs of the packed 4-bit path: EVEN_N / EVEN_K drop masks on tile-aligned shapes,
     ROW_REPS orders the accumulator rows like the Hopper MMA fragment (``unpack.fragment_rows``) so
@@ -408,7 +414,7 @@ def packed_meta(packed: bool, cfg: GemmConfig, n: int, k: int, on_gpu: bool, gro
         return {"PACKED": False}
     return {**packed_tile_meta(cfg.block_n, cfg.num_warps, on_gpu), "EVEN_N": n % cfg.block_n == 0,
             "EVEN_K": k % cfg.block_k == 0,
-            "SCALE_AFTER": PACKED_OPTIONS["scale_after"] and (cfg.scale_after or not folded_scale_ok(cfg, group_len))}
+            "SCALE_AFTER": PACKED_OPTIONS["scale_after"] and scale_after_applies(cfg, group_len)}
 
 
 def packed_tile_meta(block_n: int, num_warps: int, on_gpu: bool) -> dict:

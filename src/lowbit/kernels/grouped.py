@@ -27,7 +27,9 @@ import triton.language as tl
 
 from .dequant import dequantize_intx, int_zero
 from .epilogue import grouped_tile_ids, split_k_tiles, write_output
-from .gemm import GemmConfig, folded_scale_ok, gemm_accumulate, k_unroll_ok, packed_applies, packed_tile_meta
+from .gemm import (
+    GemmConfig, folded_scale_ok, gemm_accumulate, k_unroll_ok, packed_applies, packed_tile_meta, scale_after_applies,
+)
 from .gemv import FLOAT_2_23_BITS, gemv_accumulate
 from .launch import MAX_SPLIT_K_TILES, even_k, output_buffers
 from .unpack import fragment_channels, plane_constexprs, stored_k_extent
@@ -260,7 +262,8 @@ def grouped_packed_meta(cfg: GroupedConfig, bits: int, zeros: Optional[torch.Ten
     if not (cfg.mma and packed_applies(bits, zeros, sym_zero, None, group_len, cfg.block_k, k_order)):
         return {}
     unroll = cfg.k_unroll if k_unroll_ok(k, cfg, bits, k_order, group_len) else 1
-    return {**packed_tile_meta(cfg.block_n, cfg.num_warps, on_gpu), "SCALE_AFTER": cfg.scale_after, "K_UNROLL": unroll}
+    return {**packed_tile_meta(cfg.block_n, cfg.num_warps, on_gpu), "SCALE_AFTER": scale_after_applies(cfg, group_len),
+            "K_UNROLL": unroll}
 
 
 def dequant_grouped_mm(
