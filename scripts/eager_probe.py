@@ -1,4 +1,5 @@
-"""Where does eager time go? One W4 linear at M=1: custom op vs launcher vs raw Triton launch vs cuBLAS."""
+"""Where does eager time go? One W4 linear at M=1: QuantLinear (recorded launch) vs custom op vs launcher vs
+raw Triton launch vs cuBLAS vs tinygemm (host time per call, back to back)."""
 import time
 
 import torch
@@ -35,3 +36,14 @@ from lowbit import dispatch
 p = dispatch.WxA16Problem(1, 4096, 4096, 4, 128, torch.bfloat16, "cuda")
 print(f"dispatch.select         {host_us(lambda: dispatch.select(p)):7.1f}")
 print(f"_validate_wxa16         {host_us(lambda: ops._validate_wxa16(*args)):7.1f}")
+
+from lowbit import QuantLinear
+mod = QuantLinear(qw)
+mod(x)
+(plan,) = mod.eager_plans().plans.values()
+print(f"QuantLinear (plan)      {host_us(lambda: mod(x)):7.1f}")
+print(f"recorded launch only    {host_us(lambda: plan[1](x)):7.1f}")
+from lowbit.bench.cases_wxa16 import tinygemm_nibbles, tinygemm_scales_and_zeros, _inner_k_tiles
+wp = torch.ops.aten._convert_weight_to_int4pack(tinygemm_nibbles(qw.codes()[:, :4096]), _inner_k_tiles(4096))
+sz = tinygemm_scales_and_zeros(qw)
+print(f"tinygemm                {host_us(lambda: torch.ops.aten._weight_int4pack_mm(x, wp, 128, sz)):7.1f}")

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from .formats.intx import IntxFormat, IntxWeight, natural_words, runs_mma_words, runtime_words, to_mma_words
-from .ops import linear_wxa16_auto
+from .kernels.launch import EagerPlans
+from .ops import linear_wxa16, linear_wxa16_eager
 from .tp import Shardable
 
 
@@ -105,10 +106,27 @@ class QuantLinear(MmaWordsBuffer, Shardable, nn.Module):
                           self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear_wxa16_auto(
-            x, self.qweight, self.scales, self.zeros, self.bias, self.bits, self.group_size or 0,
-            self.in_features, self.k_order,
-        )
+        args = (self.qweight, self.scales, self.zeros, self.bias, self.bits, self.group_size or 0, self.in_features,
+                self.k_order)
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return linear_wxa16(x, *args)  # one opaque torch.library node
+        # eager: the launch recorded for this input signature (kernels.launch.EagerPlans)
+        return self.eager_plans().call(x, args[:4], lambda: linear_wxa16_eager(x, *args))
+
+    def eager_plans(self) -> EagerPlans:
+        plans = self.__dict__.get("_eager_plans")
+        if plans is None:
+            plans = self.__dict__["_eager_plans"] = EagerPlans()
+        return plans
+
+    def _apply(self, fn, *args, **kwargs):  # .to() / .cuda() / .half(): recorded launches hold the old tensors
+        self.__dict__.pop("_eager_plans", None)
+        return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self):  # copy.deepcopy / pickle: compiled launches are not state
+        state = dict(super().__getstate__())
+        state.pop("_eager_plans", None)
+        return state
 
     def extra_repr(self) -> str:
         gs = "per-channel" if self.group_size is None else self.group_size

@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..formats.intx import IntxWeight, runs_mma_words, runtime_words, symmetric_zero, unpack
+from ..formats.intx import IntxWeight, natural_words, runs_mma_words, runtime_words, symmetric_zero, unpack
 from .cases import (
     OURS, PEER, Bound, Case, OpSpec, ShapeData, intx_weight_bytes, needs_cuda, register,
 )
@@ -35,15 +35,27 @@ def _zero_points(qw: IntxWeight) -> torch.Tensor:
 
 
 class Ours(Case):
+    """A ``QuantLinear`` call (eager: its recorded-launch fast path), one module per weight copy."""
+
     def bind(self, data: ShapeData) -> Bound:
-        from .. import ops
+        from ..nn import QuantLinear
 
         qw = data.qw
-        bits, gs, k = qw.bits, qw.group_size or 0, qw.in_features
+        bits, k = qw.bits, qw.in_features
         qweight, k_order = runtime_words(qw.qweight, runs_mma_words(qw), bits)  # as QuantLinear runs
+        modules = {}
+
+        def module(w):
+            mod = modules.get(id(w))
+            if mod is None:
+                mod = QuantLinear(IntxWeight(natural_words(w[0], k_order, bits), w[1], w[2], bits, qw.group_size, k))
+                assert mod.k_order == k_order
+                mod.qweight = w[0]  # this copy itself, already in the run-time word order
+                modules[id(w)] = mod
+            return mod
 
         def run(x, w):
-            return ops.linear_wxa16(x, w[0], w[1], w[2], None, bits, gs, k, k_order)
+            return module(w)(x)
 
         e = _act_bytes(data.spec)
         return Bound((qweight, qw.scales, qw.zeros), run, _intx_bytes(data), e, e, data.spec.dtype)

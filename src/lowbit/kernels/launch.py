@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import functools
-from typing import Dict, Optional, Tuple
+import inspect
+import threading
+from contextlib import contextmanager
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -96,16 +99,97 @@ def launch_intx(kernel, grid, x: torch.Tensor, qweight: torch.Tensor, scales: to
     n = out_features
     y, ws, counters, stride_ws = output_buffers(m, n, split_k, grid[0], x, out_dtype)
     stride_tg, stride_tn = table_strides(table)
-    kernel[grid](
-        x, qweight, scales, zeros if zeros is not None else scales, table if table is not None else scales,
-        bias if bias is not None else scales, y, ws, counters, *extra_ptrs,
-        m, n, k, qweight.shape[0] * 32 // bits,
-        x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), stride_tg, stride_tn, stride_ws, y.stride(0),
-        GROUP_LEN=group_len, **plane_constexprs(bits),
-        HAS_ZEROS=zeros is not None, SYM_ZERO=sym_zero, HAS_BIAS=bias is not None, LUT=table is not None,
-        SPLIT_K=split_k, **meta,
-    )
+    args = (x, qweight, scales, zeros if zeros is not None else scales, table if table is not None else scales,
+            bias if bias is not None else scales, y, ws, counters, *extra_ptrs,
+            m, n, k, qweight.shape[0] * 32 // bits,
+            x.stride(0), x.stride(1), qweight.stride(0), scales.stride(0), stride_tg, stride_tn, stride_ws,
+            y.stride(0))
+    kwargs = dict(GROUP_LEN=group_len, **plane_constexprs(bits), HAS_ZEROS=zeros is not None, SYM_ZERO=sym_zero,
+                  HAS_BIAS=bias is not None, LUT=table is not None, SPLIT_K=split_k, **meta)
+    compiled = kernel[grid](*args, **kwargs)
+    if getattr(_RECORDING, "launches", None) is not None:
+        _RECORDING.launches.append(
+            _replayable(kernel, compiled, grid, args, kwargs, x, y, ws, (m, n, split_k, grid[0], out_dtype)))
     return y
+
+
+# ---- eager launch plans -----------------------------------------------------------------------------
+# A module's eager call spends most of its time on the host before the kernel starts (validation,
+# dispatch, config lookup, Triton's argument binding and specialization: ~60-100 us on the H200 host vs
+# ~10 us for tinygemm). ``recording()`` captures the launches ``launch_intx`` makes; a ``RecordedLaunch``
+# replays one with a new activation of the same shape, strides, dtype, device and 16-byte alignment (so
+# the same compiled kernel and the same integer arguments) -- only the output allocation and the launch
+# itself remain. ``lowbit.nn.QuantLinear`` keeps one per input signature (``EagerPlans``).
+
+_RECORDING = threading.local()
+
+
+@contextmanager
+def recording():
+    """Collect what ``launch_intx`` launches inside the block: a list of ``RecordedLaunch`` (None for a
+    launch that cannot be replayed, e.g. one taking TMA descriptors built from x)."""
+    outer = getattr(_RECORDING, "launches", None)
+    _RECORDING.launches = launches = []
+    try:
+        yield launches
+    finally:
+        _RECORDING.launches = outer
+
+
+class RecordedLaunch:
+    """One ``launch_intx`` call replayable with another x of the same signature: every kernel parameter in
+    signature order (constexprs included, as Triton's launcher takes them), the slots of x / Y / the
+    split-K workspace left empty, and the launch itself -- the compiled kernel's runner on a GPU, the
+    interpreter's grid call under TRITON_INTERPRET."""
+
+    __slots__ = ("launch", "vals", "x_slots", "y_slots", "ws_slots", "out", "x_ptr", "y_ptr")
+
+    def __init__(self, launch: Callable, vals: list, x_slots, y_slots, ws_slots, out: tuple, x_ptr: int,
+                 y_ptr: int):
+        self.launch, self.vals, self.out, self.x_ptr, self.y_ptr = launch, vals, out, x_ptr, y_ptr
+        self.x_slots, self.y_slots, self.ws_slots = x_slots, y_slots, ws_slots
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        m, n, split_k, tiles, out_dtype = self.out
+        y, ws, _, _ = output_buffers(m, n, split_k, tiles, x, out_dtype)
+        vals = self.vals.copy()
+        for i in self.x_slots:
+            vals[i] = x
+        for i in self.ws_slots:
+            vals[i] = ws
+        for i in self.y_slots:
+            vals[i] = y
+        self.launch(*vals)
+        return y
+
+
+@functools.lru_cache(maxsize=None)
+def _signature(kernel) -> inspect.Signature:
+    return inspect.signature(kernel.fn)
+
+
+def _replayable(kernel, compiled, grid, args, kwargs, x, y, ws, out) -> Optional[RecordedLaunch]:
+    sig = _signature(kernel)
+    options = {key: v for key, v in kwargs.items() if key not in sig.parameters}
+    bound = sig.bind(*args, **{key: v for key, v in kwargs.items() if key in sig.parameters})
+    bound.apply_defaults()
+    vals = list(bound.arguments.values())
+    if TensorDescriptor is not None and any(isinstance(v, TensorDescriptor) for v in vals):
+        return None  # descriptors hold x's address: rebuilt per call by the launcher
+    if compiled is not None and all(hasattr(compiled, a) for a in ("function", "packed_metadata")):
+        launch = compiled[grid]  # triton.compiler.CompiledKernel: the launcher without binding/specialization
+    elif compiled is None and type(kernel).__name__ == "InterpretedFunction":  # TRITON_INTERPRET=1
+        launch = functools.partial(kernel[grid], **options)
+    else:
+        return None
+    slots = lambda t: tuple(i for i, v in enumerate(vals) if v is t)  # noqa: E731
+    x_slots, y_slots = slots(x), slots(y)
+    ws_slots = () if ws is y else slots(ws)
+    for i in x_slots + y_slots + ws_slots:
+        vals[i] = None  # no references to this call's tensors
+    if not x_slots or not y_slots:
+        return None
+    return RecordedLaunch(launch, vals, x_slots, y_slots, ws_slots, out, x.data_ptr(), y.data_ptr())
 
 
 def table_strides(table: Optional[torch.Tensor]) -> Tuple[int, int]:
@@ -113,3 +197,42 @@ def table_strides(table: Optional[torch.Tensor]) -> Tuple[int, int]:
     if table is None:
         return 0, 0
     return (table.stride(0) if table.shape[0] > 1 else 0), (table.stride(1) if table.shape[1] > 1 else 0)
+
+
+class EagerPlans:
+    """A module's eager fast path: input signature -> the one replayable launch its op made for it.
+
+    ``call(x, weights, run)``: ``weights`` are the module's tensors the op reads (a plan is used only while
+    they are the same objects); ``run()`` is the full op (validation, dispatch, launch). The first call per
+    signature runs it under ``recording()`` and keeps the launch when the op was exactly one replayable
+    ``launch_intx`` writing the result of x itself (a reshaped view of it); later calls allocate Y and
+    launch. At most ``limit`` signatures are kept (a prefill of every length would otherwise grow it).
+    Inputs whose op is not one such launch (the reference backend, dequantize + cuBLAS, TMA) keep ``run``.
+    """
+
+    def __init__(self, limit: int = 64) -> None:
+        self.limit = limit
+        self.plans: Dict[tuple, tuple] = {}
+
+    def clear(self) -> None:
+        self.plans.clear()
+
+    def call(self, x: torch.Tensor, weights: tuple, run: Callable[[], torch.Tensor]) -> torch.Tensor:
+        key = (x.shape, x.stride(), x.dtype, x.device, x.data_ptr() % 16)
+        plan = self.plans.get(key)
+        if plan is not None:
+            held, launch, flat_shape, out_shape = plan
+            if all(a is b for a, b in zip(held, weights)):
+                if flat_shape is None:
+                    return launch(x)
+                return launch(x.view(flat_shape)).view(out_shape)
+        with recording() as launches:
+            y = run()
+        if len(launches) == 1 and launches[0] is not None and len(self.plans) < self.limit:
+            launch = launches[0]
+            m, n = launch.out[0], launch.out[1]
+            x_ok = x.dim() == 2 or (x.is_contiguous() and x.numel() == m * x.shape[-1])
+            if x_ok and launch.x_ptr == x.data_ptr() and y.data_ptr() == launch.y_ptr and y.shape == (*x.shape[:-1], n):
+                flat = None if x.dim() == 2 else ((m, x.shape[-1]), tuple(y.shape))
+                self.plans[key] = (weights, launch, *(flat or (None, None)))
+        return y
