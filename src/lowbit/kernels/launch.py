@@ -177,7 +177,8 @@ def _replayable(kernel, compiled, grid, args, kwargs, x, y, ws, out) -> Optional
     if TensorDescriptor is not None and any(isinstance(v, TensorDescriptor) for v in vals):
         return None  # descriptors hold x's address: rebuilt per call by the launcher
     if compiled is not None and all(hasattr(compiled, a) for a in ("function", "packed_metadata")):
-        launch = compiled[grid]  # triton.compiler.CompiledKernel: the launcher without binding/specialization
+        # triton.compiler.CompiledKernel: the launcher without binding / specialization (it reads grid[0..2])
+        launch = compiled[tuple(grid) + (1,) * (3 - len(grid))]
     elif compiled is None and type(kernel).__name__ == "InterpretedFunction":  # TRITON_INTERPRET=1
         launch = functools.partial(kernel[grid], **options)
     else:
