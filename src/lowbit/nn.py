@@ -78,7 +78,8 @@ class QuantLinear(MmaWordsBuffer, Shardable, nn.Module):
     #: keep eligible words in the mma word order at run time (subclasses with other kernels: False)
     RUNTIME_MMA_WORDS = True
 
-    def __init__(self, weight: IntxWeight, bias: Optional[torch.Tensor] = None) -> None:
+    def __init__(self, weight: IntxWeight, bias: Optional[torch.Tensor] = None, k_order: int = 0) -> None:
+        """``k_order`` 1: ``weight.qweight`` already holds the mma word order (no conversion, no copy)."""
         super().__init__()
         self.in_features = weight.in_features
         self.out_features = weight.out_features
@@ -88,6 +89,11 @@ class QuantLinear(MmaWordsBuffer, Shardable, nn.Module):
         self.register_buffer("scales", weight.scales)
         self.register_buffer("zeros", weight.zeros)
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        if k_order:
+            if not self.mma_words_apply():
+                raise ValueError(f"k_order=1 (the mma word order) does not apply to this weight "
+                                 f"({weight.bits} bits, group {weight.group_size}): see formats.intx.mma_words_apply")
+            self.k_order = k_order
         self.use_mma_words()
 
     def mma_words_apply(self) -> bool:

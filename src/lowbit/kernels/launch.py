@@ -142,17 +142,26 @@ class RecordedLaunch:
     split-K workspace left empty, and the launch itself -- the compiled kernel's runner on a GPU, the
     interpreter's grid call under TRITON_INTERPRET."""
 
-    __slots__ = ("launch", "vals", "x_slots", "y_slots", "ws_slots", "out", "x_ptr", "y_ptr")
+    __slots__ = ("launch", "vals", "x_slots", "y_slots", "ws_slots", "out", "x_ptr", "y_ptr", "raw", "keep")
 
     def __init__(self, launch: Callable, vals: list, x_slots, y_slots, ws_slots, out: tuple, x_ptr: int,
-                 y_ptr: int):
+                 y_ptr: int, raw: bool):
         self.launch, self.vals, self.out, self.x_ptr, self.y_ptr = launch, vals, out, x_ptr, y_ptr
         self.x_slots, self.y_slots, self.ws_slots = x_slots, y_slots, ws_slots
+        # raw: pointers go to the compiled launcher as integers (it then skips data_ptr() and the driver's
+        # cuPointerGetAttribute check per pointer); ``keep`` holds the tensors behind the fixed ones
+        self.raw = raw
+        self.keep = tuple(v for v in vals if isinstance(v, torch.Tensor))
+        if raw:
+            self.vals = [v.data_ptr() if isinstance(v, torch.Tensor) else v for v in vals]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         m, n, split_k, tiles, out_dtype = self.out
-        y, ws, _, _ = output_buffers(m, n, split_k, tiles, x, out_dtype)
+        y_out, ws, _, _ = output_buffers(m, n, split_k, tiles, x, out_dtype)
+        y = y_out
         vals = self.vals.copy()
+        if self.raw:
+            x, ws, y = x.data_ptr(), ws.data_ptr(), y.data_ptr()
         for i in self.x_slots:
             vals[i] = x
         for i in self.ws_slots:
@@ -160,7 +169,7 @@ class RecordedLaunch:
         for i in self.y_slots:
             vals[i] = y
         self.launch(*vals)
-        return y
+        return y_out
 
 
 @functools.lru_cache(maxsize=None)
@@ -176,9 +185,8 @@ def _replayable(kernel, compiled, grid, args, kwargs, x, y, ws, out) -> Optional
     vals = list(bound.arguments.values())
     if TensorDescriptor is not None and any(isinstance(v, TensorDescriptor) for v in vals):
         return None  # descriptors hold x's address: rebuilt per call by the launcher
-    if compiled is not None and all(hasattr(compiled, a) for a in ("function", "packed_metadata")):
-        # triton.compiler.CompiledKernel: the launcher without binding / specialization (it reads grid[0..2])
-        launch = compiled[tuple(grid) + (1,) * (3 - len(grid))]
+    if compiled is not None and all(hasattr(compiled, a) for a in ("function", "packed_metadata", "run")):
+        launch = _compiled_launch(compiled, tuple(grid) + (1,) * (3 - len(grid)))
     elif compiled is None and type(kernel).__name__ == "InterpretedFunction":  # TRITON_INTERPRET=1
         launch = functools.partial(kernel[grid], **options)
     else:
@@ -190,7 +198,29 @@ def _replayable(kernel, compiled, grid, args, kwargs, x, y, ws, out) -> Optional
         vals[i] = None  # no references to this call's tensors
     if not x_slots or not y_slots:
         return None
-    return RecordedLaunch(launch, vals, x_slots, y_slots, ws_slots, out, x.data_ptr(), y.data_ptr())
+    return RecordedLaunch(launch, vals, x_slots, y_slots, ws_slots, out, x.data_ptr(), y.data_ptr(),
+                          raw=compiled is not None)
+
+
+def _compiled_launch(compiled, grid: tuple) -> Callable:
+    """launch(*vals) of a ``triton.compiler.CompiledKernel``: its C launcher called directly with the
+    current stream (what ``JITFunction.run`` does after binding, specializing and the cache lookup); while
+    a launch hook is installed (profilers) the kernel's own runner, which builds the hook's metadata."""
+    from triton import knobs
+    from triton.runtime.driver import driver
+
+    runner = compiled[grid]  # also loads the module / function handles
+    run, function, metadata = compiled.run, compiled.function, compiled.packed_metadata
+    hooks = knobs.runtime
+    current_device, current_stream = driver.active.get_current_device, driver.active.get_current_stream
+    g0, g1, g2 = grid
+
+    def launch(*vals):
+        if hooks.launch_enter_hook is not None or hooks.launch_exit_hook is not None:
+            return runner(*vals)
+        run(g0, g1, g2, current_stream(current_device()), function, metadata, None, None, None, *vals)
+
+    return launch
 
 
 def table_strides(table: Optional[torch.Tensor]) -> Tuple[int, int]:
