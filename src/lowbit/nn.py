@@ -112,12 +112,20 @@ class QuantLinear(MmaWordsBuffer, Shardable, nn.Module):
                           self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        args = (self.qweight, self.scales, self.zeros, self.bias, self.bits, self.group_size or 0, self.in_features,
-                self.k_order)
         if torch.compiler.is_compiling() or torch.jit.is_tracing():
-            return linear_wxa16(x, *args)  # one opaque torch.library node
+            return linear_wxa16(x, *self._op_args())  # one opaque torch.library node
         # eager: the launch recorded for this input signature (kernels.launch.EagerPlans)
-        return self.eager_plans().call(x, args[:4], lambda: linear_wxa16_eager(x, *args))
+        plans = self.eager_plans()
+        b = self._buffers
+        weights = (b["qweight"], b["scales"], b["zeros"], b["bias"])
+        y = plans.replay(x, weights)
+        if y is None:
+            y = plans.record(x, weights, lambda: linear_wxa16_eager(x, *self._op_args()))
+        return y
+
+    def _op_args(self) -> tuple:
+        return (self.qweight, self.scales, self.zeros, self.bias, self.bits, self.group_size or 0, self.in_features,
+                self.k_order)
 
     def eager_plans(self) -> EagerPlans:
         plans = self.__dict__.get("_eager_plans")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 import threading
 from contextlib import contextmanager
 from typing import Callable, Dict, List, Optional, Tuple
@@ -109,7 +110,7 @@ def launch_intx(kernel, grid, x: torch.Tensor, qweight: torch.Tensor, scales: to
     compiled = kernel[grid](*args, **kwargs)
     if getattr(_RECORDING, "launches", None) is not None:
         _RECORDING.launches.append(
-            _replayable(kernel, compiled, grid, args, kwargs, x, y, ws, (m, n, split_k, grid[0], out_dtype)))
+            _replayable(kernel, compiled, grid, args, kwargs, x, y))
     return y
 
 
@@ -138,16 +139,19 @@ def recording():
 
 class RecordedLaunch:
     """One ``launch_intx`` call replayable with another x of the same signature: every kernel parameter in
-    signature order (constexprs included, as Triton's launcher takes them), the slots of x / Y / the
-    split-K workspace left empty, and the launch itself -- the compiled kernel's runner on a GPU, the
-    interpreter's grid call under TRITON_INTERPRET."""
+    signature order (constexprs included, as Triton's launcher takes them) with the slots of x and Y left
+    empty, and the launch itself -- the compiled kernel's C launcher on a GPU, the interpreter's grid call
+    under TRITON_INTERPRET. Per call only Y is allocated: the split-K workspace of the recorded call is
+    kept and reused, which is safe in stream order (as the shared arrival counters already require: one
+    split-K launch at a time per device)."""
 
-    __slots__ = ("launch", "vals", "x_slots", "y_slots", "ws_slots", "out", "x_ptr", "y_ptr", "raw", "keep")
+    __slots__ = ("kernel", "launch", "vals", "x_slots", "y_slots", "y_shape", "y_dtype", "x_ptr", "y_ptr", "raw",
+                 "keep")
 
-    def __init__(self, launch: Callable, vals: list, x_slots, y_slots, ws_slots, out: tuple, x_ptr: int,
-                 y_ptr: int, raw: bool):
-        self.launch, self.vals, self.out, self.x_ptr, self.y_ptr = launch, vals, out, x_ptr, y_ptr
-        self.x_slots, self.y_slots, self.ws_slots = x_slots, y_slots, ws_slots
+    def __init__(self, kernel, launch: Callable, vals: list, x_slots, y_slots, y: torch.Tensor, x_ptr: int,
+                 raw: bool):
+        self.kernel, self.launch, self.vals, self.x_slots, self.y_slots = kernel, launch, vals, x_slots, y_slots
+        self.y_shape, self.y_dtype, self.x_ptr, self.y_ptr = tuple(y.shape), y.dtype, x_ptr, y.data_ptr()
         # raw: pointers go to the compiled launcher as integers (it then skips data_ptr() and the driver's
         # cuPointerGetAttribute check per pointer); ``keep`` holds the tensors behind the fixed ones
         self.raw = raw
@@ -155,21 +159,28 @@ class RecordedLaunch:
         if raw:
             self.vals = [v.data_ptr() if isinstance(v, torch.Tensor) else v for v in vals]
 
+    def param(self, name: str):
+        """The recorded value of the kernel parameter ``name`` (a pointer: its address when raw)."""
+        return self.vals[list(_signature(self.kernel).parameters).index(name)]
+
+    @property
+    def out_features(self) -> int:
+        return self.y_shape[1]
+
+    @property
+    def rows(self) -> int:
+        return self.y_shape[0]
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        m, n, split_k, tiles, out_dtype = self.out
-        y_out, ws, _, _ = output_buffers(m, n, split_k, tiles, x, out_dtype)
-        y = y_out
+        y = torch.empty(self.y_shape, dtype=self.y_dtype, device=x.device)
         vals = self.vals.copy()
-        if self.raw:
-            x, ws, y = x.data_ptr(), ws.data_ptr(), y.data_ptr()
+        xv, yv = (x.data_ptr(), y.data_ptr()) if self.raw else (x, y)
         for i in self.x_slots:
-            vals[i] = x
-        for i in self.ws_slots:
-            vals[i] = ws
+            vals[i] = xv
         for i in self.y_slots:
-            vals[i] = y
+            vals[i] = yv
         self.launch(*vals)
-        return y_out
+        return y
 
 
 @functools.lru_cache(maxsize=None)
@@ -177,7 +188,7 @@ def _signature(kernel) -> inspect.Signature:
     return inspect.signature(kernel.fn)
 
 
-def _replayable(kernel, compiled, grid, args, kwargs, x, y, ws, out) -> Optional[RecordedLaunch]:
+def _replayable(kernel, compiled, grid, args, kwargs, x, y) -> Optional[RecordedLaunch]:
     sig = _signature(kernel)
     options = {key: v for key, v in kwargs.items() if key not in sig.parameters}
     bound = sig.bind(*args, **{key: v for key, v in kwargs.items() if key in sig.parameters})
@@ -192,14 +203,12 @@ def _replayable(kernel, compiled, grid, args, kwargs, x, y, ws, out) -> Optional
     else:
         return None
     slots = lambda t: tuple(i for i, v in enumerate(vals) if v is t)  # noqa: E731
-    x_slots, y_slots = slots(x), slots(y)
-    ws_slots = () if ws is y else slots(ws)
-    for i in x_slots + y_slots + ws_slots:
-        vals[i] = None  # no references to this call's tensors
+    x_slots, y_slots = slots(x), slots(y)  # (with SPLIT_K = 1 the workspace / counters slots are Y's too)
     if not x_slots or not y_slots:
         return None
-    return RecordedLaunch(launch, vals, x_slots, y_slots, ws_slots, out, x.data_ptr(), y.data_ptr(),
-                          raw=compiled is not None)
+    for i in x_slots + y_slots:
+        vals[i] = None  # no references to this call's x and Y
+    return RecordedLaunch(kernel, launch, vals, x_slots, y_slots, y, x.data_ptr(), raw=compiled is not None)
 
 
 def _compiled_launch(compiled, grid: tuple) -> Callable:
@@ -233,12 +242,14 @@ def table_strides(table: Optional[torch.Tensor]) -> Tuple[int, int]:
 class EagerPlans:
     """A module's eager fast path: input signature -> the one replayable launch its op made for it.
 
-    ``call(x, weights, run)``: ``weights`` are the module's tensors the op reads (a plan is used only while
-    they are the same objects); ``run()`` is the full op (validation, dispatch, launch). The first call per
-    signature runs it under ``recording()`` and keeps the launch when the op was exactly one replayable
-    ``launch_intx`` writing the result of x itself (a reshaped view of it); later calls allocate Y and
-    launch. At most ``limit`` signatures are kept (a prefill of every length would otherwise grow it).
-    Inputs whose op is not one such launch (the reference backend, dequantize + cuBLAS, TMA) keep ``run``.
+    ``replay(x, weights)``: Y from the launch recorded for x's signature (shape, strides, dtype, device,
+    16-byte alignment: what fixes the compiled kernel and its integer arguments), or None. ``weights`` are
+    the module's tensors the op reads; a launch is used only while they are the same objects.
+    ``record(x, weights, run)``: runs the full op ``run()`` (validation, dispatch, launch) under
+    ``recording()`` and keeps the launch when the op was exactly one replayable ``launch_intx`` reading x
+    itself and writing the returned Y (or a reshaped view of it). At most ``limit`` signatures are kept (a
+    prefill of every length would otherwise grow it). Ops that are not one such launch (the reference
+    backend, dequantize + cuBLAS, TMA descriptors) keep running ``run()``.
     """
 
     def __init__(self, limit: int = 64) -> None:
@@ -248,22 +259,26 @@ class EagerPlans:
     def clear(self) -> None:
         self.plans.clear()
 
-    def call(self, x: torch.Tensor, weights: tuple, run: Callable[[], torch.Tensor]) -> torch.Tensor:
-        key = (x.shape, x.stride(), x.dtype, x.device, x.data_ptr() % 16)
-        plan = self.plans.get(key)
-        if plan is not None:
-            held, launch, flat_shape, out_shape = plan
-            if all(a is b for a, b in zip(held, weights)):
-                if flat_shape is None:
-                    return launch(x)
-                return launch(x.view(flat_shape)).view(out_shape)
+    def replay(self, x: torch.Tensor, weights: tuple) -> Optional[torch.Tensor]:
+        plan = self.plans.get((x.shape, x.stride(), x.dtype, x.device, x.data_ptr() % 16))
+        if plan is None:
+            return None
+        held, launch, flat_shape, out_shape = plan
+        if not all(map(operator.is_, held, weights)):
+            return None
+        if flat_shape is None:
+            return launch(x)
+        return launch(x.view(flat_shape)).view(out_shape)
+
+    def record(self, x: torch.Tensor, weights: tuple, run: Callable[[], torch.Tensor]) -> torch.Tensor:
         with recording() as launches:
             y = run()
         if len(launches) == 1 and launches[0] is not None and len(self.plans) < self.limit:
             launch = launches[0]
-            m, n = launch.out[0], launch.out[1]
+            m, n = launch.rows, launch.out_features
             x_ok = x.dim() == 2 or (x.is_contiguous() and x.numel() == m * x.shape[-1])
-            if x_ok and launch.x_ptr == x.data_ptr() and y.data_ptr() == launch.y_ptr and y.shape == (*x.shape[:-1], n):
-                flat = None if x.dim() == 2 else ((m, x.shape[-1]), tuple(y.shape))
-                self.plans[key] = (weights, launch, *(flat or (None, None)))
+            if (x_ok and launch.x_ptr == x.data_ptr() and y.data_ptr() == launch.y_ptr
+                    and y.shape == (*x.shape[:-1], n)):
+                flat = (None, None) if x.dim() == 2 else ((m, x.shape[-1]), tuple(y.shape))
+                self.plans[(x.shape, x.stride(), x.dtype, x.device, x.data_ptr() % 16)] = (weights, launch, *flat)
         return y
