@@ -2,7 +2,7 @@
 # W4A16 full M sweep on the GPU with the shipped table (~6 minutes): GPU kernel tests, then
 # `lowbit bench --op w4a16` on Llama-3 8B + 70B, M = 1 .. 4096, against cuBLAS bf16, tinygemm and dequantize +
 # cuBLAS; (TP=1) the TP4 shards at M = 1..128; (G64=1) int4 group 64 at the shapes/M of G64_SHAPES/G64_MS;
-# (EAGER=1) scripts/eager_probe.py (host time per eager call, QuantLinear vs tinygemm).
+# (EAGER=1) scripts/eager_probe.py (host time per eager call, QuantLinear vs tinygemm); (STALLS=1) scripts/gpu_stalls.sh.
 # Usage: COMMIT=<sha> bash scripts/gpu_w4_sweep.sh   -> $OUT/w4_sweep_h200.tgz (one archive)
 set -uo pipefail
 OUT=${OUT:-out/gpu}; R="$OUT/w4_sweep"; mkdir -p "$R"
@@ -32,5 +32,8 @@ if [[ ${G64:-0} == 1 ]]; then stamp g64
 timeout 90 python3 -m lowbit.bench --op w4a16 --group-size 64 --shapes "${G64_SHAPES:-28672x4096}" --m "${G64_MS:-64}" --quick \
   --replays 5 --baselines cublas --no-plots --tag w4a16_g64_check --out "$R" > "$R/bench_g64.txt" 2>&1
 grep -B2 -A6 "µs kernel" "$R/w4a16_g64_check.txt" | head -12; fi
+if [[ ${STALLS:-0} == 1 ]]; then stamp stalls  # ncu warp-state sampling of the shipped W4 kernel, 28672x4096 M = 1 / 16
+OUT="$R" timeout 200 bash scripts/gpu_stalls.sh > "$R/stalls_log.txt" 2>&1; rm -f "$R/stalls.tgz" "$R"/stalls/raw_m*.csv
+grep -E "Duration|DRAM Throughput|Issue Active|Executed Ipc A|Achieved Occupancy|Registers Per" "$R"/stalls/details_m*.txt | head -24; fi
 stamp archive
 tar -C "$OUT" -czf "$OUT/w4_sweep_h200.tgz" w4_sweep && echo "archived $(ls "$R" | wc -l) files"
