@@ -167,3 +167,32 @@ def test_recording_nests():
         assert not outer and len(mod.eager_plans().plans) == 1
         _op(mod, x)
     assert len(outer) == 1 and isinstance(outer[0], launch.RecordedLaunch)
+
+
+@pytest.mark.parametrize("make", ["nf4", "cb4"])
+def test_lut_linear_replays(make):
+    """LutLinear takes the same path: its table is one of the held weights."""
+    from lowbit.formats.lut import CodebookFormat, NF4Format
+    from lowbit.nn_lut import LutLinear
+
+    torch.manual_seed(0)
+    fmt = NF4Format(64) if make == "nf4" else CodebookFormat(4, 64, granularity="row")
+    mod = LutLinear(fmt.quantize(torch.randn(96, 256) * 0.05)).to(DEVICE)
+    x = torch.randn(3, 256, device=DEVICE, dtype=torch.float16)
+    full = lambda x: lut_op(mod, x)  # noqa: E731
+    assert torch.equal(mod(x), full(x))
+    assert len(mod.eager_plans().plans) == 1
+    x2 = torch.randn_like(x)
+    y = mod(x2)
+    assert torch.equal(y, full(x2))
+    ref = reference_linear(x2, mod.weight)
+    assert_close_matmul(y, ref, x2, mod.weight.dequantize(torch.float32), torch.float16)
+    mod.table = mod.table.clone()  # a new table object: the recorded launch is not used
+    assert torch.equal(mod(x2), y)
+    assert len(mod.eager_plans().plans) == 1  # re-recorded under the same signature
+
+
+def lut_op(mod, x):
+    from lowbit.ops_lut import linear_luta16_eager
+    return linear_luta16_eager(x, mod.qweight, mod.scales, mod.table, mod.bias, mod.bits, mod.group_size or 0,
+                               mod.in_features, mod.k_order)

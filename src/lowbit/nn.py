@@ -74,7 +74,39 @@ class MmaWordsBuffer:
                                       error_msgs)
 
 
-class QuantLinear(MmaWordsBuffer, Shardable, nn.Module):
+class EagerLaunchPlanned:
+    """Mixin of modules whose op is one ``launch_intx`` launch: ``planned_call`` runs the torch.library op while
+    tracing / compiling (one opaque node) and, in eager mode, the launch recorded for x's input signature
+    (``kernels.launch.EagerPlans``: only Y's allocation and the compiled kernel's launcher per call)."""
+
+    def planned_call(self, x: torch.Tensor, weights: tuple, op, eager, op_args) -> torch.Tensor:
+        """``weights``: the tensors the op reads (a recorded launch is used only while they are the same
+        objects); ``op`` / ``eager``: the custom op and its implementation, called as f(x, *op_args())."""
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return op(x, *op_args())
+        plans = self.eager_plans()
+        y = plans.replay(x, weights)
+        if y is None:
+            y = plans.record(x, weights, lambda: eager(x, *op_args()))
+        return y
+
+    def eager_plans(self) -> EagerPlans:
+        plans = self.__dict__.get("_eager_plans")
+        if plans is None:
+            plans = self.__dict__["_eager_plans"] = EagerPlans()
+        return plans
+
+    def _apply(self, fn, *args, **kwargs):  # .to() / .cuda() / .half(): recorded launches hold the old tensors
+        self.__dict__.pop("_eager_plans", None)
+        return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self):  # copy.deepcopy / pickle: compiled launches are not state
+        state = dict(super().__getstate__())
+        state.pop("_eager_plans", None)
+        return state
+
+
+class QuantLinear(EagerLaunchPlanned, MmaWordsBuffer, Shardable, nn.Module):
     #: keep eligible words in the mma word order at run time (subclasses with other kernels: False)
     RUNTIME_MMA_WORDS = True
 
@@ -112,35 +144,13 @@ class QuantLinear(MmaWordsBuffer, Shardable, nn.Module):
                           self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling() or torch.jit.is_tracing():
-            return linear_wxa16(x, *self._op_args())  # one opaque torch.library node
-        # eager: the launch recorded for this input signature (kernels.launch.EagerPlans)
-        plans = self.eager_plans()
         b = self._buffers
-        weights = (b["qweight"], b["scales"], b["zeros"], b["bias"])
-        y = plans.replay(x, weights)
-        if y is None:
-            y = plans.record(x, weights, lambda: linear_wxa16_eager(x, *self._op_args()))
-        return y
+        return self.planned_call(x, (b["qweight"], b["scales"], b["zeros"], b["bias"]), linear_wxa16,
+                                 linear_wxa16_eager, self._op_args)
 
     def _op_args(self) -> tuple:
         return (self.qweight, self.scales, self.zeros, self.bias, self.bits, self.group_size or 0, self.in_features,
                 self.k_order)
-
-    def eager_plans(self) -> EagerPlans:
-        plans = self.__dict__.get("_eager_plans")
-        if plans is None:
-            plans = self.__dict__["_eager_plans"] = EagerPlans()
-        return plans
-
-    def _apply(self, fn, *args, **kwargs):  # .to() / .cuda() / .half(): recorded launches hold the old tensors
-        self.__dict__.pop("_eager_plans", None)
-        return super()._apply(fn, *args, **kwargs)
-
-    def __getstate__(self):  # copy.deepcopy / pickle: compiled launches are not state
-        state = dict(super().__getstate__())
-        state.pop("_eager_plans", None)
-        return state
 
     def extra_repr(self) -> str:
         gs = "per-channel" if self.group_size is None else self.group_size

@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 from .formats.lut import LutWeight
-from .nn import MmaWordsBuffer
-from .ops_lut import linear_luta16_auto
+from .nn import EagerLaunchPlanned, MmaWordsBuffer
+from .ops_lut import linear_luta16, linear_luta16_eager
 from .tp import Shardable
 
 
-class LutLinear(MmaWordsBuffer, Shardable, nn.Module):
+class LutLinear(EagerLaunchPlanned, MmaWordsBuffer, Shardable, nn.Module):
     def __init__(self, weight: LutWeight, bias: Optional[torch.Tensor] = None) -> None:
         super().__init__()
         self.in_features = weight.in_features
@@ -43,8 +43,13 @@ class LutLinear(MmaWordsBuffer, Shardable, nn.Module):
                          self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear_luta16_auto(x, self.qweight, self.scales, self.table, self.bias, self.bits,
-                                  self.group_size or 0, self.in_features, self.k_order)
+        b = self._buffers
+        return self.planned_call(x, (b["qweight"], b["scales"], b["table"], b["bias"]), linear_luta16,
+                                 linear_luta16_eager, self._op_args)
+
+    def _op_args(self) -> tuple:
+        return (self.qweight, self.scales, self.table, self.bias, self.bits, self.group_size or 0, self.in_features,
+                self.k_order)
 
     def extra_repr(self) -> str:
         gs = "per-channel" if self.group_size is None else self.group_size
