@@ -1,6 +1,6 @@
 """The inline PTX of the packed dequantizers, executed on CPU by ``ptx_emu`` against plain torch:
 4-bit table lookups (``unpack.LUT4_*``), the 4-bit affine magic-number path (``unpack.DEQUANT4_*``) and
-the 1/2/8-bit affine paths (``unpack.DEQUANT_FIELDS``)."""
+the 1/2/4/8-bit affine paths of the mma word order (``unpack.DEQUANT_FIELDS``)."""
 import pytest
 import torch
 import triton
@@ -48,15 +48,19 @@ def test_lut4_asm_looks_up_every_code(table_name, dt):
     bits = _bits16(table)
     scale = torch.tensor(0.0371, dtype=dtype)
     scaled = [(table[i].double() * scale.double()).to(dtype) for i in range(16)]
-    asm_scaled = unpack.LUT4_F16 if dt == "f16x2" else unpack.LUT4_BF16
-    for word in _words(7):
-        codes = [(word >> (4 * j)) & 0xF for j in range(8)]
-        out = ptx_emu.run(unpack.LUT4_Q.value, [word] + tw, 4)
-        assert out == [bits[codes[2 * e]] | (bits[codes[2 * e + 1]] << 16) for e in range(4)], hex(word)
-        out = ptx_emu.run(asm_scaled.value, [word] + tw + [_pair(scale, scale, dtype)], 4)
-        want = [_bits16(scaled[codes[2 * e]].reshape(1))[0] | (_bits16(scaled[codes[2 * e + 1]].reshape(1))[0] << 16)
-                for e in range(4)]
-        assert out == want, hex(word)
+    # natural words: register e = codes (2e, 2e + 1); the mma word order: codes (e, 4 + e)
+    for order, pair in (("byte", lambda e: (2 * e, 2 * e + 1)), ("half", lambda e: (e, 4 + e))):
+        asm_q = unpack.LUT4_Q if order == "byte" else unpack.LUT4H_Q
+        asm_scaled = {("byte", "f16x2"): unpack.LUT4_F16, ("byte", "bf16x2"): unpack.LUT4_BF16,
+                      ("half", "f16x2"): unpack.LUT4H_F16, ("half", "bf16x2"): unpack.LUT4H_BF16}[(order, dt)]
+        for word in _words(7):
+            codes = [(word >> (4 * j)) & 0xF for j in range(8)]
+            out = ptx_emu.run(asm_q.value, [word] + tw, 4)
+            assert out == [bits[codes[pair(e)[0]]] | (bits[codes[pair(e)[1]]] << 16) for e in range(4)], (order, hex(word))
+            out = ptx_emu.run(asm_scaled.value, [word] + tw + [_pair(scale, scale, dtype)], 4)
+            want = [_bits16(scaled[codes[pair(e)[0]]].reshape(1))[0] | (_bits16(scaled[codes[pair(e)[1]]].reshape(1))[0] << 16)
+                    for e in range(4)]
+            assert out == want, (order, hex(word))
 
 
 @pytest.mark.parametrize("dt", ["f16x2", "bf16x2"])
@@ -94,11 +98,11 @@ def test_kernel_table_words_match_the_asm_operands(dtype):
         assert out.tolist() == [[w] * 64 for w in want]
 
 
-@pytest.mark.parametrize("bits", [1, 2, 8])
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
 @pytest.mark.parametrize("dt", ["f16x2", "bf16x2"])
 @pytest.mark.parametrize("scaled", [True, False], ids=["scaled", "q-z"])
 def test_dequant_fields_asm_matches_affine(bits, dt, scaled):
-    """Register e of the 1/2/8-bit asm = fields e and H + e of the word (H = 16 / bits), (q - z) * s rounded
+    """Register e of the 1/2/4/8-bit asm = fields e and H + e of the word (H = 16 / bits), (q - z) * s rounded
     once to the output dtype (or q - z exactly), for every code value, the largest zero point and a
     mid one."""
     dtype = DTYPES[dt]

@@ -135,9 +135,10 @@ def unpack(qweight: torch.Tensor, bits: int, kp: int) -> torch.Tensor:
 # quad holds k-pairs (2c, 2c+1) and (2c+8, 2c+9) of every 16-k step, all of them from word c of the chunk,
 # and the activations need no per-tile permutation (``kernels.unpack.mma_k_order`` undone offline, as
 # Marlin does). Storage slot s = CH*p + (32/bits)*c + j (chunk p, word c, field j at bit bits*j) holds
-# natural k = CH*p + 16*st + 8*a + 2*c + b, where
-#   4 bits (fields paired by byte: j = 4*st + 2*a + b);
-#   1, 2, 8 bits (fields paired by 16-bit half: j = H*b + 2*st + a, H = 16 / bits).
+# natural k = CH*p + 16*st + 8*a + 2*c + b with the fields paired by 16-bit half: j = H*b + 2*st + a,
+# H = 16 / bits (field e and field H + e of a word are one k-pair: one shift + lop3 puts both under the
+# magic number). Until stop 27, 4-bit words paired the two nibbles of a byte instead (j = 4*st + 2*a + b,
+# a prmt per pair): 13 instead of 11 instructions per word.
 # Several bit-planes (3, 5, 6, 7 bits): each plane in the order of its own width, so each plane's packed
 # dequantization yields the fragment in natural k order and the planes add up register by register.
 
@@ -148,8 +149,6 @@ def mma_chunk(bits: int) -> int:
 
 def mma_natural_k(k, bits: int = 4):
     """Input channel whose code storage slot k holds in the mma word order (int or integer tensor)."""
-    if bits == 4:
-        return (k & -32) | ((k & 6) << 2) | ((k >> 2) & 6) | (k & 1)
     vpw = 32 // bits
     h = vpw // 2
     j = k % vpw

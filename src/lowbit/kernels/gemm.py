@@ -195,9 +195,9 @@ def packed_tile_step(acc, x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, of
         s = tl.reshape(tl.broadcast_to(s[:, None, :], (GPT, R // GPT, BLOCK_N)), (R, BLOCK_N))
         z = tl.reshape(tl.broadcast_to(z[:, None, :], (GPT, R // GPT, BLOCK_N)), (R, BLOCK_N))
     if LUT:
-        w = lut4_packed(words, t_ptr, t_rows, tw, s, CDT, INLINE_ASM, not POST_SCALE)
+        w = lut4_packed(words, t_ptr, t_rows, tw, s, CDT, INLINE_ASM, not POST_SCALE, MMA_WORDS)
     elif P1 == 0:
-        w = dequant_packed(words, s, z, CDT, INLINE_ASM, not POST_SCALE, P0)
+        w = dequant_packed(words, s, z, CDT, INLINE_ASM, not POST_SCALE, P0, MMA_WORDS)
     else:  # several planes (one group per tile): (q0 - z) + 2**P0 q1 (+ 2**(P0+P1) q2), exact in 16 bits
         w = dequant_packed(words, s, z, CDT, INLINE_ASM, False, P0)
         w = add_plane(w, qw_ptr, (Kp // 32) * P0, k0, offs_n, mask_n, stride_qk, Kp, s, z, EVEN_K, ROW_REPS,

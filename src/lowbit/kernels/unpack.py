@@ -97,14 +97,11 @@ def natural_k(k, MMA_WORDS: tl.constexpr, P: tl.constexpr = 4):
     """Input channel multiplied by the code at storage slot k: k itself, or for P-bit words in the mma
     word order (``lowbit.formats.intx.mma_natural_k``) the permutation inside each chunk of 128 / P k."""
     if MMA_WORDS:
-        if P == 4:
-            return (k & -32) | ((k & 6) << 2) | ((k >> 2) & 6) | (k & 1)
-        else:
-            VPW: tl.constexpr = 32 // P
-            H: tl.constexpr = VPW // 2
-            j = k % VPW
-            e = j % H
-            return (k // (4 * VPW)) * (4 * VPW) + 16 * (e // 2) + 8 * (e % 2) + 2 * ((k // VPW) % 4) + j // H
+        VPW: tl.constexpr = 32 // P
+        H: tl.constexpr = VPW // 2
+        j = k % VPW
+        e = j % H
+        return (k // (4 * VPW)) * (4 * VPW) + 16 * (e // 2) + 8 * (e % 2) + 2 * ((k // VPW) % 4) + j // H
     else:
         return k
 
@@ -263,7 +260,9 @@ def _asm_columns(e0, e1, e2, e3, OUT_DTYPE: tl.constexpr):
 
 @triton.jit
 def _mma_columns(p0, p1, p2, p3):
-    """The four [R, BN, 2] byte-pair outputs of a packed dequantization -> [BN, 8 R] in ``mma_k_order``."""
+    """The four [R, BN, 2] pair outputs of a packed 4-bit dequantization -> [BN, 8 R]: column 32p + 16st + 8a
+    + 2c + b holds half b of output 2st + a of word-row 4p + c -- ``mma_k_order`` for byte pairs of natural
+    words, natural k order for the half pairs of the mma word order (``formats.intx.mma_natural_k``)."""
     w = tl.join(tl.join(p0, p1), tl.join(p2, p3))  # [R, BN, b, a, st]: code 4st + 2a + b
     R: tl.constexpr = p0.shape[0]
     BN: tl.constexpr = p0.shape[1]
@@ -271,11 +270,11 @@ def _mma_columns(p0, p1, p2, p3):
     return tl.reshape(tl.permute(w, (2, 0, 5, 4, 1, 3)), (BN, R * 8))
 
 
-# --- packed 1/2/8-bit dequantization (words in the mma word order of ``lowbit.formats.intx``) ---
+# --- packed 1/2/4/8-bit dequantization (words in the mma word order of ``lowbit.formats.intx``) ---
 #
 # One asm instance takes one word of 32 / P codes (field j at bits P*j) and returns H = 16 / P registers,
 # register e holding the pair (field e, field H + e) -- the same field of both 16-bit halves -- as
-# 16-bit floats (q - z) * s. 1 and 2 bits: ``lop3`` ORs the word (shifted right so the field lies at
+# 16-bit floats (q - z) * s. 1, 2 and 4 bits: ``lop3`` ORs the word (shifted right so the field lies at
 # bit o <= 5 of each half, o + P <= 7) masked to the field into the mantissa of M_o = MAGIC * 2**-o
 # (MAGIC = 1024.0 fp16, 128.0 bf16; the ulp of M_o is 2**-o, so bit o weighs 1), giving M_o + q exactly;
 # one fma adds -(M_o + z) (exact: q - z, a small integer; derived once per word from the operand
@@ -362,13 +361,13 @@ def _dequant8_asm(dtype: str, scaled: bool) -> list:
 
 
 def dequant_fields_asm(P: int, dtype: str, scaled: bool) -> tl.constexpr:
-    """The packed dequantization asm of P-bit words (P in 1, 2, 8) for f16x2 / bf16x2."""
+    """The packed dequantization asm of P-bit words in the mma word order (P in 1, 2, 4, 8) for f16x2 / bf16x2."""
     lines = _dequant8_asm(dtype, scaled) if P == 8 else _dequant_fields_asm(P, dtype, scaled)
     return tl.constexpr("{\n" + "\n".join(lines) + "\n}\n")
 
 
 DEQUANT_FIELDS = {(p, dt, sc): dequant_fields_asm(p, dt, sc)
-                  for p in (1, 2, 8) for dt in ("f16x2", "bf16x2") for sc in (True, False)}
+                  for p in (1, 2, 4, 8) for dt in ("f16x2", "bf16x2") for sc in (True, False)}
 DEQUANT1_F16: tl.constexpr = DEQUANT_FIELDS[(1, "f16x2", True)]
 DEQUANT1_F16_Q: tl.constexpr = DEQUANT_FIELDS[(1, "f16x2", False)]
 DEQUANT1_BF16: tl.constexpr = DEQUANT_FIELDS[(1, "bf16x2", True)]
@@ -377,6 +376,10 @@ DEQUANT2_F16: tl.constexpr = DEQUANT_FIELDS[(2, "f16x2", True)]
 DEQUANT2_F16_Q: tl.constexpr = DEQUANT_FIELDS[(2, "f16x2", False)]
 DEQUANT2_BF16: tl.constexpr = DEQUANT_FIELDS[(2, "bf16x2", True)]
 DEQUANT2_BF16_Q: tl.constexpr = DEQUANT_FIELDS[(2, "bf16x2", False)]
+DEQUANT4H_F16: tl.constexpr = DEQUANT_FIELDS[(4, "f16x2", True)]  # H: fields paired by 16-bit half
+DEQUANT4H_F16_Q: tl.constexpr = DEQUANT_FIELDS[(4, "f16x2", False)]
+DEQUANT4H_BF16: tl.constexpr = DEQUANT_FIELDS[(4, "bf16x2", True)]
+DEQUANT4H_BF16_Q: tl.constexpr = DEQUANT_FIELDS[(4, "bf16x2", False)]
 DEQUANT8_F16: tl.constexpr = DEQUANT_FIELDS[(8, "f16x2", True)]
 DEQUANT8_F16_Q: tl.constexpr = DEQUANT_FIELDS[(8, "f16x2", False)]
 DEQUANT8_BF16: tl.constexpr = DEQUANT_FIELDS[(8, "bf16x2", True)]
@@ -426,6 +429,11 @@ def _asm8(asm: tl.constexpr, words, s, c):
 
 
 @triton.jit
+def _asm4(asm: tl.constexpr, words, s, c):
+    return tl.inline_asm_elementwise(asm, "=r,=r,=r,=r,r,r,r", [words, s, c], dtype=(tl.int32,) * 4, is_pure=True, pack=1)
+
+
+@triton.jit
 def _asm2(asm: tl.constexpr, words, s, c):
     return tl.inline_asm_elementwise(asm, "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r", [words, s, c],
                                      dtype=(tl.int32,) * 8, is_pure=True, pack=1)
@@ -446,15 +454,25 @@ def _per_slot(t, SLOTS: tl.constexpr):
 
 @triton.jit
 def dequant_packed(words, s, z, OUT_DTYPE: tl.constexpr, INLINE_ASM: tl.constexpr, SCALED: tl.constexpr,
-                   P: tl.constexpr):
+                   P: tl.constexpr, MMA_WORDS: tl.constexpr = True):
     """P-bit words int32 [R, BLOCK_N] in the mma word order (P in 1, 2, 4, 8; R a multiple of 4), integer
     zero z and scale s (fp32 [1 or R, BLOCK_N]) -> (q - z) * s (or q - z when not SCALED) in OUT_DTYPE
-    [BLOCK_N, R * 32 / P], columns in natural k order of the tile. P = 4: ``dequant4_packed``."""
-    if P == 4:
+    [BLOCK_N, R * 32 / P], columns in natural k order of the tile. 4-bit words in the natural order
+    (MMA_WORDS=False): ``dequant4_packed``, columns in ``mma_k_order``."""
+    if P == 4 and not MMA_WORDS:
         w = dequant4_packed(words, s, z, OUT_DTYPE, INLINE_ASM, SCALED)
     elif INLINE_ASM:
         MAGIC: tl.constexpr = 1024.0 if OUT_DTYPE == tl.float16 else 128.0
-        if P == 8:
+        if P == 4:
+            sp, c0 = _pair16(s, OUT_DTYPE), _pair16(-(z + MAGIC), OUT_DTYPE)
+            if OUT_DTYPE == tl.float16:
+                asm: tl.constexpr = DEQUANT4H_F16 if SCALED else DEQUANT4H_F16_Q
+                e0, e1, e2, e3 = _asm4(asm, words, sp, c0)
+            else:
+                asm: tl.constexpr = DEQUANT4H_BF16 if SCALED else DEQUANT4H_BF16_Q
+                e0, e1, e2, e3 = _asm4(asm, words, sp, c0)
+            w = _asm_columns(e0, e1, e2, e3, OUT_DTYPE)  # register e: fields (e, 4 + e) = (2st + a, half b)
+        elif P == 8:
             if OUT_DTYPE == tl.float16:
                 asm: tl.constexpr = DEQUANT8_F16 if SCALED else DEQUANT8_F16_Q
                 e0, e1 = _asm8(asm, words, _pair16(s, OUT_DTYPE), _pair16(-(z + MAGIC), OUT_DTYPE))
@@ -506,6 +524,10 @@ def dequant_packed(words, s, z, OUT_DTYPE: tl.constexpr, INLINE_ASM: tl.constexp
 # a lop3 picks one by a byte mask built from bit 3 of each code (a sign-replicating prmt of the word and
 # the word << 4: byte msbs are the codes' bit 3). Two prmt's interleave low and high bytes into pairs.
 # 21 instructions per word (2.6 per value); SCALED multiplies each pair by the scale pair $13.
+# Words in the mma word order (fields paired by 16-bit half: register e = codes e and 4 + e): the first
+# lookup takes codes 0, 1, 4, 5 (bytes 0 and 2 of word & 0x77777777, one prmt), the second 2, 3, 6, 7
+# (bytes 1 and 3), the bit-3 masks select bytes accordingly, and the interleave pairs slots 0 / 2 and
+# 1 / 3 of each lookup: 22 instructions per word.
 _LUT4_HALF = """
 prmt.b32 la, $5, $6, IDX;
 prmt.b32 lb, $7, $8, IDX;
@@ -514,23 +536,38 @@ prmt.b32 hb, $11, $12, IDX;
 prmt.b32 m, w4, $4, MSEL;
 lop3.b32 la, la, lb, m, 0xd8;
 lop3.b32 ha, ha, hb, m, 0xd8;
-prmt.b32 $OUTA, la, ha, 0x5140;
-prmt.b32 $OUTB, la, ha, 0x7362;"""
+prmt.b32 $OUTA, la, ha, ILA;
+prmt.b32 $OUTB, la, ha, ILB;"""
+# (index prologue, (mask selector, interleave A, interleave B) of the two lookups)
+_LUT4_ORDERS = {
+    "byte": ("and.b32 i0, $4, 0x77777777;\nshr.u32 i1, i0, 16;",
+             (("0xD9C8", "0x5140", "0x7362"), ("0xFBEA", "0x5140", "0x7362"))),
+    "half": ("and.b32 i1, $4, 0x77777777;\nprmt.b32 i0, i1, 0, 0x20;\nprmt.b32 i1, i1, 0, 0x31;",
+             (("0xEAC8", "0x6240", "0x7351"), ("0xFBD9", "0x6240", "0x7351"))),
+}
 
 
-def _lut4_asm(dtype: str, scaled: bool) -> tl.constexpr:
-    body = (_LUT4_HALF.replace("IDX", "i0").replace("MSEL", "0xD9C8").replace("OUTA", "0").replace("OUTB", "1")
-            + _LUT4_HALF.replace("IDX", "i1").replace("MSEL", "0xFBEA").replace("OUTA", "2").replace("OUTB", "3"))
+def _lut4_asm(dtype: str, scaled: bool, order: str = "byte") -> tl.constexpr:
+    """order "byte": register e = the two nibbles of byte e (natural words); "half": codes e and 4 + e
+    (the mma word order)."""
+    prologue, halves = _LUT4_ORDERS[order]
+    body = ""
+    for i, (msel, ila, ilb) in enumerate(halves):
+        body += (_LUT4_HALF.replace("IDX", f"i{i}").replace("MSEL", msel).replace("ILA", ila).replace("ILB", ilb)
+                 .replace("OUTA", str(2 * i)).replace("OUTB", str(2 * i + 1)))
     if scaled:  # fma with -0 (bf16x2 mul needs sm_90)
         body += "".join(f"\nfma.rn.{dtype} ${e}, ${e}, $13, nz;" for e in range(4))
     asm = ("{\n.reg .b32 i0, i1, w4, m, la, lb, ha, hb, nz;\nmov.b32 nz, 0x80008000;\n"
-           "and.b32 i0, $4, 0x77777777;\nshr.u32 i1, i0, 16;\nshl.b32 w4, $4, 4;" + body + "\n}\n")
+           + prologue + "\nshl.b32 w4, $4, 4;" + body + "\n}\n")
     return tl.constexpr(asm)
 
 
 LUT4_F16: tl.constexpr = _lut4_asm("f16x2", True)
 LUT4_BF16: tl.constexpr = _lut4_asm("bf16x2", True)
 LUT4_Q: tl.constexpr = _lut4_asm("f16x2", False)  # unscaled: pure byte moves, dtype-free
+LUT4H_F16: tl.constexpr = _lut4_asm("f16x2", True, "half")
+LUT4H_BF16: tl.constexpr = _lut4_asm("bf16x2", True, "half")
+LUT4H_Q: tl.constexpr = _lut4_asm("f16x2", False, "half")
 
 
 @triton.jit
@@ -572,11 +609,19 @@ def lut4_table_words(t_ptr, rows, mask, OUT_DTYPE: tl.constexpr, ROW_REPS: tl.co
 
 
 @triton.jit
-def _lut_byte_pair(words, e: tl.constexpr, t_ptr, rows, s, OUT_DTYPE: tl.constexpr, SCALED: tl.constexpr):
-    """Plain-Triton twin of one LUT asm output: table entries (rounded to OUT_DTYPE) of codes 2e, 2e + 1,
-    times s rounded once more when SCALED (the asm's f16x2/bf16x2 fma) -> [..., 2]."""
-    lo = tl.load(t_ptr + rows + ((words >> (8 * e)) & 0xF)).to(OUT_DTYPE)
-    hi = tl.load(t_ptr + rows + ((words >> (8 * e + 4)) & 0xF)).to(OUT_DTYPE)
+def _lut_pair(words, e: tl.constexpr, t_ptr, rows, s, OUT_DTYPE: tl.constexpr, SCALED: tl.constexpr,
+              MMA_WORDS: tl.constexpr):
+    """Plain-Triton twin of one LUT asm output: table entries (rounded to OUT_DTYPE) of codes 2e, 2e + 1
+    (natural words) or e, 4 + e (mma word order), times s rounded once more when SCALED (the asm's
+    f16x2/bf16x2 fma) -> [..., 2]."""
+    if MMA_WORDS:
+        lo_shift: tl.constexpr = 4 * e
+        hi_shift: tl.constexpr = 16 + 4 * e
+    else:
+        lo_shift: tl.constexpr = 8 * e
+        hi_shift: tl.constexpr = 8 * e + 4
+    lo = tl.load(t_ptr + rows + ((words >> lo_shift) & 0xF)).to(OUT_DTYPE)
+    hi = tl.load(t_ptr + rows + ((words >> hi_shift) & 0xF)).to(OUT_DTYPE)
     if SCALED:
         lo = (lo.to(tl.float32) * s).to(OUT_DTYPE)
         hi = (hi.to(tl.float32) * s).to(OUT_DTYPE)
@@ -584,32 +629,34 @@ def _lut_byte_pair(words, e: tl.constexpr, t_ptr, rows, s, OUT_DTYPE: tl.constex
 
 
 @triton.jit
-def lut4_packed(words, t_ptr, rows, tw, s, OUT_DTYPE: tl.constexpr, INLINE_ASM: tl.constexpr, SCALED: tl.constexpr):
+def lut4_packed(words, t_ptr, rows, tw, s, OUT_DTYPE: tl.constexpr, INLINE_ASM: tl.constexpr, SCALED: tl.constexpr,
+                MMA_WORDS: tl.constexpr = False):
     """``dequant4_packed`` for lookup-table codes: table[q] (* s) in OUT_DTYPE [BLOCK_N, 8 R], K columns in
-    ``mma_k_order``. tw: ``lut4_table_words`` (asm); t_ptr + rows [1, BLOCK_N] (in the words' row order):
-    each channel's table (the interpreter's twin);
-    s: fp32 [1 or R, BLOCK_N], used when SCALED."""
+    ``mma_k_order`` (natural words) or in natural k order (MMA_WORDS: the mma word order). tw:
+    ``lut4_table_words`` (asm); t_ptr + rows [1, BLOCK_N] (in the words' row order): each channel's table
+    (the interpreter's twin); s: fp32 [1 or R, BLOCK_N], used when SCALED."""
     if INLINE_ASM:
         if SCALED:
             if OUT_DTYPE == tl.float16:
-                asm: tl.constexpr = LUT4_F16
+                asm: tl.constexpr = LUT4H_F16 if MMA_WORDS else LUT4_F16
             else:
-                asm: tl.constexpr = LUT4_BF16
+                asm: tl.constexpr = LUT4H_BF16 if MMA_WORDS else LUT4_BF16
             e0, e1, e2, e3 = tl.inline_asm_elementwise(
                 asm, "=r,=r,=r,=r,r,r,r,r,r,r,r,r,r,r",
                 [words, tw[0], tw[1], tw[2], tw[3], tw[4], tw[5], tw[6], tw[7], _pair16(s, OUT_DTYPE)],
                 dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
         else:
+            asm_q: tl.constexpr = LUT4H_Q if MMA_WORDS else LUT4_Q
             e0, e1, e2, e3 = tl.inline_asm_elementwise(
-                LUT4_Q, "=r,=r,=r,=r,r,r,r,r,r,r,r,r,r",
+                asm_q, "=r,=r,=r,=r,r,r,r,r,r,r,r,r,r",
                 [words, tw[0], tw[1], tw[2], tw[3], tw[4], tw[5], tw[6], tw[7]],
                 dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
         w = _asm_columns(e0, e1, e2, e3, OUT_DTYPE)
     else:
-        w = _mma_columns(_lut_byte_pair(words, 0, t_ptr, rows, s, OUT_DTYPE, SCALED),
-                         _lut_byte_pair(words, 1, t_ptr, rows, s, OUT_DTYPE, SCALED),
-                         _lut_byte_pair(words, 2, t_ptr, rows, s, OUT_DTYPE, SCALED),
-                         _lut_byte_pair(words, 3, t_ptr, rows, s, OUT_DTYPE, SCALED))
+        w = _mma_columns(_lut_pair(words, 0, t_ptr, rows, s, OUT_DTYPE, SCALED, MMA_WORDS),
+                         _lut_pair(words, 1, t_ptr, rows, s, OUT_DTYPE, SCALED, MMA_WORDS),
+                         _lut_pair(words, 2, t_ptr, rows, s, OUT_DTYPE, SCALED, MMA_WORDS),
+                         _lut_pair(words, 3, t_ptr, rows, s, OUT_DTYPE, SCALED, MMA_WORDS))
     return w
 
 
@@ -617,12 +664,9 @@ def lut4_packed(words, t_ptr, rows, tw, s, OUT_DTYPE: tl.constexpr, INLINE_ASM: 
 def mma_slots_to_natural(t, BLOCK_K: tl.constexpr, P: tl.constexpr):
     """Rows of a [BLOCK_K, ...] tile in mma word-order storage slots -> natural k order
     (``lowbit.formats.intx.mma_natural_k``; a register reorder, BLOCK_K a multiple of 128 / P)."""
-    if P == 4:
-        return mma_k_order(t, BLOCK_K)
-    else:
-        H: tl.constexpr = 16 // P
-        t = tl.reshape(t, (BLOCK_K // (128 // P), 4, 2, H // 2, 2, t.shape[1]))  # [p, c, b, st, a, m]
-        return tl.reshape(tl.permute(t, (0, 3, 4, 1, 2, 5)), (BLOCK_K, t.shape[5]))
+    H: tl.constexpr = 16 // P
+    t = tl.reshape(t, (BLOCK_K // (128 // P), 4, 2, H // 2, 2, t.shape[1]))  # [p, c, b, st, a, m]
+    return tl.reshape(tl.permute(t, (0, 3, 4, 1, 2, 5)), (BLOCK_K, t.shape[5]))
 
 
 @triton.jit
