@@ -441,7 +441,7 @@ def test_linear_w4a8_paths_agree(m, monkeypatch):
     assert _rel(y["dequant"].float(), y["fp8mma"].float()) <= 4 * eps
     monkeypatch.setenv("LOWBIT_W4A8_PACKED_MAX_M", "8")
     assert torch.equal(ops.linear_w4a8_fp8(*args), y["packed" if m <= 8 else "dequant"])
-    assert ops_a8.w4a8_path(8, False) == "fp8mma" and ops_a8.w4a8_path(9, True) == "dequant"
+    assert ops_a8.w4a8_path(8) == "packed" and ops_a8.w4a8_path(9) == "dequant"
     with pytest.raises(ValueError, match="path"):
         ops_a8.linear_w4a8_fp8_eager(*args, path="fast")
     if HAS_FP8_MMA:  # the interpreter's fp8 activation quantization is off (module docstring)

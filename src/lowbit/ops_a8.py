@@ -227,13 +227,13 @@ def reference_w4a8(x2d, qweight, scales, zeros, bias, bits, group_size, in_featu
 W4A8_PATHS = ("auto", "packed", "dequant", "fp8mma")
 
 
-def w4a8_path(m: int, packed_ok: bool) -> str:
+def w4a8_path(m: int) -> str:
     """Kernel for a W4A8 product of M rows: 'packed' (the packed 16-bit GEMM on the fp8 codes, exact
-    operands) for M <= W4A8_PACKED_MAX_M (``LOWBIT_W4A8_PACKED_MAX_M`` overrides) where it applies,
-    else 'fp8mma' (fp8 tensor cores, int4 -> e4m3 in registers); 'dequant' (16-bit dequantized operands +
-    cuBLAS) above."""
+    operands) for M <= W4A8_PACKED_MAX_M (``LOWBIT_W4A8_PACKED_MAX_M`` overrides; where the packed
+    dequantization does not apply, the caller falls back to 'fp8mma': fp8 tensor cores, int4 -> e4m3 in
+    registers), 'dequant' (16-bit dequantized operands + cuBLAS) above."""
     if m <= int(os.environ.get("LOWBIT_W4A8_PACKED_MAX_M", W4A8_PACKED_MAX_M)):
-        return "packed" if packed_ok else "fp8mma"
+        return "packed"
     return "dequant"
 
 
@@ -253,7 +253,7 @@ def linear_w4a8_fp8_eager(x, qweight, scales, zeros, bias, bits, group_size, in_
         if backend == "reference":
             return reference_w4a8(x2d, qweight, scales, zeros, bias, bits, group_size, in_features)
         m = x2d.shape[0]
-        chosen = w4a8_path(m, True) if path == "auto" else path  # 'packed' falls back below where it can't run
+        chosen = w4a8_path(m) if path == "auto" else path  # 'packed' falls back below where it can't run
         cfg = scaled_x_config(m, n, in_features, bits, group_len, zeros, sym_zero, x2d) if chosen == "packed" else None
         if chosen == "packed" and cfg is None:
             chosen = "fp8mma"
