@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # Where the packed W4 GEMM's warps stall (ncu warp-state sampling per SASS instruction), shipped configs:
 # Llama-3-8B gate_up 28672x4096 at M = 1 and 16. Usage: bash scripts/gpu_stalls.sh -> $OUT/stalls/
+# FMTS="int:128 nf4:64 int:64" profiles those formats:groups (files tagged _<fmt>g<group>; default int:128, untagged).
 set -uo pipefail
 OUT=${OUT:-out/gpu}; R="$OUT/stalls"; mkdir -p "$R"
 export PYTHONPATH=$PWD/src
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1 || ls /usr/local/cuda/bin/ncu)
+for fg in ${FMTS:-int:128}; do
+fmt=${fg%%:*}; grp=${fg##*:}; tag=$([[ $fg == int:128 ]] && echo "" || echo "_${fmt}g${grp}")
 for mm in ${MS:-1 16}; do
+  t="m$mm$tag"
   $NCU --clock-control none --launch-skip 2 --launch-count 1 -k regex:"gemm" \
     --section WarpStateStats --section SourceCounters --section Occupancy --section SpeedOfLight \
-    --section MemoryWorkloadAnalysis -o "$R/rep_m$mm" -f python3 scripts/profile_one.py 28672 4096 $mm > "$R/ncu_log_m$mm.txt" 2>&1
-  $NCU -i "$R/rep_m$mm.ncu-rep" --print-details all > "$R/details_m$mm.txt" 2>&1
-  $NCU -i "$R/rep_m$mm.ncu-rep" --page source --csv --print-source sass > "$R/sass_m$mm.csv" 2>&1 \
-    || $NCU -i "$R/rep_m$mm.ncu-rep" --page source --csv > "$R/sass_m$mm.csv" 2>&1
-  $NCU -i "$R/rep_m$mm.ncu-rep" --page raw --csv > "$R/raw_m$mm.csv" 2>&1
-  rm -f "$R/rep_m$mm.ncu-rep"
-  head -c 600 "$R/sass_m$mm.csv"; echo; grep -i "stall" "$R/details_m$mm.txt" | head -30
-done
+    --section MemoryWorkloadAnalysis -o "$R/rep_$t" -f python3 scripts/profile_one.py 28672 4096 $mm 4 $fmt $grp > "$R/ncu_log_$t.txt" 2>&1
+  $NCU -i "$R/rep_$t.ncu-rep" --print-details all > "$R/details_$t.txt" 2>&1
+  $NCU -i "$R/rep_$t.ncu-rep" --page source --csv --print-source sass > "$R/sass_$t.csv" 2>&1 \
+    || $NCU -i "$R/rep_$t.ncu-rep" --page source --csv > "$R/sass_$t.csv" 2>&1
+  $NCU -i "$R/rep_$t.ncu-rep" --page raw --csv > "$R/raw_$t.csv" 2>&1
+  rm -f "$R/rep_$t.ncu-rep"
+  head -c 600 "$R/sass_$t.csv"; echo; grep -i "stall" "$R/details_$t.txt" | head -30
+done; done
 tar -C "$OUT" -czf "$OUT/stalls.tgz" stalls && ls -la "$R"

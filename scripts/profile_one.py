@@ -1,17 +1,25 @@
-"""Run one lowbit linear a few times (for ncu), in the word order QuantLinear runs (the mma word order
-where it applies): python scripts/profile_one.py N K M [bits]"""
+"""Run one lowbit linear a few times (for ncu), as the modules run it (QuantLinear / LutLinear: the mma word
+order where it applies, the eager launch path):
+    python scripts/profile_one.py N K M [bits] [format] [group]
+format: int (default, asymmetric intX) or nf4 (lookup table); group: 128 by default."""
 import sys
 
 import torch
 
-from lowbit import IntxFormat, ops
-from lowbit.formats.intx import runs_mma_words, runtime_words
+from lowbit import IntxFormat, QuantLinear
+from lowbit.formats.lut import NF4Format
+from lowbit.nn_lut import LutLinear
 
 n, k, m = (int(v) for v in sys.argv[1:4])
 bits = int(sys.argv[4]) if len(sys.argv) > 4 else 4
-qw = IntxFormat(bits, 128).quantize(torch.randn(n, k, device="cuda") * 0.02)
-qweight, k_order = runtime_words(qw.qweight, runs_mma_words(qw), bits)
+fmt = sys.argv[5] if len(sys.argv) > 5 else "int"
+group = int(sys.argv[6]) if len(sys.argv) > 6 else 128
+w = torch.randn(n, k, device="cuda") * 0.02
+if fmt == "nf4":
+    mod = LutLinear(NF4Format(group).quantize(w))
+else:
+    mod = QuantLinear(IntxFormat(bits, group).quantize(w))
 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
 for _ in range(3):
-    ops.linear_wxa16(x, qweight, qw.scales, qw.zeros, None, bits, 128, k, k_order)
+    mod(x)
 torch.cuda.synchronize()
