@@ -38,6 +38,9 @@ GROUPED_SIG = {**{k: v for k, v in SIG.items() if k.endswith("_ptr")}, "off_ptr"
                                      "stride_be", "stride_ws", "stride_ym", "magic")}}
 
 
+MAXNREG = None  # --maxnreg: the ptx .maxnreg cap passed to every compile
+
+
 def compile_kernel(fn, constexprs, num_warps, num_stages, dtype="fp16", base_sig=None, div16=True, sig_override=None):
     """div16: mark pointers and integer sizes/strides as multiples of 16, as Triton's launcher does on
     the GPU for arguments that are (Llama shapes); without it loads are compiled for the unaligned case."""
@@ -52,7 +55,8 @@ def compile_kernel(fn, constexprs, num_warps, num_stages, dtype="fp16", base_sig
                  if v != "constexpr" and k not in ("M", "magic", "stride_xk") and not k.endswith("_desc")}
     src = ASTSource(fn, sig, constexprs=dict(constexprs), attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": num_warps, "num_stages": num_stages})
+                          options={"num_warps": num_warps, "num_stages": num_stages,
+                                   **({"maxnreg": MAXNREG} if MAXNREG else {})})
 
 
 def sass_histogram(cubin: bytes):
@@ -114,9 +118,12 @@ def main():
     p.add_argument("--ids", action="store_true", help="grouped: rows gathered through sorted pair ids")
     p.add_argument("--scatter", action="store_true", help="grouped: output scattered to pair order")
     p.add_argument("--row-weights", action="store_true", help="grouped: routing weights in the epilogue")
+    p.add_argument("--maxnreg", type=int, default=None, help="cap registers per thread (ptx .maxnreg)")
     p.add_argument("--per-weight", action="store_true",
                    help="SASS instructions of the K loop per dense weight position (per thread)")
     a = p.parse_args()
+    global MAXNREG
+    MAXNREG = a.maxnreg
     ce = dict(GROUP_LEN=a.group, **plane_constexprs(a.bits), HAS_ZEROS=not (a.lut or a.sym), SYM_ZERO=8.0, HAS_BIAS=False, LUT=a.lut,
               BLOCK_M=a.block_m, BLOCK_N=a.block_n, BLOCK_K=a.block_k, SPLIT_K=a.split_k)
     ce["stride_xk"] = 1  # contiguous x: Triton specialises an int argument equal to 1 on the GPU too

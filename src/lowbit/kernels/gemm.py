@@ -46,6 +46,8 @@ class GemmConfig:
     tma: bool = False
     # packed path: K tiles per loop iteration (``k_unroll_ok``; otherwise 1)
     k_unroll: int = 1
+    # registers per thread cap (ptx .maxnreg; 0: the compiler's choice): more programs per SM in one wave
+    maxnreg: int = 0
 
 
 @triton.jit
@@ -307,6 +309,7 @@ def gemm_wxa16(
                        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, PREFETCH=cfg.prefetch,
                        **packed_meta(packed, cfg, out_features, k, x.is_cuda, group_len), MMA_WORDS=bool(k_order),
                        num_warps=cfg.num_warps, num_stages=cfg.num_stages, table=table,
+                       **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
                        extra_ptrs=(scales if x_scale is None else x_scale,), out_dtype=out_dtype,
                        X_SCALE=x_scale is not None, **descs,
                        K_UNROLL=cfg.k_unroll if packed and k_unroll_ok(k, cfg, bits, k_order, group_len) else 1)
