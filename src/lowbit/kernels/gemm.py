@@ -46,8 +46,6 @@ class GemmConfig:
     tma: bool = False
     # packed path: K tiles per loop iteration (``k_unroll_ok``; otherwise 1)
     k_unroll: int = 1
-    # registers per thread cap (ptx .maxnreg; 0: the compiler's choice): more programs per SM in one wave
-    maxnreg: int = 0
 
 
 @triton.jit
@@ -60,7 +58,7 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
                     EVEN_K: tl.constexpr = False, ROW_REPS: tl.constexpr = 0, SCALE_AFTER: tl.constexpr = False,
                     MMA_WORDS: tl.constexpr = False, OP_DTYPE: tl.constexpr = None,
                     w_desc=None, x_desc=None, tile_n0=0, tile_m0=0, TMA: tl.constexpr = False,
-                    K_UNROLL: tl.constexpr = 1, W_TILE: tl.constexpr = 0):
+                    K_UNROLL: tl.constexpr = 1):
     """Y^T tile [BLOCK_N, BLOCK_M] (fp32) over the K tiles [t0, t1): rows ``offs_m`` of X (any row
     indices: the grouped kernel passes gathered token rows) times output channels ``offs_n`` of W.
     PACKED (``packed_applies``: codes of one P0-bit plane, integer zeros or a 4-bit table): the packed
@@ -94,7 +92,7 @@ def gemm_accumulate(x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, 
                 acc = packed_tile_step(acc, x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, offs_n, mask_n, K, Kp,
                                        t + u, stride_xm, stride_xk, stride_qk, stride_sg, GROUP_LEN, P0, P1, P2,
                                        HAS_ZEROS, SYM_ZERO, LUT, BLOCK_K, INLINE_ASM, EVEN_K, ROW_REPS, SCALE_AFTER,
-                                       MMA_WORDS, CDT, w_desc, x_desc, tile_n0, tile_m0, TMA, tw, t_rows, W_TILE)
+                                       MMA_WORDS, CDT, w_desc, x_desc, tile_n0, tile_m0, TMA, tw, t_rows)
         return acc
     tl.static_assert(PACKED or not (MMA_WORDS and P1 > 0), "several bit-planes in the mma word order take the packed path")
     # software pipelining by hand: the next tile's words are in flight while this one is used
@@ -159,7 +157,7 @@ def packed_tile_step(acc, x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, of
                      P1: tl.constexpr, P2: tl.constexpr, HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr,
                      LUT: tl.constexpr, BLOCK_K: tl.constexpr, INLINE_ASM: tl.constexpr, EVEN_K: tl.constexpr,
                      ROW_REPS: tl.constexpr, SCALE_AFTER: tl.constexpr, MMA_WORDS: tl.constexpr, CDT: tl.constexpr,
-                     w_desc, x_desc, tile_n0, tile_m0, TMA: tl.constexpr, tw, t_rows, W_TILE: tl.constexpr = 0):
+                     w_desc, x_desc, tile_n0, tile_m0, TMA: tl.constexpr, tw, t_rows):
     """acc [BLOCK_N, BLOCK_M] + the product of K tile ``t`` on the packed path (see ``gemm_accumulate``)."""
     BLOCK_N: tl.constexpr = acc.shape[0]
     GPT: tl.constexpr = BLOCK_K // GROUP_LEN if GROUP_LEN < BLOCK_K else 1
@@ -169,11 +167,7 @@ def packed_tile_step(acc, x_ptr, qw_ptr, s_ptr, z_ptr, t_ptr, offs_m, mask_m, of
     k0 = t * BLOCK_K
     offs_k = k0 + tl.arange(0, BLOCK_K)
     r = tl.arange(0, R)
-    if W_TILE > 0:  # probe layout (scripts/wtile_probe.py): words tile-major (N / W_TILE, Kp / VPW, W_TILE)
-        w_ptrs = (qw_ptr + ((offs_n // W_TILE) * (Kp // VPW) * W_TILE + offs_n % W_TILE)[None, :]
-                  + (k0 // VPW + r)[:, None] * W_TILE)
-    else:
-        w_ptrs = qw_ptr + offs_n[None, :] + (k0 // VPW + r)[:, None] * stride_qk  # [R, BLOCK_N]
+    w_ptrs = qw_ptr + offs_n[None, :] + (k0 // VPW + r)[:, None] * stride_qk  # [R, BLOCK_N]
     x_ptrs = x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None] * stride_xk  # [BLOCK_K, BLOCK_M]
     if TMA:
         words = w_desc.load([k0 // VPW, tile_n0])
@@ -236,7 +230,7 @@ def gemm_wxa16_kernel(
     PACKED: tl.constexpr = False, INLINE_ASM: tl.constexpr = False,
     EVEN_N: tl.constexpr = False, EVEN_K: tl.constexpr = False, ROW_REPS: tl.constexpr = 0,
     SCALE_AFTER: tl.constexpr = False, MMA_WORDS: tl.constexpr = False, X_SCALE: tl.constexpr = False,
-    w_desc=None, x_desc=None, TMA: tl.constexpr = False, K_UNROLL: tl.constexpr = 1, W_TILE: tl.constexpr = 0,
+    w_desc=None, x_desc=None, TMA: tl.constexpr = False, K_UNROLL: tl.constexpr = 1,
 ):
     """Computes the tile transposed, Y^T[BLOCK_N, BLOCK_M] = W[BLOCK_N, :] @ X[BLOCK_M, :]^T: the
     dequantized weights are the register A operand and the tokens the MMA's N side, so Hopper's
@@ -261,7 +255,7 @@ def gemm_wxa16_kernel(
                           stride_xm, stride_xk, stride_qk, stride_sg, stride_tg, stride_tn,
                           GROUP_LEN, P0, P1, P2, HAS_ZEROS, SYM_ZERO, LUT, INT_ZERO,
                           BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH, PACKED, INLINE_ASM, EVEN_K, ROW_REPS, SCALE_AFTER,
-                          MMA_WORDS, OPT, w_desc, x_desc, pid_n * BLOCK_N, pid_m * BLOCK_M, TMA, K_UNROLL, W_TILE)
+                          MMA_WORDS, OPT, w_desc, x_desc, pid_n * BLOCK_N, pid_m * BLOCK_M, TMA, K_UNROLL)
     if X_SCALE:
         acc = acc * tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)[None, :]
     if ROW_REPS > 0:
@@ -313,7 +307,6 @@ def gemm_wxa16(
                        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, PREFETCH=cfg.prefetch,
                        **packed_meta(packed, cfg, out_features, k, x.is_cuda, group_len), MMA_WORDS=bool(k_order),
                        num_warps=cfg.num_warps, num_stages=cfg.num_stages, table=table,
-                       **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
                        extra_ptrs=(scales if x_scale is None else x_scale,), out_dtype=out_dtype,
                        X_SCALE=x_scale is not None, **descs,
                        K_UNROLL=cfg.k_unroll if packed and k_unroll_ok(k, cfg, bits, k_order, group_len) else 1)
@@ -421,8 +414,7 @@ def packed_meta(packed: bool, cfg: GemmConfig, n: int, k: int, on_gpu: bool, gro
         return {"PACKED": False}
     return {**packed_tile_meta(cfg.block_n, cfg.num_warps, on_gpu), "EVEN_N": n % cfg.block_n == 0,
             "EVEN_K": k % cfg.block_k == 0,
-            "SCALE_AFTER": PACKED_OPTIONS["scale_after"] and scale_after_applies(cfg, group_len),
-            **({"W_TILE": PACKED_OPTIONS["w_tile"]} if PACKED_OPTIONS.get("w_tile") else {})}
+            "SCALE_AFTER": PACKED_OPTIONS["scale_after"] and scale_after_applies(cfg, group_len)}
 
 
 def packed_tile_meta(block_n: int, num_warps: int, on_gpu: bool) -> dict:
