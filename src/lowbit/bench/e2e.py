@@ -372,11 +372,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              "acc_batch": args.acc_batch, "acc_decode": args.acc_decode, "reps": args.reps,
              "device": dev.type, "timed": timing}
     meta = report.collect_meta(["e2e", *argv])
-    meta["env"] = {k: os.environ.get(k) for k in ("LOWBIT_BACKEND", "TRITON_INTERPRET")}
+    meta["env"] = {k: os.environ.get(k) for k in ("LOWBIT_BACKEND", "TRITON_INTERPRET", "LOWBIT_DECODE_ATTENTION")}
     if dev.type == "cuda" and hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
         # one attention kernel family for every format and mode: memory-efficient SDPA (boolean mask)
         torch.backends.cuda.enable_cudnn_sdp(False)
         meta["sdpa"] = "cuDNN SDPA disabled (memory-efficient attention with the boolean mask)"
+    if dev.type == "cuda":
+        meta["decode_attention"] = ("SDPA (LOWBIT_DECODE_ATTENTION=0)" if os.environ.get("LOWBIT_DECODE_ATTENTION") == "0"
+                                    else "lowbit::decode_attention (split-KV Triton) for one-token steps, every format")
     out = Path(args.out)
     stem = args.tag or f"e2e_{cfg.name}"
     json_path = out / f"{stem}.json"

@@ -16,6 +16,8 @@ Static KV cache: ``setup_caches(batch, max_seq)`` allocates (B, Hkv, S, D) buffe
 with ``input_pos`` (T,) int64 writes the new K/V at those positions (``index_put_``) and attends
 to cache positions <= each query's position. Everything is static-shaped, so one decode step can
 be captured in a CUDA graph. Without caches ``forward`` is a plain causal forward over ``tokens``.
+One-token steps on a GPU run ``lowbit::decode_attention`` (split-KV, ``kernels.decode_attention``) instead
+of SDPA with the mask row (``LOWBIT_DECODE_ATTENTION=0`` keeps SDPA).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..bench.shapes import COLUMN, ROW, LinearShape
+from ..ops_attention import decode_attention, decode_attention_applies
 
 LOGIT_STD = 4.0  # init: logits ~ N(0, 4^2) per token, an entropy of ~ln(V) - 8 nats (LM-like, not flat)
 
@@ -186,7 +189,10 @@ class Attention(nn.Module):
             k, v = self.k_cache, self.v_cache
         # query head h uses KV head h // g: fold the g heads of a group into the query length
         q = q.reshape(b, nkv, g * t, hd)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.repeat(g, 1))
+        if t == 1 and input_pos is not None and self.k_cache is not None and decode_attention_applies(q, k, v, input_pos):
+            y = decode_attention(q, k, v, input_pos)  # split-KV over positions 0..input_pos (= the mask row)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.repeat(g, 1))
         y = y.view(b, nkv, g, t, hd).permute(0, 3, 1, 2, 4).reshape(b, t, self.n_heads * hd)
         return self.o_proj(y)
 
