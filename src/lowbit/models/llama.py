@@ -189,7 +189,8 @@ class Attention(nn.Module):
             k, v = self.k_cache, self.v_cache
         # query head h uses KV head h // g: fold the g heads of a group into the query length
         q = q.reshape(b, nkv, g * t, hd)
-        if t == 1 and input_pos is not None and self.k_cache is not None and decode_attention_applies(q, k, v, input_pos):
+        one_step = t == 1 and input_pos is not None and self.k_cache is not None
+        if one_step and decode_attention_applies(q, k, v, input_pos):
             y = decode_attention(q, k, v, input_pos)  # split-KV over positions 0..input_pos (= the mask row)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.repeat(g, 1))
