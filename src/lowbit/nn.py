@@ -14,6 +14,7 @@ them once their buffers are filled (``load_quantized`` and the HF loader call it
 """
 from __future__ import annotations
 
+import operator
 from typing import Optional
 
 import torch
@@ -75,20 +76,33 @@ class MmaWordsBuffer:
 
 
 class EagerLaunchPlanned:
-    """Mixin of modules whose op is one ``launch_intx`` launch: ``planned_call`` runs the torch.library op while
-    tracing / compiling (one opaque node) and, in eager mode, the launch recorded for x's input signature
-    (``kernels.launch.EagerPlans``: only Y's allocation and the compiled kernel's launcher per call)."""
+    """Mixin of modules whose op is one ``launch_intx`` launch, called as
+    ``op(x, *weights, bits, group_size or 0, in_features, k_order)``: ``forward`` runs the torch.library op
+    ``OP`` while tracing / compiling (one opaque node) and, in eager mode, the launch recorded for x's input
+    signature (``kernels.launch.EagerPlans``: only Y's allocation and the compiled kernel's launcher per call),
+    recording it with the op's implementation ``OP_EAGER``. ``WEIGHT_BUFFERS``: the names of the weight buffers
+    in the op's argument order (a recorded launch is used only while they are the same objects)."""
 
-    def planned_call(self, x: torch.Tensor, weights: tuple, op, eager, op_args) -> torch.Tensor:
-        """``weights``: the tensors the op reads (a recorded launch is used only while they are the same
-        objects); ``op`` / ``eager``: the custom op and its implementation, called as f(x, *op_args())."""
+    OP = OP_EAGER = None
+    WEIGHT_BUFFERS: tuple = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.WEIGHT_BUFFERS:  # C-level pick for the eager hot path (Dynamo cannot trace itemgetter)
+            cls._pick_weights = operator.itemgetter(*cls.WEIGHT_BUFFERS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling() or torch.jit.is_tracing():
-            return op(x, *op_args())
+            return self.OP(x, *self._op_args(tuple(self._buffers[n] for n in self.WEIGHT_BUFFERS)))
+        weights = self._pick_weights(self._buffers)
         plans = self.eager_plans()
         y = plans.replay(x, weights)
         if y is None:
-            y = plans.record(x, weights, lambda: eager(x, *op_args()))
+            y = plans.record(x, weights, lambda: self.OP_EAGER(x, *self._op_args(weights)))
         return y
+
+    def _op_args(self, weights: tuple) -> tuple:
+        return (*weights, self.bits, self.group_size or 0, self.in_features, self.k_order)
 
     def eager_plans(self) -> EagerPlans:
         plans = self.__dict__.get("_eager_plans")
@@ -109,6 +123,8 @@ class EagerLaunchPlanned:
 class QuantLinear(EagerLaunchPlanned, MmaWordsBuffer, Shardable, nn.Module):
     #: keep eligible words in the mma word order at run time (subclasses with other kernels: False)
     RUNTIME_MMA_WORDS = True
+    OP, OP_EAGER = linear_wxa16, staticmethod(linear_wxa16_eager)
+    WEIGHT_BUFFERS = ("qweight", "scales", "zeros", "bias")
 
     def __init__(self, weight: IntxWeight, bias: Optional[torch.Tensor] = None, k_order: int = 0) -> None:
         """``k_order`` 1: ``weight.qweight`` already holds the mma word order (no conversion, no copy)."""
@@ -142,15 +158,6 @@ class QuantLinear(EagerLaunchPlanned, MmaWordsBuffer, Shardable, nn.Module):
         """The packed weight in the natural word order (a converted copy while ``k_order`` is 1)."""
         return IntxWeight(self.natural(), self.scales, self.zeros, self.bits, self.group_size,
                           self.in_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = self._buffers
-        return self.planned_call(x, (b["qweight"], b["scales"], b["zeros"], b["bias"]), linear_wxa16,
-                                 linear_wxa16_eager, self._op_args)
-
-    def _op_args(self) -> tuple:
-        return (self.qweight, self.scales, self.zeros, self.bias, self.bits, self.group_size or 0, self.in_features,
-                self.k_order)
 
     def extra_repr(self) -> str:
         gs = "per-channel" if self.group_size is None else self.group_size

@@ -19,6 +19,9 @@ from .tp import Shardable
 
 
 class LutLinear(EagerLaunchPlanned, MmaWordsBuffer, Shardable, nn.Module):
+    OP, OP_EAGER = linear_luta16, staticmethod(linear_luta16_eager)
+    WEIGHT_BUFFERS = ("qweight", "scales", "table", "bias")
+
     def __init__(self, weight: LutWeight, bias: Optional[torch.Tensor] = None) -> None:
         super().__init__()
         self.in_features = weight.in_features
@@ -41,15 +44,6 @@ class LutLinear(EagerLaunchPlanned, MmaWordsBuffer, Shardable, nn.Module):
     def weight(self) -> LutWeight:
         return LutWeight(self.natural(), self.scales, self.table, self.bits, self.group_size,
                          self.in_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = self._buffers
-        return self.planned_call(x, (b["qweight"], b["scales"], b["table"], b["bias"]), linear_luta16,
-                                 linear_luta16_eager, self._op_args)
-
-    def _op_args(self) -> tuple:
-        return (self.qweight, self.scales, self.table, self.bias, self.bits, self.group_size or 0, self.in_features,
-                self.k_order)
 
     def extra_repr(self) -> str:
         gs = "per-channel" if self.group_size is None else self.group_size
