@@ -464,13 +464,9 @@ def dequant_packed(words, s, z, OUT_DTYPE: tl.constexpr, INLINE_ASM: tl.constexp
     elif INLINE_ASM:
         MAGIC: tl.constexpr = 1024.0 if OUT_DTYPE == tl.float16 else 128.0
         if P == 4:
-            sp, c0 = _pair16(s, OUT_DTYPE), _pair16(-(z + MAGIC), OUT_DTYPE)
-            if OUT_DTYPE == tl.float16:
-                asm: tl.constexpr = DEQUANT4H_F16 if SCALED else DEQUANT4H_F16_Q
-                e0, e1, e2, e3 = _asm4(asm, words, sp, c0)
-            else:
-                asm: tl.constexpr = DEQUANT4H_BF16 if SCALED else DEQUANT4H_BF16_Q
-                e0, e1, e2, e3 = _asm4(asm, words, sp, c0)
+            asm: tl.constexpr = ((DEQUANT4H_F16 if SCALED else DEQUANT4H_F16_Q) if OUT_DTYPE == tl.float16
+                                 else (DEQUANT4H_BF16 if SCALED else DEQUANT4H_BF16_Q))
+            e0, e1, e2, e3 = _asm4(asm, words, _pair16(s, OUT_DTYPE), _pair16(-(z + MAGIC), OUT_DTYPE))
             w = _asm_columns(e0, e1, e2, e3, OUT_DTYPE)  # register e: fields (e, 4 + e) = (2st + a, half b)
         elif P == 8:
             if OUT_DTYPE == tl.float16:
@@ -481,23 +477,16 @@ def dequant_packed(words, s, z, OUT_DTYPE: tl.constexpr, INLINE_ASM: tl.constexp
                 e0, e1 = _asm8(asm, words, _f32_bits(s.to(tl.bfloat16)), _f32_bits(z + 8388608.0))
             w = _columns2(_halves(e0, OUT_DTYPE), _halves(e1, OUT_DTYPE))
         elif P == 2:
-            sp, c0 = _pair16(s, OUT_DTYPE), _pair16(-(z + MAGIC), OUT_DTYPE)
-            if OUT_DTYPE == tl.float16:
-                asm: tl.constexpr = DEQUANT2_F16 if SCALED else DEQUANT2_F16_Q
-                e0, e1, e2, e3, e4, e5, e6, e7 = _asm2(asm, words, sp, c0)
-            else:
-                asm: tl.constexpr = DEQUANT2_BF16 if SCALED else DEQUANT2_BF16_Q
-                e0, e1, e2, e3, e4, e5, e6, e7 = _asm2(asm, words, sp, c0)
+            asm: tl.constexpr = ((DEQUANT2_F16 if SCALED else DEQUANT2_F16_Q) if OUT_DTYPE == tl.float16
+                                 else (DEQUANT2_BF16 if SCALED else DEQUANT2_BF16_Q))
+            e0, e1, e2, e3, e4, e5, e6, e7 = _asm2(asm, words, _pair16(s, OUT_DTYPE), _pair16(-(z + MAGIC), OUT_DTYPE))
             w = _columns8(_halves(e0, OUT_DTYPE), _halves(e1, OUT_DTYPE), _halves(e2, OUT_DTYPE), _halves(e3, OUT_DTYPE),
                           _halves(e4, OUT_DTYPE), _halves(e5, OUT_DTYPE), _halves(e6, OUT_DTYPE), _halves(e7, OUT_DTYPE))
         else:
+            asm: tl.constexpr = ((DEQUANT1_F16 if SCALED else DEQUANT1_F16_Q) if OUT_DTYPE == tl.float16
+                                 else (DEQUANT1_BF16 if SCALED else DEQUANT1_BF16_Q))
             sp, c0 = _pair16(s, OUT_DTYPE), _pair16(-(z + MAGIC), OUT_DTYPE)
-            if OUT_DTYPE == tl.float16:
-                asm: tl.constexpr = DEQUANT1_F16 if SCALED else DEQUANT1_F16_Q
-                e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, e10, e11, e12, e13, e14, e15 = _asm1(asm, words, sp, c0)
-            else:
-                asm: tl.constexpr = DEQUANT1_BF16 if SCALED else DEQUANT1_BF16_Q
-                e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, e10, e11, e12, e13, e14, e15 = _asm1(asm, words, sp, c0)
+            e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, e10, e11, e12, e13, e14, e15 = _asm1(asm, words, sp, c0)
             w = _columns16(_halves(e0, OUT_DTYPE), _halves(e1, OUT_DTYPE), _halves(e2, OUT_DTYPE), _halves(e3, OUT_DTYPE),
                            _halves(e4, OUT_DTYPE), _halves(e5, OUT_DTYPE), _halves(e6, OUT_DTYPE), _halves(e7, OUT_DTYPE),
                            _halves(e8, OUT_DTYPE), _halves(e9, OUT_DTYPE), _halves(e10, OUT_DTYPE), _halves(e11, OUT_DTYPE),
