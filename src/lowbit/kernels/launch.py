@@ -259,8 +259,12 @@ class EagerPlans:
     def clear(self) -> None:
         self.plans.clear()
 
+    @staticmethod
+    def signature(x: torch.Tensor) -> tuple:
+        return x.shape, x.stride(), x.dtype, x.device, x.data_ptr() % 16
+
     def replay(self, x: torch.Tensor, weights: tuple) -> Optional[torch.Tensor]:
-        plan = self.plans.get((x.shape, x.stride(), x.dtype, x.device, x.data_ptr() % 16))
+        plan = self.plans.get(self.signature(x))
         if plan is None:
             return None
         held, launch, flat_shape, out_shape = plan
@@ -280,5 +284,5 @@ class EagerPlans:
             if (x_ok and launch.x_ptr == x.data_ptr() and y.data_ptr() == launch.y_ptr
                     and y.shape == (*x.shape[:-1], n)):
                 flat = (None, None) if x.dim() == 2 else ((m, x.shape[-1]), tuple(y.shape))
-                self.plans[(x.shape, x.stride(), x.dtype, x.device, x.data_ptr() % 16)] = (weights, launch, *flat)
+                self.plans[self.signature(x)] = (weights, launch, *flat)
         return y
