@@ -105,3 +105,18 @@ def test_cpu_model_keeps_sdpa():
 
     q, k, v = _case(1, 1, 4, 64, 8, torch.float16)
     assert not decode_attention_applies(q, k, v, torch.tensor([3]))
+
+
+@pytest.mark.parametrize("p", [0, 70, 199])
+def test_unwritten_chunks_stay_out_of_the_merge(monkeypatch, p):
+    """Chunks past pos are neither written nor read: scratch pre-filled with NaN must not reach the output."""
+    import lowbit.kernels.decode_attention as mod
+
+    def nan_empty(*shape, **kw):
+        return torch.full(*shape, float("nan"), **kw) if kw.get("dtype") == torch.float32 else torch.empty(*shape, **kw)
+
+    monkeypatch.setattr(mod.torch, "empty", nan_empty)
+    q, k, v = _case(1, 2, 4, 64, 200, torch.float16)
+    pos = torch.tensor([p], device=DEVICE)
+    out = decode_attention(q, k, v, pos)
+    _check(out, _reference(q, k, v, p), torch.float16)
