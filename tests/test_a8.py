@@ -20,13 +20,15 @@ from lowbit import ops, ops_a8
 from lowbit.errors import FormatError, InputError, UnsupportedError
 from lowbit.formats import Fp8Format, Int8Format, IntxFormat
 from lowbit.formats.act8 import dequantize_rows, quantize_rows
-from lowbit.formats.intx import symmetric_zero
+from lowbit.formats.intx import IntxWeight, pack, symmetric_zero
 from lowbit.kernels import gemm as gemm_module
 from lowbit.kernels.gemm import GemmConfig, gemm_wxa16, scaled_x_config
 from lowbit.kernels.int4_fp8 import (UNPACK_MAGIC, UNPACK_PRMT, e4m3_bytes, e4m3_tables, intx_operand, load_tables,
                                      signed_words, table_words)
 from lowbit.kernels.quant_act import quantize_act
-from lowbit.kernels.scaled_mm import ScaledMMConfig, scaled_mm, scaled_mm_fused_quant, scaled_mm_intx
+from lowbit.kernels.dequant import dequantize_intx
+from lowbit.kernels.scaled_mm import (ScaledMMConfig, codes_mm_applies, scaled_mm, scaled_mm_codes, scaled_mm_fused_quant,
+                                     scaled_mm_intx)
 from lowbit.kernels.scaled_mm_wgmma import WGMMA_CANDIDATES, WgmmaConfig, instr_n
 from lowbit.kernels.scaled_mm_tma import BLOCK_SCALE_TILES, HEURISTIC_TILES, TMA_CANDIDATES, TmaConfig, heuristic_tma_config, tma_applies
 from lowbit.ops_a8 import reference_w4a8, reference_w8a8
@@ -387,6 +389,57 @@ def test_scaled_mm_w4a8(m, config, group_size, symmetric, dtype, unpack):
 
 
 @fp8_dev
+@pytest.mark.parametrize("m,cfg", [pytest.param(70, TmaConfig(64, 64, 32, 2, 4, 3), id="m70-64x64x32"),
+                                   pytest.param(130, None, id="m130-default", marks=gpu_only),
+                                   pytest.param(300, None, id="m300-default", marks=gpu_only)])
+@pytest.mark.parametrize("group_size,symmetric", [(64, False), (32, True), (128, False), (None, False), (None, True)])
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+def test_scaled_mm_codes(m, cfg, group_size, symmetric, dtype):
+    """W4A8 at large M: q - z expanded to an fp8 (N, K) copy (exact), the TMA kernel scaling each K step by the
+    group scales (per-channel: in the epilogue), per-token scales and bias in the epilogue; N tail (72), rows of
+    very different scale, against the fp32 product of the quantized operands."""
+    n, k = 72, 320
+    qw = IntxFormat(4, group_size, symmetric, "int", dtype).quantize(torch.randn(n, k, generator=_gen(40)) * 0.05)
+    x = torch.randn(m, k, generator=_gen(41))
+    x[::3] *= 30
+    bias = torch.randn(n, generator=_gen(42))
+    xq, sx = quantize_rows(x, "fp8")
+    group_len = group_size or (1 << 30)
+    assert codes_mm_applies(m, k, group_len, torch.device(DEVICE))
+    if cfg is not None and group_size is not None:
+        cfg = dataclasses.replace(cfg, block_k=min(cfg.block_k, group_size))
+    qw = qw.to(DEVICE)
+    y = scaled_mm_codes(xq.to(DEVICE), sx.to(DEVICE), qw.qweight, qw.scales, qw.zeros, bias.to(DEVICE, dtype), 4,
+                        group_len, 8, n, dtype, cfg)
+    assert y.dtype == dtype and y.shape == (m, n)
+    _check_gemm(y.cpu(), _ref_y(dequantize_rows(xq, sx), qw.dequantize().cpu(), bias.to(dtype).float()), k, dtype)
+
+
+def test_codes_expansion_is_exact():
+    """``dequantize_intx(codes=True)``: q - z for every code and zero point (0..15 across channels), exact in e4m3."""
+    n, k = 16, 64
+    q = (torch.arange(n * k) % 16).reshape(n, k)
+    z = torch.arange(n, dtype=torch.uint8)[None, :]
+    qw = IntxWeight(pack(q, 4), torch.ones(1, n, dtype=torch.float16), z, 4, None, k).to(DEVICE)
+    wq = dequantize_intx(qw.qweight, qw.scales, qw.zeros, 4, 1 << 30, 8, k, torch.float8_e4m3fn, codes=True)
+    assert wq.dtype == torch.float8_e4m3fn
+    assert torch.equal(wq.float().cpu(), (q - z.t().float()).float())
+
+
+@fp8_dev
+def test_linear_w4a8_codes_path():
+    """Above W4A8_PACKED_MAX_M the op runs 'codes' where it applies (K % 16 == 0, groups of 32k): the same
+    products as the fp8 tensor-core kernel within 2 eps."""
+    dtype = torch.float16
+    qw = IntxFormat(4, 64, False, "int", dtype).quantize(torch.randn(72, 320, generator=_gen(43)) * 0.05).to(DEVICE)
+    x = torch.randn(150, 320, generator=_gen(44)).to(DEVICE, dtype)
+    args = (x, qw.qweight, qw.scales, qw.zeros, None, 4, 64, 320)
+    y = {p: ops_a8.linear_w4a8_fp8_eager(*args, path=p) for p in ("codes", "fp8mma")}
+    assert _rel(y["codes"].float(), y["fp8mma"].float()) <= 2 * torch.finfo(dtype).eps
+    assert torch.equal(ops.linear_w4a8_fp8(*args), y["codes"])
+
+
+@fp8_dev
 @pytest.mark.parametrize("m,split_k", [(1, 3), (5, 1), (17, 2), (40, 1)])
 @pytest.mark.parametrize("group_size,symmetric", [(64, False), (32, True), (128, False), (None, False), (None, True)])
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
@@ -441,7 +494,7 @@ def test_linear_w4a8_paths_agree(m, monkeypatch):
     assert _rel(y["dequant"].float(), y["fp8mma"].float()) <= 4 * eps
     monkeypatch.setenv("LOWBIT_W4A8_PACKED_MAX_M", "8")
     assert torch.equal(ops.linear_w4a8_fp8(*args), y["packed" if m <= 8 else "dequant"])
-    assert ops_a8.w4a8_path(8) == "packed" and ops_a8.w4a8_path(9) == "dequant"
+    assert ops_a8.w4a8_path(8) == "packed" and ops_a8.w4a8_path(9) == "codes"  # K = 300: 'codes' falls back
     with pytest.raises(ValueError, match="path"):
         ops_a8.linear_w4a8_fp8_eager(*args, path="fast")
     if HAS_FP8_MMA:  # the interpreter's fp8 activation quantization is off (module docstring)

@@ -31,7 +31,8 @@ from .formats.act8 import FP8, dequantize_rows, quantize_rows
 from .formats.fp8 import BLOCK
 from .formats.intx import IntxWeight, symmetric_zero
 from .kernels.quant_act import act_scale_shape, quantize_act as quantize_act_triton
-from .kernels.scaled_mm import FUSED_QUANT_MAX_M, scaled_mm, scaled_mm_fused_quant, scaled_mm_intx
+from .kernels.scaled_mm import (FUSED_QUANT_MAX_M, codes_mm_applies, scaled_mm, scaled_mm_codes, scaled_mm_fused_quant,
+                                scaled_mm_intx)
 from .kernels.dequant import dequant_matmul_wxa16
 from .kernels.gemm import gemm_wxa16, scaled_x_config
 from .ops import dense_reference, flatten_apply
@@ -224,17 +225,19 @@ def reference_w4a8(x2d, qweight, scales, zeros, bias, bits, group_size, in_featu
     return dense_reference(dequantize_rows(xq, sx), w, bias, x2d.dtype)
 
 
-W4A8_PATHS = ("auto", "packed", "dequant", "fp8mma")
+W4A8_PATHS = ("auto", "packed", "codes", "dequant", "fp8mma")
 
 
 def w4a8_path(m: int) -> str:
     """Kernel for a W4A8 product of M rows: 'packed' (the packed 16-bit GEMM on the fp8 codes, exact
     operands) for M <= W4A8_PACKED_MAX_M (``LOWBIT_W4A8_PACKED_MAX_M`` overrides; where the packed
     dequantization does not apply, the caller falls back to 'fp8mma': fp8 tensor cores, int4 -> e4m3 in
-    registers), 'dequant' (16-bit dequantized operands + cuBLAS) above."""
+    registers), 'codes' above (codes expanded to an fp8 copy + the TMA fp8 GEMM with per-group scales,
+    ``scaled_mm_codes``; where it does not apply -- not sm_90, group not a multiple of 32 -- the caller falls
+    back to 'dequant': 16-bit dequantized operands + cuBLAS)."""
     if m <= int(os.environ.get("LOWBIT_W4A8_PACKED_MAX_M", W4A8_PACKED_MAX_M)):
         return "packed"
-    return "dequant"
+    return "codes"
 
 
 def linear_w4a8_fp8_eager(x, qweight, scales, zeros, bias, bits, group_size, in_features,
@@ -257,6 +260,8 @@ def linear_w4a8_fp8_eager(x, qweight, scales, zeros, bias, bits, group_size, in_
         cfg = scaled_x_config(m, n, in_features, bits, group_len, zeros, sym_zero, x2d) if chosen == "packed" else None
         if chosen == "packed" and cfg is None:
             chosen = "fp8mma"
+        if chosen == "codes" and not codes_mm_applies(m, in_features, group_len, x2d.device):
+            chosen = "dequant"
         if chosen == "dequant":  # q * s rounded once to x's dtype, W dequantized to it: two 16-bit roundings
             xd, _ = _quantize_2d(x2d, "fp8", 0, None, backend, dequant=True)
             return dequant_matmul_wxa16(xd, qweight, scales, zeros, bias, bits, group_len, sym_zero, n)
@@ -264,6 +269,8 @@ def linear_w4a8_fp8_eager(x, qweight, scales, zeros, bias, bits, group_size, in_
             return scaled_mm_intx(x2d, None, qweight, scales, zeros, bias, bits, group_len, sym_zero, n, x2d.dtype,
                                   x_kind="fp8")
         xq, sx = _quantize_2d(x2d, "fp8", 0, None, backend)
+        if chosen == "codes":  # fp8 MMAs on an expanded fp8 copy of q - z, group scales per K step
+            return scaled_mm_codes(xq, sx, qweight, scales, zeros, bias, bits, group_len, sym_zero, n, x2d.dtype)
         if chosen == "packed":  # the same products on 16-bit MMAs (exact), scaled per K tile and per token
             return gemm_wxa16(xq, qweight, scales, zeros, bias, bits, group_len, sym_zero, n, config=cfg,
                               x_scale=sx, out_dtype=x2d.dtype)

@@ -34,7 +34,7 @@ def dequantize_intx_kernel(
     stride_qk, stride_sg, stride_tg, stride_tn, stride_wn, stride_qe, stride_se, stride_we,
     GROUP_LEN: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
     HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, INT_ZERO: tl.constexpr, LUT: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MMA_WORDS: tl.constexpr = False,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MMA_WORDS: tl.constexpr = False, CODES: tl.constexpr = False,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -57,7 +57,9 @@ def dequantize_intx_kernel(
     else:
         q = codes_from_words_nk(w0, w1, w2, P0, P1, P2, BLOCK_N, BLOCK_K)
     s, z = group_params(s_ptr, z_ptr, k0 // GROUP_LEN, offs_n, mask_n, stride_sg, HAS_ZEROS, SYM_ZERO)
-    if LUT:
+    if CODES:  # q - z unscaled (W4A8: exact in e4m3 for |q - z| <= 15; the scales stay per group)
+        w = (q.to(tl.float32) - z[:, None]).to(w_ptr.dtype.element_ty)
+    elif LUT:
         tb = table_base(k0 // GROUP_LEN, offs_n, stride_tg, stride_tn)[:, None]
         w = lut_dequant_tile(q, t_ptr, tb, s[:, None], mask_n[:, None], w_ptr.dtype.element_ty)
     else:
@@ -73,9 +75,10 @@ def int_zero(zeros: Optional[torch.Tensor], sym_zero: float) -> bool:
 
 def dequantize_intx(qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor], bits: int,
                     group_len: int, sym_zero: float, in_features: int, dtype: torch.dtype,
-                    table: Optional[torch.Tensor] = None, k_order: int = 0) -> torch.Tensor:
+                    table: Optional[torch.Tensor] = None, k_order: int = 0, codes: bool = False) -> torch.Tensor:
     """Dense (N, K) weight in ``dtype`` (fp16/bf16) on the weight's device; ``table``: LUT codes;
-    ``k_order`` 1: words in the mma word order (``formats.intx.to_mma_words``);
+    ``k_order`` 1: words in the mma word order (``formats.intx.to_mma_words``); ``codes``: q - z without the
+    scales (any ``dtype`` that holds them exactly, e.g. float8_e4m3fn for bits <= 4 and integer zeros);
     stacked experts (qweight (E, Kp*bits/32, N), scales/zeros (E, G, N)) give (E, N, K) in one launch."""
     experts = qweight.shape[0] if qweight.dim() == 3 else 0
     if experts and table is not None:
@@ -94,7 +97,7 @@ def dequantize_intx(qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional
         n, in_features, kp, qweight.stride(-2), scales.stride(-2), stride_tg, stride_tn, w.stride(-2), *e_strides,
         GROUP_LEN=group_len, **plane_constexprs(bits), HAS_ZEROS=zeros is not None, SYM_ZERO=sym_zero,
         INT_ZERO=int_zero(zeros, sym_zero), LUT=table is not None, BLOCK_N=64, BLOCK_K=block_k,
-        MMA_WORDS=bool(k_order), num_warps=4,
+        MMA_WORDS=bool(k_order), CODES=codes, num_warps=4,
     )
     return w
 

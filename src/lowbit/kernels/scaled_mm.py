@@ -35,7 +35,7 @@ from .epilogue import grouped_tile_ids, split_k_tiles, write_output
 from .launch import split_k_counters
 from .int4_fp8 import default_unpack, e4m3_tables, intx_operand
 from .quant_act import cast_8bit, row_scale
-from .scaled_mm_tma import TmaConfig, scaled_mm_tma, tma_applies
+from .scaled_mm_tma import TmaConfig, scaled_mm_tma, tma_applies, tma_problem_ok
 from .scaled_mm_wgmma import WgmmaConfig, scaled_mm_wgmma, wgmma_applies, wgmma_preferred
 from .unpack import load_codes_nk, plane_constexprs
 
@@ -340,3 +340,28 @@ def scaled_mm_intx(xq: torch.Tensor, sx: torch.Tensor, qweight: torch.Tensor, sc
                    UNPACK=default_unpack(op_dtype, bits, xq.device) if unpack is None else int(unpack), **fused,
                    X_SCALE_K=0, W_SCALE_N=1, W_SCALE_K=0 if per_channel else group_len,
                    **plane_constexprs(bits), HAS_ZEROS=zeros is not None, SYM_ZERO=int(sym_zero))
+
+
+def codes_mm_applies(m: int, k: int, group_len: int, device: torch.device) -> bool:
+    """``scaled_mm_codes`` runs here: the TMA kernel's shape / device rule (``tma_problem_ok``: sm_90+, M > 64,
+    K % 16 == 0) and groups of whole 32-deep fp8 MMA steps (or per-channel scales)."""
+    return (group_len >= k or group_len % 32 == 0) and tma_problem_ok(m, k, device)
+
+
+def scaled_mm_codes(xq: torch.Tensor, sx: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                    zeros: Optional[torch.Tensor], bias: Optional[torch.Tensor], bits: int, group_len: int,
+                    sym_zero: int, out_features: int, out_dtype: torch.dtype,
+                    config: Optional[TmaConfig] = None) -> torch.Tensor:
+    """W4A8 at large M on fp8 tensor cores without converting inside the MMA loop: the codes q - z (exact in
+    e4m3 for bits <= 4 and integer zeros) are expanded once into an (N, K) fp8 copy (``dequantize_intx(...,
+    codes=True)``, N * K bytes of scratch), then the persistent TMA kernel multiplies it with xq (M, K) fp8,
+    scaling each K step's partial product by the group scales s[g, n] and the result by sx[m] (per-channel
+    weights: s[n] in the epilogue). Same products as the other W4A8 kernels, exact in fp32; the caller checks
+    ``codes_mm_applies``."""
+    from .dequant import dequantize_intx
+
+    m, k = xq.shape
+    wq = dequantize_intx(qweight, scales, zeros, bits, group_len, sym_zero, k, torch.float8_e4m3fn, codes=True)
+    if group_len >= k:
+        return scaled_mm_tma(xq, sx, wq, scales.reshape(-1).float(), bias, out_dtype, config)
+    return scaled_mm_tma(xq, sx, wq, scales, bias, out_dtype, config, w_group=group_len)
