@@ -84,9 +84,8 @@ def scaled_mm_tma_variant(kind, cfg, out="bf16", scale_block=0):
                                                                         "num_stages": cfg.num_stages})
 
 
-def scaled_mm_wgmma_variant(kind, cfg, out="bf16", w_group=0):
-    """The Gluon kernel (``kernels/scaled_mm_wgmma.py``) for one config (sm_90); ``w_group``: per-group weight
-    scales (W4A8 codes)."""
+def scaled_mm_wgmma_variant(kind, cfg, out="bf16"):
+    """The Gluon kernel (``kernels/scaled_mm_wgmma.py``) for one config (sm_90)."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon._runtime import GluonASTSource
 
@@ -97,13 +96,11 @@ def scaled_mm_wgmma_variant(kind, cfg, out="bf16", w_group=0):
     wl = gl.NVMMASharedLayout.get_default_for([cfg.block_n, cfg.block_k], gop)
     sig = {"x_desc": f"tensordesc<{op}[{cfg.block_m},{cfg.block_k}],{xl!r}>",
            "w_desc": f"tensordesc<{op}[{cfg.block_n},{cfg.block_k}],{wl!r}>",
-           "sx_ptr": "*fp32", "sw_ptr": f"*{out}" if w_group else "*fp32", "b_ptr": f"*{out}", "y_ptr": f"*{out}",
+           "sx_ptr": "*fp32", "sw_ptr": "*fp32", "b_ptr": f"*{out}", "y_ptr": f"*{out}",
            "M": "i32", "N": "i32", "K": "i32", "stride_ym": "i32"}
     ce = dict(HAS_BIAS=False, ACC_INT=kind == "int8", GROUP_M=cfg.group_m, STAGES=cfg.stages,
               INSTR_N=instr_n(cfg.block_n, kind == "int8"), num_warps=cfg.num_warps,
-              COALESCED_STORE=cfg.coalesced_store, W_GROUP=w_group)
-    if w_group:
-        sig["stride_swg"] = "i32"
+              COALESCED_STORE=cfg.coalesced_store)
     attrs = {(scaled_mm_wgmma_kernel.arg_names.index(name),): [["tt.divisibility", 16]]
              for name in sig if not name.endswith("_desc")}
     sig.update({k: "constexpr" for k in ce})
@@ -115,18 +112,13 @@ def wgmma_report():
     """Registers, shared memory, the wgmma shape and the wgmma waits (0x1: one group kept in flight)."""
     from lowbit.kernels.scaled_mm_wgmma import WGMMA_CANDIDATES, WgmmaConfig
 
-    from lowbit.kernels.scaled_mm_wgmma import grouped_config
-
-    variants = [(kind, cfg, 0) for kind in ("int8", "fp8") for cfg in (WgmmaConfig(),) + WGMMA_CANDIDATES]
-    variants += [("fp8", grouped_config(g), g) for g in (128, 64)]
-    for kind, cfg, w_group in variants:
-        if True:
-            kern = scaled_mm_wgmma_variant(kind, cfg, w_group=w_group)
+    for kind in ("int8", "fp8"):
+        for cfg in (WgmmaConfig(),) + WGMMA_CANDIDATES:
+            kern = scaled_mm_wgmma_variant(kind, cfg)
             _, usage, sass = sass_histogram(kern.asm["cubin"])
             waits = re.findall(r"DEPBAR.LE gsb0, (0x\d)", sass)
             shapes = sorted(set(re.findall(r"[IQ]GMMA\.(\w+)", sass)))
-            print(f"scaled_mm_wgmma {kind:4s}{f' group {w_group}' if w_group else ''} "
-                  f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} "
+            print(f"scaled_mm_wgmma {kind:4s} {cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} "
                   f"s{cfg.stages} coalesced={int(cfg.coalesced_store)} | {usage.split(' CONSTANT')[0]} | "
                   f"smem {kern.metadata.shared} | wgmma {shapes} waits {waits}")
 

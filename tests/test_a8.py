@@ -389,49 +389,37 @@ def test_scaled_mm_w4a8(m, config, group_size, symmetric, dtype, unpack):
 
 
 @fp8_dev
-@pytest.mark.parametrize("m,cfg", [pytest.param(70, TmaConfig(64, 64, 32, 2, 4, 3), id="m70-64x64x32"),
+@pytest.mark.parametrize("m,cfg", [pytest.param(70, TmaConfig(64, 64, 64, 2, 4, 3), id="m70-64x64x64"),
                                    pytest.param(130, None, id="m130-default", marks=gpu_only),
                                    pytest.param(300, None, id="m300-default", marks=gpu_only)])
-@pytest.mark.parametrize("group_size,symmetric", [(64, False), (32, True), (128, False), (None, False), (None, True)])
+@pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
-def test_scaled_mm_codes(m, cfg, group_size, symmetric, dtype):
-    """W4A8 at large M: q - z expanded to an fp8 (N, K) copy (exact), the TMA kernel scaling each K step by the
-    group scales (per-channel: in the epilogue), per-token scales and bias in the epilogue; N tail (72), rows of
-    very different scale, against the fp32 product of the quantized operands. GPU: the Gluon kernel's grouped
-    K loop (two steps per iteration: K = 512 gives 4 / 8 / 16 steps) or the TMA kernel (per-channel);
-    interpreter: the Triton TMA kernel's W_GROUP mode."""
-    n, k = 72, 512
-    qw = IntxFormat(4, group_size, symmetric, "int", dtype).quantize(torch.randn(n, k, generator=_gen(40)) * 0.05)
+def test_scaled_mm_codes(m, cfg, symmetric, dtype):
+    """Per-channel W4A8 at large M: q - z expanded to an fp8 (N, K) copy (exact), the row-wise TMA GEMM with
+    s[n], per-token scales and bias in the epilogue; N tail (72), rows of very different scale, against the fp32
+    product of the quantized operands."""
+    n, k = 72, 320
+    qw = IntxFormat(4, None, symmetric, "int", dtype).quantize(torch.randn(n, k, generator=_gen(40)) * 0.05)
     x = torch.randn(m, k, generator=_gen(41))
     x[::3] *= 30
     bias = torch.randn(n, generator=_gen(42))
     xq, sx = quantize_rows(x, "fp8")
-    group_len = group_size or (1 << 30)
-    assert codes_mm_applies(m, k, group_len, torch.device(DEVICE))
-    if HAS_CUDA:
-        cfg = None  # the GPU picks the Gluon / TMA kernel's own tile
-    elif group_size is not None:
-        cfg = dataclasses.replace(cfg, block_k=min(cfg.block_k, group_size))
+    if not codes_mm_applies(m, k, 1 << 30, torch.device(DEVICE)):
+        pytest.skip("the TMA kernel needs sm_90")
     qw = qw.to(DEVICE)
     y = scaled_mm_codes(xq.to(DEVICE), sx.to(DEVICE), qw.qweight, qw.scales, qw.zeros, bias.to(DEVICE, dtype), 4,
-                        group_len, 8, n, dtype, cfg)
+                        1 << 30, 8, n, dtype, cfg)
     assert y.dtype == dtype and y.shape == (m, n)
     _check_gemm(y.cpu(), _ref_y(dequantize_rows(xq, sx), qw.dequantize().cpu(), bias.to(dtype).float()), k, dtype)
 
 
-@gpu_only
-def test_codes_path_needs_whole_step_pairs():
-    """The Gluon grouped loop takes two K steps per iteration: an odd step count (K = 384 at group 128) is not
-    'codes' on a GPU; the op then runs dequantized operands + cuBLAS."""
-    dev = torch.device(DEVICE)
-    assert not codes_mm_applies(200, 384, 128, dev) and not codes_mm_applies(200, 500, 128, dev)
-    if torch.cuda.get_device_capability()[0] == 9:
-        assert codes_mm_applies(200, 512, 128, dev) and codes_mm_applies(200, 384, 1 << 30, dev)
-    qw = IntxFormat(4, 128, False, "int", torch.bfloat16).quantize(torch.randn(64, 384, generator=_gen(45)) * 0.05)
-    qw = qw.to(DEVICE)
-    x = torch.randn(200, 384, generator=_gen(46)).to(DEVICE, torch.bfloat16)
-    args = (x, qw.qweight, qw.scales, qw.zeros, None, 4, 128, 384)
-    assert torch.equal(ops_a8.linear_w4a8_fp8_eager(*args), ops_a8.linear_w4a8_fp8_eager(*args, path="dequant"))
+def test_codes_path_is_per_channel_only():
+    """Group-wise weights are not 'codes' (measured slower than dequantize + cuBLAS); per-channel ones are,
+    above M = 64 with K % 16 == 0 (the TMA kernel's rule)."""
+    dev = torch.device("cpu")
+    assert not codes_mm_applies(200, 512, 128, dev) and not codes_mm_applies(200, 512, 32, dev)
+    assert codes_mm_applies(200, 512, 1 << 30, dev) and not codes_mm_applies(64, 512, 1 << 30, dev)
+    assert not codes_mm_applies(200, 500, 1 << 30, dev)
 
 
 def test_codes_expansion_is_exact():
@@ -447,16 +435,20 @@ def test_codes_expansion_is_exact():
 
 @fp8_dev
 def test_linear_w4a8_codes_path():
-    """Above W4A8_PACKED_MAX_M the op runs 'codes' where it applies (K % 16 == 0, groups of 32k): the same
-    products as the fp8 tensor-core kernel within 2 eps."""
+    """Above W4A8_PACKED_MAX_M the op runs 'codes' for per-channel weights (K % 16 == 0): the same products as the
+    fp8 tensor-core kernel within 2 eps; group-wise weights run dequantized operands + cuBLAS."""
     dtype = torch.float16
-    qw = IntxFormat(4, 64, False, "int", dtype).quantize(torch.randn(72, 512, generator=_gen(43)) * 0.05).to(DEVICE)
-    x = torch.randn(150, 512, generator=_gen(44)).to(DEVICE, dtype)
-    args = (x, qw.qweight, qw.scales, qw.zeros, None, 4, 64, 512)
-    assert codes_mm_applies(150, 512, 64, x.device) or (HAS_CUDA and torch.cuda.get_device_capability()[0] != 9)
-    y = {p: ops_a8.linear_w4a8_fp8_eager(*args, path=p) for p in ("codes", "fp8mma")}
-    assert _rel(y["codes"].float(), y["fp8mma"].float()) <= 2 * torch.finfo(dtype).eps
-    assert torch.equal(ops.linear_w4a8_fp8(*args), y["codes"])
+    x = torch.randn(150, 320, generator=_gen(44)).to(DEVICE, dtype)
+    for group in (None, 64):
+        qw = IntxFormat(4, group, False, "int", dtype).quantize(torch.randn(72, 320, generator=_gen(43)) * 0.05)
+        qw = qw.to(DEVICE)
+        args = (x, qw.qweight, qw.scales, qw.zeros, None, 4, group or 0, 320)
+        y = {p: ops_a8.linear_w4a8_fp8_eager(*args, path=p) for p in ("codes", "fp8mma", "dequant")}
+        if group is None:
+            assert _rel(y["codes"].float(), y["fp8mma"].float()) <= 2 * torch.finfo(dtype).eps
+        else:
+            assert torch.equal(y["codes"], y["dequant"])
+        assert torch.equal(ops.linear_w4a8_fp8(*args), y["codes"])
 
 
 @fp8_dev

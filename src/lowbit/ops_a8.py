@@ -12,8 +12,9 @@
     intx weights (bits <= 4, integer or symmetric zeros; ``group_size`` 0 = per-channel) times
     fp8 per-token activations: y = sx[m] * sum_g s[g, n] * sum_k qx[m, k] (q[n, k] - z[g, n]) + bias.
     Kernel by M (``w4a8_path``): the packed 16-bit GEMM on the fp8 codes (exact operands), the fp8
-    tensor-core kernel (int4 -> e4m3 in registers) where the packed path does not apply, dequantized
-    16-bit operands + cuBLAS at large M.
+    tensor-core kernel (int4 -> e4m3 in registers) where the packed path does not apply; at large M
+    per-channel weights as an expanded fp8 copy of the codes + the row-wise fp8 GEMM, group-wise ones as
+    dequantized 16-bit operands + cuBLAS.
 
 The reference backend (CPU, or no fp8 tensor cores) computes in fp32 from the same quantized
 operands, so it differs from the kernels only by summation order.
@@ -232,9 +233,9 @@ def w4a8_path(m: int) -> str:
     """Kernel for a W4A8 product of M rows: 'packed' (the packed 16-bit GEMM on the fp8 codes, exact
     operands) for M <= W4A8_PACKED_MAX_M (``LOWBIT_W4A8_PACKED_MAX_M`` overrides; where the packed
     dequantization does not apply, the caller falls back to 'fp8mma': fp8 tensor cores, int4 -> e4m3 in
-    registers), 'codes' above (codes expanded to an fp8 copy + the TMA fp8 GEMM with per-group scales,
-    ``scaled_mm_codes``; where it does not apply -- not sm_90, group not a multiple of 32 -- the caller falls
-    back to 'dequant': 16-bit dequantized operands + cuBLAS)."""
+    registers), 'codes' above (per-channel weights: codes expanded to an fp8 copy + the row-wise fp8 GEMM,
+    ``scaled_mm_codes``; where it does not apply -- group scales, not sm_90 -- the caller falls back to
+    'dequant': 16-bit dequantized operands + cuBLAS)."""
     if m <= int(os.environ.get("LOWBIT_W4A8_PACKED_MAX_M", W4A8_PACKED_MAX_M)):
         return "packed"
     return "codes"
@@ -269,7 +270,7 @@ def linear_w4a8_fp8_eager(x, qweight, scales, zeros, bias, bits, group_size, in_
             return scaled_mm_intx(x2d, None, qweight, scales, zeros, bias, bits, group_len, sym_zero, n, x2d.dtype,
                                   x_kind="fp8")
         xq, sx = _quantize_2d(x2d, "fp8", 0, None, backend)
-        if chosen == "codes":  # fp8 MMAs on an expanded fp8 copy of q - z, group scales per K step
+        if chosen == "codes":  # fp8 MMAs on an expanded fp8 copy of q - z (per-channel scales)
             return scaled_mm_codes(xq, sx, qweight, scales, zeros, bias, bits, group_len, sym_zero, n, x2d.dtype)
         if chosen == "packed":  # the same products on 16-bit MMAs (exact), scaled per K tile and per token
             return gemm_wxa16(xq, qweight, scales, zeros, bias, bits, group_len, sym_zero, n, config=cfg,

@@ -106,7 +106,7 @@ register(OursW8A8("lowbit_int8", "lowbit W8A8-int8, act quant included (ours)", 
 register(OursW4A8("lowbit_w4a8", "lowbit W4A8-fp8 g128, act quant included (ours)", role=OURS, ops=("w4a8",)))
 for _path, _what in (("fp8mma", "on fp8 tensor cores (int4 -> e4m3 in registers)"),
                      ("packed", "on the packed 16-bit GEMM (fp8 codes as fp16)"),
-                     ("codes", "on an expanded fp8 copy of the codes + the TMA fp8 GEMM"),
+                     ("codes", "per-channel: an expanded fp8 copy of the codes + the fp8 GEMM"),
                      ("dequant", "as dequantized 16-bit operands + cuBLAS")):
     register(OursW4A8(f"lowbit_w4a8_{_path}", f"lowbit W4A8 {_what} at every M", path=_path, ops=("w4a8",)))
 register(OursW8A8("lowbit_fp8_ref", "lowbit W8A8-fp8 row-wise (for the W4A8 ratio)", "fp8", ops=("w4a8",)))

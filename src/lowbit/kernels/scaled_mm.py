@@ -36,7 +36,7 @@ from .launch import split_k_counters
 from .int4_fp8 import default_unpack, e4m3_tables, intx_operand
 from .quant_act import cast_8bit, row_scale
 from .scaled_mm_tma import TmaConfig, scaled_mm_tma, tma_applies, tma_problem_ok
-from .scaled_mm_wgmma import WgmmaConfig, scaled_mm_wgmma, wgmma_applies, wgmma_preferred, wgmma_shape_ok
+from .scaled_mm_wgmma import WgmmaConfig, scaled_mm_wgmma, wgmma_applies, wgmma_preferred
 from .unpack import load_codes_nk, plane_constexprs
 
 
@@ -343,34 +343,24 @@ def scaled_mm_intx(xq: torch.Tensor, sx: torch.Tensor, qweight: torch.Tensor, sc
 
 
 def codes_mm_applies(m: int, k: int, group_len: int, device: torch.device) -> bool:
-    """``scaled_mm_codes`` runs here: per-channel scales on the TMA kernel's rule (``tma_problem_ok``: sm_90+,
-    M > 64, K % 16 == 0); group scales on the Gluon kernel's (``wgmma_shape_ok``: sm_90, whole and an even
-    number of K steps per group) or, in the interpreter, the Triton TMA kernel's with groups of whole 32-deep
-    fp8 MMA steps."""
-    if group_len >= k:
-        return tma_problem_ok(m, k, device)
-    if device.type == "cuda":
-        return wgmma_shape_ok(m, k, device, w_group=group_len)
-    return group_len % 32 == 0 and tma_problem_ok(m, k, device)
+    """``scaled_mm_codes`` runs here: per-channel scales (``group_len`` >= K) and the TMA kernel's shape / device
+    rule (``tma_problem_ok``: sm_90+ or the interpreter, M > 64, K % 16 == 0). Group scales are not taken: a
+    fresh fp32 partial per K step scaled by s[g, n] measured 2.1x slower than the row-wise fp8 GEMM on the H200,
+    in Triton and in a Gluon ping-pong loop alike (docs/fp8_int8.md), behind dequantize + cuBLAS."""
+    return group_len >= k and tma_problem_ok(m, k, device)
 
 
 def scaled_mm_codes(xq: torch.Tensor, sx: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                     zeros: Optional[torch.Tensor], bias: Optional[torch.Tensor], bits: int, group_len: int,
-                    sym_zero: int, out_features: int, out_dtype: torch.dtype, config=None) -> torch.Tensor:
-    """W4A8 at large M on fp8 tensor cores without converting inside the MMA loop: the codes q - z (exact in
-    e4m3 for bits <= 4 and integer zeros) are expanded once into an (N, K) fp8 copy (``dequantize_intx(...,
-    codes=True)``, N * K bytes of scratch), then multiplied with xq (M, K) fp8: per-channel weights through the
-    row-wise W8A8 GEMM (s[n] in the epilogue); group scales through the Gluon kernel's grouped K loop (each K
-    step's partial product scaled by s[g, n], one MMA kept in flight; ``scaled_mm_wgmma(w_group=)``) on a GPU,
-    the Triton TMA kernel's ``W_GROUP`` mode in the interpreter; sx[m] in the epilogue. Same products as the
-    other W4A8 kernels, exact in fp32; the caller checks ``codes_mm_applies``. ``config``: a ``WgmmaConfig``
-    (GPU, grouped) or ``TmaConfig``."""
+                    sym_zero: int, out_features: int, out_dtype: torch.dtype,
+                    config: Optional[TmaConfig] = None) -> torch.Tensor:
+    """Per-channel W4A8 at large M on fp8 tensor cores without converting inside the MMA loop: the codes q - z
+    (exact in e4m3 for bits <= 4 and integer zeros) are expanded once into an (N, K) fp8 copy
+    (``dequantize_intx(..., codes=True)``, N * K bytes of scratch), then the row-wise W8A8 GEMM (persistent TMA
+    kernel) multiplies it with xq (M, K) fp8: y = sx[m] s[n] sum_k qx[m, k] (q[n, k] - z[n]) + bias, the same
+    products as the other W4A8 kernels, exact in fp32. The caller checks ``codes_mm_applies``."""
     from .dequant import dequantize_intx
 
-    m, k = xq.shape
+    k = xq.shape[1]
     wq = dequantize_intx(qweight, scales, zeros, bits, group_len, sym_zero, k, torch.float8_e4m3fn, codes=True)
-    if group_len >= k:
-        return scaled_mm_tma(xq, sx, wq, scales.reshape(-1).float(), bias, out_dtype, config)
-    if xq.is_cuda:
-        return scaled_mm_wgmma(xq, sx, wq, scales, bias, out_dtype, config, w_group=group_len)
-    return scaled_mm_tma(xq, sx, wq, scales, bias, out_dtype, config, w_group=group_len)
+    return scaled_mm_tma(xq, sx, wq, scales.reshape(-1).float(), bias, out_dtype, config)

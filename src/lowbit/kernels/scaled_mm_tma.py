@@ -46,14 +46,11 @@ class TmaConfig:
 def scaled_mm_tma_kernel(x_desc, w_desc, sx_ptr, sw_ptr, b_ptr, y_ptr, M, N, K, stride_ym, stride_sxm, stride_swn,
                          HAS_BIAS: tl.constexpr, ACC_INT: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                         GROUP_M: tl.constexpr, SCALE_BLOCK: tl.constexpr = 0, W_GROUP: tl.constexpr = 0):
+                         GROUP_M: tl.constexpr, SCALE_BLOCK: tl.constexpr = 0):
     """Program p of P computes tiles p, p + P, ... (grouped order, ``epilogue.grouped_tile_ids``).
     SCALE_BLOCK 0: row-wise scales, sx (M,) and sw (N,) in the epilogue. SCALE_BLOCK B (fp8, BLOCK_K | B):
     sx (M, ceil(K/B)) row stride stride_sxm, sw (ceil(N/B), ceil(K/B)) row stride stride_swn; each K step's
-    partial product (a fresh fp32 accumulator) is scaled by sx[m, kb] sw[n // B, kb] and added.
-    W_GROUP G (fp8, BLOCK_K | G; W4A8 on expanded codes): sw (ceil(K/G), N) group scales, row stride
-    stride_swn, any float dtype; each K step's partial product is scaled by sw[k // G, n], sx (M,) in the
-    epilogue."""
+    partial product (a fresh fp32 accumulator) is scaled by sx[m, kb] sw[n // B, kb] and added."""
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
@@ -64,12 +61,8 @@ def scaled_mm_tma_kernel(x_desc, w_desc, sx_ptr, sw_ptr, b_ptr, y_ptr, M, N, K, 
         for kt in range(k_tiles):
             x = x_desc.load([pid_m * BLOCK_M, kt * BLOCK_K])
             w = w_desc.load([pid_n * BLOCK_N, kt * BLOCK_K])
-            if SCALE_BLOCK == 0 and W_GROUP == 0:
+            if SCALE_BLOCK == 0:
                 acc = tl.dot(x, w.T, acc, out_dtype=ACC_TY)
-            elif W_GROUP > 0:
-                cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-                fw = tl.load(sw_ptr + ((kt * BLOCK_K) // W_GROUP) * stride_swn + cols, mask=cols < N, other=0.0)
-                acc += tl.dot(x, w.T, out_dtype=tl.float32) * fw.to(tl.float32)[None, :]
             else:
                 kb = (kt * BLOCK_K) // SCALE_BLOCK
                 rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -81,9 +74,7 @@ def scaled_mm_tma_kernel(x_desc, w_desc, sx_ptr, sw_ptr, b_ptr, y_ptr, M, N, K, 
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_m = offs_m < M
         mask_n = offs_n < N
-        if W_GROUP > 0:
-            out = acc * tl.load(sx_ptr + offs_m, mask=mask_m, other=0.0)[:, None]
-        elif SCALE_BLOCK == 0:
+        if SCALE_BLOCK == 0:
             sx = tl.load(sx_ptr + offs_m, mask=mask_m, other=0.0)
             sw = tl.load(sw_ptr + offs_n, mask=mask_n, other=0.0)
             out = acc.to(tl.float32) * sx[:, None] * sw[None, :]
@@ -162,13 +153,6 @@ HEURISTIC_TILES = (
 BLOCK_SCALE_TILES = (TmaConfig(128, 128, 128, 8, 8, 4), TmaConfig(64, 128, 128, 8, 4, 4))
 
 
-def group_tma_config(w_group: int) -> TmaConfig:
-    """Tile for per-group weight scales: the block-scale tile (a second accumulator), BLOCK_K cut to the group."""
-    cfg = BLOCK_SCALE_TILES[0]
-    return TmaConfig(cfg.block_m, cfg.block_n, min(cfg.block_k, w_group), cfg.group_m, cfg.num_warps,
-                     cfg.num_stages)
-
-
 def heuristic_tma_config(m: int, n: int, k: int, sms: int = 132) -> TmaConfig:
     """Hand-chosen tile (no tuning on the call path): the one with the fewest estimated SM-time units,
     waves x tile area / relative tile throughput (a wave quantization model)."""
@@ -182,18 +166,15 @@ def heuristic_tma_config(m: int, n: int, k: int, sms: int = 132) -> TmaConfig:
 
 def scaled_mm_tma(xq: torch.Tensor, sx: torch.Tensor, wq: torch.Tensor, sw: torch.Tensor,
                   bias: Optional[torch.Tensor], out_dtype: torch.dtype,
-                  config: Optional[TmaConfig] = None, block: Optional[int] = None,
-                  w_group: Optional[int] = None) -> torch.Tensor:
+                  config: Optional[TmaConfig] = None, block: Optional[int] = None) -> torch.Tensor:
     """W8A8 through the persistent TMA kernel: xq (M, K), wq (N, K) fp8 or int8; row-wise sx (M,), sw (N,)
-    fp32, or (``block`` B, fp8) sx (M, ceil(K/B)), sw (ceil(N/B), ceil(K/B)), or (``w_group`` G, fp8) sx (M,),
-    sw (ceil(K/G), N) per-group weight scales. The caller checks ``tma_applies``."""
+    fp32, or (``block`` B, fp8) sx (M, ceil(K/B)), sw (ceil(N/B), ceil(K/B)). The caller checks
+    ``tma_applies`` (or ``tma_problem_ok`` for operands it allocated)."""
     m, k = xq.shape
     n = wq.shape[0]
-    scaled_steps = block or w_group
-    cfg = config or (group_tma_config(w_group) if w_group else BLOCK_SCALE_TILES[0] if block
-                     else heuristic_tma_config(m, n, k, num_sms(xq.device)))
-    if scaled_steps and scaled_steps % cfg.block_k:
-        raise ValueError(f"BLOCK_K={cfg.block_k} must divide the scale block / group {scaled_steps}")
+    cfg = config or (BLOCK_SCALE_TILES[0] if block else heuristic_tma_config(m, n, k, num_sms(xq.device)))
+    if block is not None and block % cfg.block_k:
+        raise ValueError(f"BLOCK_K={cfg.block_k} must divide the scale block {block}")
     y = torch.empty((m, n), device=xq.device, dtype=out_dtype)
     x_desc = TensorDescriptor(xq, [m, k], [xq.stride(0), 1], [cfg.block_m, cfg.block_k])
     w_desc = TensorDescriptor(wq, [n, k], [wq.stride(0), 1], [cfg.block_n, cfg.block_k])
@@ -203,6 +184,6 @@ def scaled_mm_tma(xq: torch.Tensor, sx: torch.Tensor, wq: torch.Tensor, sw: torc
         x_desc, w_desc, sx, sw, bias if bias is not None else sw, y, m, n, k, y.stride(0),
         sx.stride(0), sw.stride(0), HAS_BIAS=bias is not None, ACC_INT=xq.dtype == torch.int8,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-        SCALE_BLOCK=block or 0, W_GROUP=w_group or 0,
+        SCALE_BLOCK=block or 0,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return y

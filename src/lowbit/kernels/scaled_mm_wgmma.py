@@ -81,70 +81,12 @@ if gluon is not None:
         return produced
 
     @gluon.jit
-    def _refill(x_desc, w_desc, x_smem, w_smem, bars, produced, off_m, off_n, kt, k_tiles, nbytes: gl.constexpr,
-                STAGES: gl.constexpr, BLOCK_K: gl.constexpr):
-        """After step kt's wait (step kt - 1's MMA done, its slot free): TMA loads of step kt + STAGES - 1."""
-        if kt + STAGES - 1 < k_tiles:
-            slot = produced % STAGES
-            mbarrier.expect(bars.index(slot), nbytes)
-            tma.async_copy_global_to_shared(x_desc, [off_m, (kt + STAGES - 1) * BLOCK_K], bars.index(slot),
-                                            x_smem.index(slot))
-            tma.async_copy_global_to_shared(w_desc, [off_n, (kt + STAGES - 1) * BLOCK_K], bars.index(slot),
-                                            w_smem.index(slot))
-            produced += 1
-        return produced
-
-    @gluon.jit
-    def _group_scale(sw_ptr, stride_swg, kt, offs_n, mask_n, BLOCK_K: gl.constexpr, W_GROUP: gl.constexpr):
-        """s[g, n] (fp32, [1, BLOCK_N]) of the group that holds K step kt."""
-        s = gl.load(sw_ptr + ((kt * BLOCK_K) // W_GROUP) * stride_swg + offs_n, mask=mask_n, other=0.0)
-        return gl.expand_dims(s.to(gl.float32), 0)
-
-    @gluon.jit
-    def _grouped_k_loop(x_desc, w_desc, x_smem, w_smem, bars, produced, consumed, off_m, off_n, k_tiles, sw_ptr,
-                        stride_swg, N, acc, nbytes: gl.constexpr, STAGES: gl.constexpr, BLOCK_K: gl.constexpr,
-                        W_GROUP: gl.constexpr, mma: gl.constexpr):
-        """K loop with per-group weight scales (k_tiles even), two K steps per iteration: each step's product
-        goes to a fresh fp32 partial (``use_acc=False``), p0 (step kt) and p1 (step kt + 1) are issued back to
-        back, p0 is scaled by s[g, n] and added to acc while p1's MMA runs, then p1. Nothing stays in flight
-        across iterations: ptxas serializes every wgmma (C7514) when a partial read after a wait was issued in
-        an earlier iteration."""
-        BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
-        offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma))
-        mask_n = offs_n < N
-        p0 = gl.zeros_like(acc)
-        p1 = gl.zeros_like(acc)
-        for kt in range(0, k_tiles, 2):
-            slot = consumed % STAGES
-            mbarrier.wait(bars.index(slot), (consumed // STAGES) & 1)
-            p0 = warpgroup_mma(x_smem.index(slot), w_smem.index(slot).permute((1, 0)), p0, use_acc=False,
-                               is_async=True)
-            slot = (consumed + 1) % STAGES
-            mbarrier.wait(bars.index(slot), ((consumed + 1) // STAGES) & 1)
-            p1 = warpgroup_mma(x_smem.index(slot), w_smem.index(slot).permute((1, 0)), p1, use_acc=False,
-                               is_async=True)
-            s0 = _group_scale(sw_ptr, stride_swg, kt, offs_n, mask_n, BLOCK_K, W_GROUP)
-            s1 = _group_scale(sw_ptr, stride_swg, kt + 1, offs_n, mask_n, BLOCK_K, W_GROUP)
-            p0, p1 = warpgroup_mma_wait(num_outstanding=1, deps=(p0, p1))  # step kt done, its slot free
-            produced = _refill(x_desc, w_desc, x_smem, w_smem, bars, produced, off_m, off_n, kt, k_tiles, nbytes,
-                               STAGES, BLOCK_K)
-            acc += p0 * s0
-            p1 = warpgroup_mma_wait(num_outstanding=0, deps=(p1,))
-            produced = _refill(x_desc, w_desc, x_smem, w_smem, bars, produced, off_m, off_n, kt + 1, k_tiles,
-                               nbytes, STAGES, BLOCK_K)
-            acc += p1 * s1
-            consumed += 2
-        return acc, produced, consumed
-
-    @gluon.jit
     def scaled_mm_wgmma_kernel(x_desc, w_desc, sx_ptr, sw_ptr, b_ptr, y_ptr, M, N, K, stride_ym,
                                HAS_BIAS: gl.constexpr, ACC_INT: gl.constexpr, GROUP_M: gl.constexpr,
                                STAGES: gl.constexpr, INSTR_N: gl.constexpr, num_warps: gl.constexpr,
-                               COALESCED_STORE: gl.constexpr = False, W_GROUP: gl.constexpr = 0, stride_swg=0):
+                               COALESCED_STORE: gl.constexpr = False):
         """Program p of P computes tiles p, p + P, ...; load / consume counters run across tiles, so slot
-        = count % STAGES and the mbarrier phase = (count // STAGES) & 1. W_GROUP G (fp8; BLOCK_K | G, an even
-        number of K steps): sw is (ceil(K/G), N) group scales with row stride stride_swg, applied per K step
-        (``_grouped_k_loop``); sx in the epilogue."""
+        = count % STAGES and the mbarrier phase = (count // STAGES) & 1."""
         BLOCK_M: gl.constexpr = x_desc.block_type.shape[0]
         BLOCK_K: gl.constexpr = x_desc.block_type.shape[1]
         BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
@@ -171,20 +113,21 @@ if gluon is not None:
         for tile in range(gl.program_id(0), num_tiles, gl.num_programs(0)):
             off_m, off_n = _tile_offsets(tile, num_m, num_n, GROUP_M, BLOCK_M, BLOCK_N)
             acc = gl.zeros([BLOCK_M, BLOCK_N], gl.int32 if ACC_INT else gl.float32, mma)
-            if W_GROUP > 0:
-                acc, produced, consumed = _grouped_k_loop(x_desc, w_desc, x_smem, w_smem, bars, produced, consumed,
-                                                          off_m, off_n, k_tiles, sw_ptr, stride_swg, N, acc, nbytes,
-                                                          STAGES, BLOCK_K, W_GROUP, mma)
-            else:
-                for kt in range(k_tiles):
-                    slot = consumed % STAGES
-                    mbarrier.wait(bars.index(slot), (consumed // STAGES) & 1)
-                    acc = warpgroup_mma(x_smem.index(slot), w_smem.index(slot).permute((1, 0)), acc, is_async=True)
-                    acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))  # step kt - 1 done: its slot is free
-                    consumed += 1
-                    produced = _refill(x_desc, w_desc, x_smem, w_smem, bars, produced, off_m, off_n, kt, k_tiles,
-                                       nbytes, STAGES, BLOCK_K)
-                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            for kt in range(k_tiles):
+                slot = consumed % STAGES
+                mbarrier.wait(bars.index(slot), (consumed // STAGES) & 1)
+                acc = warpgroup_mma(x_smem.index(slot), w_smem.index(slot).permute((1, 0)), acc, is_async=True)
+                acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))  # step kt - 1 done: its slot is free
+                consumed += 1
+                if kt + STAGES - 1 < k_tiles:
+                    slot = produced % STAGES
+                    mbarrier.expect(bars.index(slot), nbytes)
+                    tma.async_copy_global_to_shared(x_desc, [off_m, (kt + STAGES - 1) * BLOCK_K], bars.index(slot),
+                                                    x_smem.index(slot))
+                    tma.async_copy_global_to_shared(w_desc, [off_n, (kt + STAGES - 1) * BLOCK_K], bars.index(slot),
+                                                    w_smem.index(slot))
+                    produced += 1
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
             nxt = tile + gl.num_programs(0)
             if nxt < num_tiles:  # every slot is free: the next tile's loads run under this epilogue
                 n_m, n_n = _tile_offsets(nxt, num_m, num_n, GROUP_M, BLOCK_M, BLOCK_N)
@@ -200,9 +143,8 @@ if gluon is not None:
             mask_m = offs_m < M
             mask_n = offs_n < N
             sx = gl.load(sx_ptr + offs_m, mask=mask_m, other=0.0)
-            out = gl.convert_layout(acc, out_l).to(gl.float32) * gl.expand_dims(sx, 1)
-            if W_GROUP == 0:
-                out = out * gl.expand_dims(gl.load(sw_ptr + offs_n, mask=mask_n, other=0.0), 0)
+            sw = gl.load(sw_ptr + offs_n, mask=mask_n, other=0.0)
+            out = gl.convert_layout(acc, out_l).to(gl.float32) * gl.expand_dims(sx, 1) * gl.expand_dims(sw, 0)
             if HAS_BIAS:
                 out += gl.expand_dims(gl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(gl.float32), 0)
             gl.store(y_ptr + gl.expand_dims(offs_m, 1) * stride_ym + gl.expand_dims(offs_n, 0),
@@ -231,47 +173,25 @@ def wgmma_preferred(m: int, k: int) -> bool:
     return m >= 2048 or (m >= 1024 and k >= 8192)
 
 
-# Per-group weight scales keep two fp32 partials beside the accumulator: 128 x 128 tiles (8 warps, 64 values of
-# each per thread); BLOCK_K is cut to the group
-GROUPED_CONFIG = WgmmaConfig(128, 128, 128, 8, 8, 4)
-
-
-def grouped_config(w_group: int) -> WgmmaConfig:
-    return WgmmaConfig(GROUPED_CONFIG.block_m, GROUPED_CONFIG.block_n, min(GROUPED_CONFIG.block_k, w_group),
-                       GROUPED_CONFIG.group_m, GROUPED_CONFIG.num_warps, GROUPED_CONFIG.stages)
-
-
-def wgmma_shape_ok(m: int, k: int, device: torch.device, config: Optional[WgmmaConfig] = None,
-                   w_group: Optional[int] = None) -> bool:
-    """The shape / device half of ``wgmma_applies``: an sm_90 GPU, M > 64, K % 16 == 0 with at least STAGES - 1
-    K tiles; per-group scales (``w_group``): BLOCK_K divides the group, an even number of K tiles, K % BLOCK_K
-    == 0 (a zero-filled K tail would still be scaled by a group that exists)."""
-    cfg = config or (grouped_config(w_group) if w_group else WgmmaConfig())
-    if gluon is None or device.type != "cuda" or m <= 64 or k % 16:
-        return False
-    k_tiles = triton.cdiv(k, cfg.block_k)
-    if k_tiles < cfg.stages - 1:
-        return False
-    if w_group and (w_group % cfg.block_k or k % cfg.block_k or k_tiles % 2):
-        return False
-    return torch.cuda.get_device_capability(device)[0] == 9
-
-
 def wgmma_applies(m: int, k: int, xq: torch.Tensor, wq: torch.Tensor, block: Optional[int],
                   config: Optional[WgmmaConfig] = None) -> bool:
     """sm_90 GPU tensors, row-wise scales, M > 64, K % 16 == 0 with at least STAGES - 1 K tiles,
     K-contiguous 16-byte aligned operands."""
-    return block is None and tma_operands_ok(k, xq, wq) and wgmma_shape_ok(m, k, xq.device, config)
+    cfg = config or WgmmaConfig()
+    if gluon is None or not xq.is_cuda or block is not None or m <= 64 or not tma_operands_ok(k, xq, wq):
+        return False
+    if triton.cdiv(k, cfg.block_k) < cfg.stages - 1:
+        return False
+    return torch.cuda.get_device_capability(xq.device)[0] == 9
 
 
 def scaled_mm_wgmma(xq: torch.Tensor, sx: torch.Tensor, wq: torch.Tensor, sw: torch.Tensor,
                     bias: Optional[torch.Tensor], out_dtype: torch.dtype,
-                    config: Optional[WgmmaConfig] = None, w_group: Optional[int] = None) -> torch.Tensor:
-    """Row-wise W8A8 through the Gluon kernel; ``w_group`` G: fp8, sw (ceil(K/G), N) per-group weight scales
-    (W4A8 on expanded codes). The caller checks ``wgmma_applies`` / ``wgmma_shape_ok``."""
+                    config: Optional[WgmmaConfig] = None) -> torch.Tensor:
+    """Row-wise W8A8 through the Gluon kernel; the caller checks ``wgmma_applies``."""
     m, k = xq.shape
     n = wq.shape[0]
-    cfg = config or (grouped_config(w_group) if w_group else WgmmaConfig())
+    cfg = config or WgmmaConfig()
     op = gl.int8 if xq.dtype == torch.int8 else gl.float8e4nv
     x_layout = gl.NVMMASharedLayout.get_default_for([cfg.block_m, cfg.block_k], op)
     w_layout = gl.NVMMASharedLayout.get_default_for([cfg.block_n, cfg.block_k], op)
@@ -283,6 +203,5 @@ def scaled_mm_wgmma(xq: torch.Tensor, sx: torch.Tensor, wq: torch.Tensor, sw: to
     scaled_mm_wgmma_kernel[(min(num_sms(xq.device), tiles),)](
         x_desc, w_desc, sx, sw, bias if bias is not None else sw, y, m, n, k, y.stride(0),
         HAS_BIAS=bias is not None, ACC_INT=int8, GROUP_M=cfg.group_m, STAGES=cfg.stages,
-        INSTR_N=instr_n(cfg.block_n, int8), num_warps=cfg.num_warps, COALESCED_STORE=cfg.coalesced_store,
-        W_GROUP=w_group or 0, stride_swg=sw.stride(0) if w_group else 0)
+        INSTR_N=instr_n(cfg.block_n, int8), num_warps=cfg.num_warps, COALESCED_STORE=cfg.coalesced_store)
     return y
