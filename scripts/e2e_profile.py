@@ -25,7 +25,7 @@ from lowbit.models.quant import apply_format, parse_formats
 CATEGORIES = [  # first match wins
     ("lowbit gemv", r"gemv_wxa16"), ("lowbit gemm", r"gemm_wxa16"), ("lowbit dequant", r"dequant"),
     ("tinygemm", r"int4|tinygemm|_weight_int4pack"),
-    ("attention", r"fmha|attention|flash|sdpa|efficient"),
+    ("attention", r"fmha|attention|flash|sdpa|efficient|combine_kernel"),
     ("cuBLAS gemm/gemv", r"gemm|gemv|nvjet|cutlass|sm90_xmma|ampere|splitK"),
     ("inductor fused", r"^triton_"), ("argmax/copy/other", r".*"),
 ]
