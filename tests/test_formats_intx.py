@@ -144,3 +144,19 @@ def test_quantize_dequantize_random_shapes(bits, n, k, group, sym):
     assert torch.equal(pack(qw.codes(), bits), qw.qweight)
     s = qw.scales.float().t().repeat_interleave(qw.group_len, dim=1)[:, :k]
     assert ((qw.dequantize() - w).abs() <= s * 0.5 * (1 + 1e-5) + 1e-12).all()
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_word_order_conversion_in_column_chunks(bits, monkeypatch):
+    """to/from_mma_words convert a few columns at a time (bounded temporaries): same words as one whole-matrix
+    pass, for ragged last chunks and stacked experts."""
+    import lowbit.formats.intx as intx
+
+    gen = torch.Generator().manual_seed(bits)
+    codes = torch.randint(0, 2 ** bits, (3, 37, 256), generator=gen)
+    q = torch.stack([intx.pack(c, bits) for c in codes])  # (3, 256*bits/32, 37)
+    whole = intx.to_mma_words(q, bits)
+    monkeypatch.setattr(intx, "CONVERT_CHUNK_WORDS", q.shape[1] * 5)  # 5 columns per chunk: 8 chunks, the last of 2
+    chunked = intx.to_mma_words(q, bits)
+    assert torch.equal(chunked, whole) and torch.equal(intx.to_mma_words(q[1], bits), whole[1])
+    assert torch.equal(intx.from_mma_words(chunked, bits), q)

@@ -179,13 +179,26 @@ def runs_mma_words(w) -> bool:
     return mma_words_apply(w.bits, w.zeros, kp, w.group_size or kp)
 
 
+# Words per column chunk of a word-order conversion: its int64 code temporaries stay at a few MB (whole-matrix
+# conversions of an 8192 x 2048 layer took ~0.5 GB at once, on the GPU while quantizing on load)
+CONVERT_CHUNK_WORDS = 1 << 18
+
+
 def _words_2d(convert, qweight: torch.Tensor) -> torch.Tensor:
-    """Apply a (Kp*bits/32, N) word conversion to qweight [..., Kp*bits/32, N] (stacked experts: E leading)."""
-    if qweight.dim() == 2:
+    """Apply a (Kp*bits/32, N) word conversion to qweight [..., Kp*bits/32, N] (stacked experts: E leading),
+    one chunk of columns at a time (the conversions are per column)."""
+    if qweight.dim() != 2:
+        flat = qweight.movedim(-2, 0)
+        out = _words_2d(convert, flat.reshape(flat.shape[0], -1)).reshape(flat.shape)
+        return out.movedim(0, -2).contiguous()
+    rows, n = qweight.shape
+    step = max(1, CONVERT_CHUNK_WORDS // max(rows, 1))
+    if step >= n:
         return convert(qweight)
-    flat = qweight.movedim(-2, 0)
-    out = convert(flat.reshape(flat.shape[0], -1)).reshape(flat.shape)
-    return out.movedim(0, -2).contiguous()
+    out = torch.empty_like(qweight)
+    for n0 in range(0, n, step):
+        out[:, n0:n0 + step] = convert(qweight[:, n0:n0 + step])
+    return out
 
 
 def _plane_slots(q: torch.Tensor, bits: int):
