@@ -7,7 +7,7 @@ dispatch uses it where the shipped table measured it faster.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import triton
@@ -68,6 +68,9 @@ def dequantize_intx_kernel(
              mask=mask_n[:, None] & (offs_k < K)[None, :])
 
 
+DEQUANT_TILE = (64, 128, 4)  # (BLOCK_N, BLOCK_K, num_warps); BLOCK_K is halved until it divides the group
+
+
 def int_zero(zeros: Optional[torch.Tensor], sym_zero: float) -> bool:
     """Integer zero points (uint8, or a symmetric integer constant): the exact fp16 dequant path."""
     return (zeros is not None and zeros.dtype == torch.uint8) or (zeros is None and sym_zero == int(sym_zero))
@@ -75,29 +78,31 @@ def int_zero(zeros: Optional[torch.Tensor], sym_zero: float) -> bool:
 
 def dequantize_intx(qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor], bits: int,
                     group_len: int, sym_zero: float, in_features: int, dtype: torch.dtype,
-                    table: Optional[torch.Tensor] = None, k_order: int = 0, codes: bool = False) -> torch.Tensor:
+                    table: Optional[torch.Tensor] = None, k_order: int = 0, codes: bool = False,
+                    tile: Optional[Tuple[int, int, int]] = None) -> torch.Tensor:
     """Dense (N, K) weight in ``dtype`` (fp16/bf16) on the weight's device; ``table``: LUT codes;
     ``k_order`` 1: words in the mma word order (``formats.intx.to_mma_words``); ``codes``: q - z without the
     scales (any ``dtype`` that holds them exactly, e.g. float8_e4m3fn for bits <= 4 and integer zeros);
+    ``tile`` (BLOCK_N, BLOCK_K, num_warps) overrides the launch tile (``scripts/dequant_probe.py``);
     stacked experts (qweight (E, Kp*bits/32, N), scales/zeros (E, G, N)) give (E, N, K) in one launch."""
     experts = qweight.shape[0] if qweight.dim() == 3 else 0
     if experts and table is not None:
         raise UnsupportedError("dequantize_intx: lookup tables are not supported for stacked experts")
     n = qweight.shape[-1]
     kp = qweight.shape[-2] * 32 // bits
-    block_k = 128
+    block_n, block_k, warps = tile or DEQUANT_TILE
     while group_len % block_k:
         block_k //= 2
     w = torch.empty((experts, n, in_features) if experts else (n, in_features), device=qweight.device, dtype=dtype)
-    grid = (triton.cdiv(n, 64), triton.cdiv(in_features, block_k), max(1, experts))
+    grid = (triton.cdiv(n, block_n), triton.cdiv(in_features, block_k), max(1, experts))
     e_strides = (qweight.stride(0), scales.stride(0), w.stride(0)) if experts else (0, 0, 0)
     stride_tg, stride_tn = table_strides(table)
     dequantize_intx_kernel[grid](
         qweight, scales, zeros if zeros is not None else scales, table if table is not None else scales, w,
         n, in_features, kp, qweight.stride(-2), scales.stride(-2), stride_tg, stride_tn, w.stride(-2), *e_strides,
         GROUP_LEN=group_len, **plane_constexprs(bits), HAS_ZEROS=zeros is not None, SYM_ZERO=sym_zero,
-        INT_ZERO=int_zero(zeros, sym_zero), LUT=table is not None, BLOCK_N=64, BLOCK_K=block_k,
-        MMA_WORDS=bool(k_order), CODES=codes, num_warps=4,
+        INT_ZERO=int_zero(zeros, sym_zero), LUT=table is not None, BLOCK_N=block_n, BLOCK_K=block_k,
+        MMA_WORDS=bool(k_order), CODES=codes, num_warps=warps,
     )
     return w
 
