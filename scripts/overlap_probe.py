@@ -62,7 +62,8 @@ def main():
                 for name, fn in t.items():
                     out = fn()
                     torch.cuda.synchronize()
-                    assert torch.equal(out, ref) or name == "cublas", name
+                    err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+                    assert err < 1e-2, (name, err)
                     res[name] = triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median") * 1e3
                 rows.append(dict(bits=bits, n=n, k=k, m=m, **res))
                 best = min((v, kk) for kk, v in res.items() if kk.startswith("overlap"))
