@@ -1,5 +1,5 @@
 """Does dequantize + cuBLAS at large M gain from overlapping the dequantization of weight-row chunk i + 1 (side
-stream) with the GEMM of chunk i (main stream)? do_bench medians (eager) of: cuBLAS on a dense bf16 weight, the
+stream) with the GEMM of chunk i (main stream)? do_bench medians of CUDA-graph replays of: cuBLAS on a dense bf16 weight, the
 serial dequantize + F.linear, and the chunked two-stream version for C chunks; Llama-3-8B shapes.
     PYTHONPATH=src python scripts/overlap_probe.py [--out FILE]"""
 import argparse
@@ -64,7 +64,10 @@ def main():
                     torch.cuda.synchronize()
                     err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
                     assert err < 1e-2, (name, err)
-                    res[name] = triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median") * 1e3
+                    g = torch.cuda.CUDAGraph()  # replays: GPU time without the host's launch overhead
+                    with torch.cuda.graph(g):
+                        fn()
+                    res[name] = triton.testing.do_bench(g.replay, warmup=10, rep=50, return_mode="median") * 1e3
                 rows.append(dict(bits=bits, n=n, k=k, m=m, **res))
                 best = min((v, kk) for kk, v in res.items() if kk.startswith("overlap"))
                 print(f"W{bits} {n}x{k} M={m}: cuBLAS {res['cublas']:.1f} us, serial {res['serial']:.1f} "
