@@ -53,6 +53,42 @@ def sweep_fp8(shapes, ms, rows, deadline):
                 print(f"fp8  {s.name:24s} M={m:<5d} {ref_us / us:5.2f}x _scaled_mm  {us:8.1f} us  {name}", flush=True)
 
 
+SMALL_M_GRID = [(bn, split, stages) for bn in (64, 128) for split in (1, 2, 4, 8, 16) for stages in (4, 6)]
+
+
+def sweep_small(shapes, ms, rows, deadline, kinds=("fp8",)):
+    """Swap-AB tiles at M <= 16 (BLOCK_M 16, 4 warps): BLOCK_N x split-K x stages around the heuristic's choice,
+    GEMM only, against the heuristic and cuBLAS bf16 on the same shape."""
+    from lowbit.kernels.scaled_mm import ScaledMMConfig
+
+    for kind in kinds:
+        for s in shapes:
+            w = torch.randn(s.n, s.k, device="cuda") * 0.05
+            wq, sw = quantize_rows(w, kind)
+            wb = w.to(torch.bfloat16)
+            for m in ms:
+                if time.time() > deadline:
+                    return
+                xq, sx = quantize_rows(torch.randn(m, s.k, device="cuda"), kind)
+                xb = torch.randn(m, s.k, device="cuda", dtype=torch.bfloat16)
+                bf16_us = bench(lambda: torch.nn.functional.linear(xb, wb))
+                heur = heuristic_config(m, s.n, s.k)
+                base = bench(lambda: scaled_mm(xq, sx, wq, sw, None, torch.bfloat16, None, heur))
+                best = (base, str(heur))
+                for bn, split, stages in SMALL_M_GRID:
+                    cfg = ScaledMMConfig(16, bn, 128, split, 8, 4, stages, True)
+                    try:
+                        us = bench(lambda: scaled_mm(xq, sx, wq, sw, None, torch.bfloat16, None, cfg))
+                    except Exception as e:  # noqa: BLE001 - out of shared memory etc.
+                        rows.append(dict(op=f"{kind}-small", shape=s.name, m=m, config=str(cfg), error=repr(e)[:200]))
+                        continue
+                    rows.append(dict(op=f"{kind}-small", shape=s.name, n=s.n, k=s.k, m=m, config=str(cfg), us=us,
+                                     heuristic_us=base, bf16_us=bf16_us, bn=bn, split=split, stages=stages))
+                    best = min(best, (us, str(cfg)))
+                print(f"{kind} {s.name:24s} M={m:<3d} heuristic {base:6.1f} us ({bf16_us / base:4.2f}x bf16) "
+                      f"best {best[0]:6.1f} us ({bf16_us / best[0]:4.2f}x) {best[1]}", flush=True)
+
+
 def sweep_w4a8(shapes, ms, rows, deadline):
     for s in shapes:
         qw = IntxFormat(4, 128, False, "int", torch.bfloat16).quantize(torch.randn(s.n, s.k) * 0.05).to("cuda")
@@ -147,6 +183,8 @@ def main():
     p.add_argument("--m-fp8", default="1024,4096")
     p.add_argument("--m-w4a8", default="1,16,64,256,1024,4096")
     p.add_argument("--tma", action="store_true", help="only the persistent TMA kernel sweep (fp8 + int8)")
+    p.add_argument("--small", action="store_true", help="only the swap-AB tile sweep at --m-small (GEMM only)")
+    p.add_argument("--m-small", default="1,16")
     p.add_argument("--block", action="store_true", help="only fp8 block scales: pointer vs TMA kernel")
     p.add_argument("--m-tma", default="128,256,512,1024,2048,4096,8192")
     p.add_argument("--kinds", default="int8,fp8")
@@ -162,6 +200,9 @@ def main():
             return
         if a.tma:
             sweep_tma(shapes, parse_m(a.m_tma), rows, t0 + a.budget, a.kinds.split(","))
+            return
+        if a.small:
+            sweep_small(shapes, parse_m(a.m_small), rows, t0 + a.budget, a.kinds.split(","))
             return
         sweep_w4a8(shapes, parse_m(a.m_w4a8), rows, t0 + a.budget * 0.4)
         sweep_fp8(shapes, parse_m(a.m_fp8), rows, t0 + a.budget)
