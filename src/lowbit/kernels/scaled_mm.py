@@ -219,7 +219,11 @@ def heuristic_config(m: int, n: int, k: int, k_step: int = 128) -> ScaledMMConfi
         split = 1
         while tiles * split * 2 <= 2 * NUM_SMS_GUESS and k_tiles // (split * 2) >= 4 and split < 16:
             split *= 2
-        return ScaledMMConfig(bm, bn, bk, split, 8, 4 if m <= 32 else 8, 4, True)
+        # M <= 16: 6 stages when the programs fit ~2 per SM (each streams longer, deeper is better: H200
+        # `a8_sweep.py --small`, fp8, benchmarks/results/h200/a8_small_7fe552a/: +2.5-15 % on 6 of the 8 Llama-3
+        # shapes), 4 when more programs share the SMs (8B gate_up, 448 programs: 6 stages lost 8 %)
+        stages = 6 if m <= 16 and tiles * split <= 2 * NUM_SMS_GUESS else 4
+        return ScaledMMConfig(bm, bn, bk, split, 8, 4 if m <= 32 else 8, stages, True)
     # 8 warps: with 4, a 64 x 128 x 128 tile spills (compile_check_a8)
     return ScaledMMConfig(64 if m <= 256 else 128, 128, bk, 1, 8, 8, 4, False)
 
