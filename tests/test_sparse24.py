@@ -12,11 +12,12 @@ from lowbit import dispatch
 from lowbit.api import Int4Sparse24WeightConfig, config_from_dict, quantize_
 from lowbit.errors import FormatError, InputError, UnsupportedError
 from lowbit.formats import get_format
+from lowbit.formats.intx import IntxWeight, unpack
 from lowbit.formats.sparse24 import Sparse24Format, Sparse24Weight, _pack_nibbles, _unpack_nibbles, check_2_4, prune_2_4
 from lowbit.kernels.launch import split_k_counters
 from lowbit.kernels.sparse24 import (
     Sparse24GemmConfig, Sparse24GemvConfig, dequant_matmul_sparse24, dequant_semi_structured_sparse24,
-    dequantize_sparse24, gemm_sparse24, gemv_sparse24, semi_structured_ok,
+    dequantize_sparse24, expand_matmul_sparse24, expand_sparse24, gemm_sparse24, gemv_sparse24, semi_structured_ok,
 )
 from lowbit.nn_sparse24 import Sparse24Linear
 from lowbit.ops import PER_CHANNEL_GROUP_LEN
@@ -30,7 +31,8 @@ FORMATS = [
     pytest.param(Sparse24Format(128, False, "float", torch.float32), id="g128-floatzero"),
     pytest.param(Sparse24Format(None, False, "int", torch.bfloat16), id="perchannel"),
 ]
-LAUNCHERS = {"gemv": gemv_sparse24, "gemm": gemm_sparse24, "dequant_mm": dequant_matmul_sparse24}
+LAUNCHERS = {"gemv": gemv_sparse24, "gemm": gemm_sparse24, "dequant_mm": dequant_matmul_sparse24,
+             "expand_mm": expand_matmul_sparse24}
 
 
 def _weight(n, k, seed=0):
@@ -123,7 +125,8 @@ def test_format_registry_and_bad_tensors():
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
-@pytest.mark.parametrize("kind,m", [("gemv", 1), ("gemv", 3), ("gemm", 5), ("gemm", 33), ("dequant_mm", 7)])
+@pytest.mark.parametrize("kind,m", [("gemv", 1), ("gemv", 3), ("gemm", 5), ("gemm", 33), ("dequant_mm", 7),
+                                    ("expand_mm", 6), ("expand_mm", 40)])
 def test_kernel_matches_reference(fmt, dtype, kind, m):
     n, k = 72, 300  # masked N and K tails, partial last group
     qw = fmt.quantize(_weight(n, k)).to(DEVICE)
@@ -147,6 +150,22 @@ def test_kernel_configs_and_split_k(kind, config):
     y = _launch(kind, x, qw, None, config)
     assert_close_matmul(y, reference_linear(x, qw), x, qw.dequantize(), torch.float16)
     assert int(split_k_counters(x.device).abs().sum()) == 0
+
+
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f.values[0].zero_kind == "int"])
+@pytest.mark.parametrize("n,k", [(72, 300), (40, 256)])
+def test_expand_to_dense_words_is_exact(fmt, n, k):
+    """expand_sparse24: dense 4-bit words (natural order) whose dequantization equals the sparse weight's exactly,
+    the zero point at every pruned position (N / K tails, partial last group, sym / asym / per-channel)."""
+    qw = fmt.quantize(_weight(n, k, seed=5)).to(DEVICE)
+    gl = qw.group_size or PER_CHANNEL_GROUP_LEN
+    dense = expand_sparse24(qw.qweight, qw.meta, qw.zeros, gl, 8.0)
+    w = IntxWeight(dense, qw.scales, qw.zeros, 4, qw.group_size, k)
+    assert torch.equal(w.dequantize(torch.float32), qw.dequantize(torch.float32))
+    codes = unpack(dense.cpu(), 4, dense.shape[0] * 8)[:, :k]  # (N, K)
+    z = qw.zeros.cpu().t().repeat_interleave(gl if qw.group_size else k, 1)[:, :k].long() if qw.zeros is not None else 8
+    pruned = qw.dequantize(torch.float32).cpu() == 0
+    assert torch.equal(codes.long()[pruned], (z * torch.ones_like(codes.long()))[pruned])
 
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
@@ -181,6 +200,9 @@ def test_dispatch_rule_and_reasons(monkeypatch):
     if dispatch.SPARSE24_GEMM_MAX_M > dispatch.SPARSE24_GEMV_MAX_M:
         assert pick(dispatch.SPARSE24_GEMV_MAX_M + 1) == "triton_sparse24_gemm"
     assert pick(dispatch.SPARSE24_GEMV_MAX_M + 1) != "triton_sparse24_gemv"
+    if dispatch.SPARSE24_EXPAND_MAX_M > max(dispatch.SPARSE24_GEMV_MAX_M, dispatch.SPARSE24_GEMM_MAX_M):
+        assert pick(big) == "triton_sparse24_expand_mm"
+        big = dispatch.SPARSE24_EXPAND_MAX_M + 1
     assert pick(big) == "triton_sparse24_dequant_mm"
     assert pick(1, torch.float32) == "reference"
     monkeypatch.setenv("LOWBIT_BACKEND", "triton")

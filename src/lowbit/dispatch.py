@@ -209,6 +209,9 @@ SPARSE24_GEMV_MAX_M = 4
 # 0.06-0.42x our dense W4A16 at M = 2..128 while dequantize + cuBLAS reached 0.34-1.0x, so the GEMM
 # is kept for explicit use (LOWBIT_BACKEND / direct calls) but never auto-dispatched.
 SPARSE24_GEMM_MAX_M = 0
+# Above the GEMV and up to this M: the weight expanded to dense int4 words, then the dense W4A16 dispatch (the
+# packed tensor-core GEMM); provisional until measured (docs/sparse24.md "Stop 28").
+SPARSE24_EXPAND_MAX_M = 128
 
 
 def _sparse24_gemv_ok(p: WxA16Problem) -> Tuple[bool, str]:
@@ -220,6 +223,12 @@ def _sparse24_gemv_ok(p: WxA16Problem) -> Tuple[bool, str]:
 def _sparse24_gemm_ok(p: WxA16Problem) -> Tuple[bool, str]:
     if p.m > SPARSE24_GEMM_MAX_M:
         return False, f"sparse24 tensor-core gemm handles M <= {SPARSE24_GEMM_MAX_M} (measured crossover), got M={p.m}"
+    return _triton_common(p)
+
+
+def _sparse24_expand_ok(p: WxA16Problem) -> Tuple[bool, str]:
+    if p.m > SPARSE24_EXPAND_MAX_M:
+        return False, f"sparse24 expand + dense GEMM handles M <= {SPARSE24_EXPAND_MAX_M}, got M={p.m}"
     return _triton_common(p)
 
 
@@ -236,6 +245,7 @@ def _semi_structured_ok(p: WxA16Problem) -> Tuple[bool, str]:
 SPARSE24_BACKENDS: List[Backend] = [
     Backend("triton_sparse24_gemv", "triton", _sparse24_gemv_ok),
     Backend("triton_sparse24_gemm", "triton", _sparse24_gemm_ok),
+    Backend("triton_sparse24_expand_mm", "triton", _sparse24_expand_ok),
     Backend("torch_semi_structured", "triton", _semi_structured_ok),
     Backend("triton_sparse24_dequant_mm", "triton", _triton_common),
     Backend("reference", "reference", lambda p: (True, "")),

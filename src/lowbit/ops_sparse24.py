@@ -2,8 +2,9 @@
 
 ``linear_sparse24_wxa16(x, qweight, meta, scales, zeros, bias, group_size, in_features)`` with the
 tensors of ``lowbit.formats.sparse24.Sparse24Weight`` (``group_size`` 0 = per-channel). Backends
-(``dispatch.select_sparse24``): the sparse GEMV (small M), the sparse tensor-core GEMM (medium M),
-dequantize + cuBLAS or dequantize + torch semi-structured sparse matmul (large M), the fp32 reference.
+(``dispatch.select_sparse24``): the sparse GEMV (small M), the weight expanded to dense int4 words + the dense
+W4A16 dispatch (medium M), the sparse tensor-core GEMM (explicit use), dequantize + cuBLAS or dequantize + torch
+semi-structured sparse matmul (large M), the fp32 reference.
 """
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ from . import dispatch
 from .formats.intx import symmetric_zero
 from .formats.sparse24 import BITS, Sparse24Weight, check_sparse24_tensors
 from .kernels.sparse24 import (
-    dequant_matmul_sparse24, dequant_semi_structured_sparse24, gemm_sparse24, gemv_sparse24,
+    dequant_matmul_sparse24, dequant_semi_structured_sparse24, expand_matmul_sparse24, gemm_sparse24, gemv_sparse24,
 )
 from .ops import PER_CHANNEL_GROUP_LEN, check_bias_devices, check_x, dense_reference, flatten_apply
 
 _LAUNCHERS = {"triton_sparse24_gemv": gemv_sparse24, "triton_sparse24_gemm": gemm_sparse24,
-              "triton_sparse24_dequant_mm": dequant_matmul_sparse24,
+              "triton_sparse24_dequant_mm": dequant_matmul_sparse24, "triton_sparse24_expand_mm": expand_matmul_sparse24,
               "torch_semi_structured": dequant_semi_structured_sparse24}
 
 

@@ -96,6 +96,8 @@ register(Sparse24Case("lowbit_sparse24", "lowbit linear_sparse24_wxa16 (ours, 2:
 register(DenseW4("lowbit_w4", "lowbit linear_wxa16 dense int4 (same group size)", role=BASELINE, ops=("sparse24",)))
 register(Sparse24Case("sparse24_gemv", "sparse24 GEMV forced", launcher="gemv_sparse24", max_m=16))
 register(Sparse24Case("sparse24_gemm", "sparse24 tensor-core GEMM forced", launcher="gemm_sparse24", max_m=1024))
+register(Sparse24Case("sparse24_expand_mm", "sparse24 expanded to dense int4 + dense W4A16 dispatch forced",
+                      launcher="expand_matmul_sparse24", max_m=1024))
 register(Sparse24Case("sparse24_dequant_mm", "sparse24 dequantize + cuBLAS forced", launcher="dequant_matmul_sparse24",
                       min_m=32))
 register(Sparse24Case("sparse24_semi", "sparse24 dequantize + torch semi-structured 2:4 matmul",

@@ -259,6 +259,73 @@ def dequantize_sparse24_kernel(
     tl.store(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :], w, mask=mask_n[:, None] & (offs_k < K)[None, :])
 
 
+# ---- expand to dense int4 words (small / medium M: the dense packed GEMM runs them) -------------------
+
+@triton.jit
+def expand_codes_sparse24_kernel(
+    qw_ptr, m_ptr, z_ptr, out_ptr, N, Kp, stride_qk, stride_mk, stride_zg, stride_ok,
+    GROUP_LEN: tl.constexpr, HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Dense 4-bit words (Kp/8, N) in the natural order (``formats.intx.pack``: code of k = 8r + j at bits
+    4j of word row r) for dense k in [k0, k0 + BLOCK_K): kept codes at their positions, the group's zero
+    point z at pruned ones, so that (q - z) * s = 0 there exactly (integer zero points only)."""
+    G4: tl.constexpr = BLOCK_K // 4
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    k0 = tl.program_id(1) * BLOCK_K
+    words = load_words_nk(qw_ptr, 0, k0, offs_n, mask_n, stride_qk, Kp, 2, BLOCK_K)  # 16 dense k per word
+    q = tl.reshape(expand_words_nk(words, 4, BLOCK_N, BLOCK_K // 2), (BLOCK_N, G4, 2))
+    q0, q1 = tl.split(q)  # [BLOCK_N, G4]: codes of the first / second kept value of each group of four
+    nib = expand_words_nk(load_words_nk(m_ptr, 0, k0, offs_n, mask_n, stride_mk, Kp, 1, BLOCK_K), 4, BLOCK_N, G4)
+    i0 = nib & 3
+    i1 = nib >> 2
+    if HAS_ZEROS:
+        offs_c = k0 + tl.arange(0, G4) * 4
+        z = tl.load(z_ptr + (offs_c // GROUP_LEN)[None, :] * stride_zg + offs_n[:, None],
+                    mask=mask_n[:, None] & (offs_c < Kp)[None, :], other=0).to(tl.int32)
+    else:
+        z = tl.full((BLOCK_N, G4), SYM_ZERO, tl.int32)
+    c0 = tl.where(i0 == 0, q0, z)  # i1 >= 1 and i0 <= 2 always
+    c1 = tl.where(i0 == 1, q0, tl.where(i1 == 1, q1, z))
+    c2 = tl.where(i0 == 2, q0, tl.where(i1 == 2, q1, z))
+    c3 = tl.where(i1 == 3, q1, z)
+    codes = tl.reshape(tl.join(tl.join(c0, c2), tl.join(c1, c3)), (BLOCK_N, BLOCK_K // 8, 8))  # k = 8r + j
+    out = tl.sum(codes << (tl.arange(0, 8) * 4)[None, None, :], 2)  # disjoint fields: the sum is the OR
+    rows = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+    tl.store(out_ptr + rows[None, :] * stride_ok + offs_n[:, None], out,
+             mask=mask_n[:, None] & (rows < Kp // 8)[None, :])
+
+
+def expand_sparse24(qweight: torch.Tensor, meta: torch.Tensor, zeros: Optional[torch.Tensor], group_len: int,
+                    sym_zero: float) -> torch.Tensor:
+    """Dense intx qweight (Kp/8, N) int32, 4-bit natural order (``lowbit.formats.intx``), of the 2:4-sparse
+    weight: pruned positions hold the zero point. Needs integer zero points (``int_zero``)."""
+    n, kp = qweight.shape[1], _kp(qweight)
+    out = torch.empty((kp // 8, n), device=qweight.device, dtype=torch.int32)
+    block_k = 128
+    grid = (triton.cdiv(n, 64), triton.cdiv(kp, block_k))
+    expand_codes_sparse24_kernel[grid](
+        qweight, meta, zeros if zeros is not None else qweight, out, n, kp, qweight.stride(0), meta.stride(0),
+        zeros.stride(0) if zeros is not None else 0, out.stride(0), GROUP_LEN=group_len,
+        HAS_ZEROS=zeros is not None, SYM_ZERO=int(sym_zero), BLOCK_N=64, BLOCK_K=block_k, num_warps=4,
+    )
+    return out
+
+
+def expand_matmul_sparse24(x, qweight, meta, scales, zeros, bias, group_len, sym_zero, config=None):
+    """x (M, K) -> (M, N): the weight expanded to dense int4 words (``expand_sparse24``, N * Kp / 2 bytes of
+    scratch) and run by the dense W4A16 op's dispatch (the packed tensor-core GEMM at small M). Float zero
+    points cannot make a pruned position exactly zero: those take dequantize + cuBLAS."""
+    from ..ops import PER_CHANNEL_GROUP_LEN, _run_wxa16
+
+    if not int_zero(zeros, sym_zero):
+        return dequant_matmul_sparse24(x, qweight, meta, scales, zeros, bias, group_len, sym_zero)
+    dense = expand_sparse24(qweight, meta, zeros, group_len, sym_zero)
+    group_size = 0 if group_len >= PER_CHANNEL_GROUP_LEN else group_len
+    return _run_wxa16(x, dense, scales, zeros, bias, 4, group_size, x.shape[1])
+
+
 # ---- host side ----------------------------------------------------------------------------------------
 
 def _format_meta(zeros: Optional[torch.Tensor], group_len: int, sym_zero: float, bias) -> dict:
