@@ -210,8 +210,9 @@ SPARSE24_GEMV_MAX_M = 4
 # is kept for explicit use (LOWBIT_BACKEND / direct calls) but never auto-dispatched.
 SPARSE24_GEMM_MAX_M = 0
 # Above the GEMV and up to this M: the weight expanded to dense int4 words, then the dense W4A16 dispatch (the
-# packed tensor-core GEMM); provisional until measured (docs/sparse24.md "Stop 28").
-SPARSE24_EXPAND_MAX_M = 128
+# packed tensor-core GEMM). 0 = not auto-dispatched: written and CPU-tested at stop 28, not yet measured on a GPU
+# (`lowbit bench --op sparse24 --baselines lowbit_w4,sparse24_expand_mm,sparse24_dequant_mm,...`, docs/sparse24.md)
+SPARSE24_EXPAND_MAX_M = 0
 
 
 def _sparse24_gemv_ok(p: WxA16Problem) -> Tuple[bool, str]:

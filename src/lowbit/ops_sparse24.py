@@ -2,9 +2,9 @@
 
 ``linear_sparse24_wxa16(x, qweight, meta, scales, zeros, bias, group_size, in_features)`` with the
 tensors of ``lowbit.formats.sparse24.Sparse24Weight`` (``group_size`` 0 = per-channel). Backends
-(``dispatch.select_sparse24``): the sparse GEMV (small M), the weight expanded to dense int4 words + the dense
-W4A16 dispatch (medium M), the sparse tensor-core GEMM (explicit use), dequantize + cuBLAS or dequantize + torch
-semi-structured sparse matmul (large M), the fp32 reference.
+(``dispatch.select_sparse24``): the sparse GEMV (small M), dequantize + cuBLAS or dequantize + torch
+semi-structured sparse matmul (large M), the fp32 reference; for explicit use (not auto-dispatched until measured
+faster), the sparse tensor-core GEMM and the weight expanded to dense int4 words + the dense W4A16 dispatch.
 """
 from __future__ import annotations
 
