@@ -90,11 +90,17 @@ def dense_tile(qw_ptr, m_ptr, s_ptr, z_ptr, k0, offs_n, mask_n, Kp, stride_qk, s
                             mask_n[:, None] & (offs_c < Kp)[None, :], stride_sg, HAS_ZEROS, SYM_ZERO)
     v0 = dequant_tile(q0, s, z, INT_ZERO, OUT_DTYPE)
     v1 = dequant_tile(q1, s, z, INT_ZERO, OUT_DTYPE)
-    zero = tl.zeros_like(v0)
-    w0 = tl.where(i0 == 0, v0, zero)  # i1 >= 1 and i0 <= 2 always
-    w1 = tl.where(i0 == 1, v0, tl.where(i1 == 1, v1, zero))
-    w2 = tl.where(i0 == 2, v0, tl.where(i1 == 2, v1, zero))
-    w3 = tl.where(i1 == 3, v1, zero)
+    return place_kept(v0, v1, i0, i1, tl.zeros_like(v0), BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def place_kept(v0, v1, i0, i1, fill, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """[BLOCK_N, BLOCK_K // 4] kept pairs (v0 at position i0, v1 at i1 of each group of four) -> the dense
+    [BLOCK_N, BLOCK_K] tile in k order, ``fill`` at the two pruned positions."""
+    w0 = tl.where(i0 == 0, v0, fill)  # i1 >= 1 and i0 <= 2 always
+    w1 = tl.where(i0 == 1, v0, tl.where(i1 == 1, v1, fill))
+    w2 = tl.where(i0 == 2, v0, tl.where(i1 == 2, v1, fill))
+    w3 = tl.where(i1 == 3, v1, fill)
     # join(join(w0, w2), join(w1, w3))[n, c, a, b] = w_{2a + b}: row-major order is k = 4c + p
     return tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), (BLOCK_N, BLOCK_K))
 
@@ -286,11 +292,7 @@ def expand_codes_sparse24_kernel(
                     mask=mask_n[:, None] & (offs_c < Kp)[None, :], other=0).to(tl.int32)
     else:
         z = tl.full((BLOCK_N, G4), SYM_ZERO, tl.int32)
-    c0 = tl.where(i0 == 0, q0, z)  # i1 >= 1 and i0 <= 2 always
-    c1 = tl.where(i0 == 1, q0, tl.where(i1 == 1, q1, z))
-    c2 = tl.where(i0 == 2, q0, tl.where(i1 == 2, q1, z))
-    c3 = tl.where(i1 == 3, q1, z)
-    codes = tl.reshape(tl.join(tl.join(c0, c2), tl.join(c1, c3)), (BLOCK_N, BLOCK_K // 8, 8))  # k = 8r + j
+    codes = tl.reshape(place_kept(q0, q1, i0, i1, z, BLOCK_N, BLOCK_K), (BLOCK_N, BLOCK_K // 8, 8))  # k = 8r + j
     out = tl.sum(codes << (tl.arange(0, 8) * 4)[None, None, :], 2)  # disjoint fields: the sum is the OR
     rows = k0 // 8 + tl.arange(0, BLOCK_K // 8)
     tl.store(out_ptr + rows[None, :] * stride_ok + offs_n[:, None], out,
