@@ -350,7 +350,7 @@ def codes_mm_applies(m: int, k: int, group_len: int, device: torch.device) -> bo
     """``scaled_mm_codes`` runs here: per-channel scales (``group_len`` >= K) and the TMA kernel's shape / device
     rule (``tma_problem_ok``: sm_90+ or the interpreter, M > 64, K % 16 == 0). Group scales are not taken: a
     fresh fp32 partial per K step scaled by s[g, n] measured 2.1x slower than the row-wise fp8 GEMM on the H200,
-    in Triton and in a Gluon ping-pong loop alike (docs/fp8_int8.md), behind dequantize + cuBLAS."""
+    in Triton and in a Gluon two-partial loop alike (docs/fp8_int8.md), behind dequantize + cuBLAS."""
     return group_len >= k and tma_problem_ok(m, k, device)
 
 
