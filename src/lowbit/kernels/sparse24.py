@@ -286,14 +286,11 @@ def expand_codes_sparse24_kernel(
     nib = expand_words_nk(load_words_nk(m_ptr, 0, k0, offs_n, mask_n, stride_mk, Kp, 1, BLOCK_K), 4, BLOCK_N, G4)
     i0 = nib & 3
     i1 = nib >> 2
-    if HAS_ZEROS:
-        offs_c = k0 + tl.arange(0, G4) * 4
-        z = tl.load(z_ptr + (offs_c // GROUP_LEN)[None, :] * stride_zg + offs_n[:, None],
-                    mask=mask_n[:, None] & (offs_c < Kp)[None, :], other=0).to(tl.int32)
-    else:
-        z = tl.full((BLOCK_N, G4), SYM_ZERO, tl.int32)
-    codes = tl.reshape(place_kept(q0, q1, i0, i1, z, BLOCK_N, BLOCK_K), (BLOCK_N, BLOCK_K // 8, 8))  # k = 8r + j
-    out = tl.sum(codes << (tl.arange(0, 8) * 4)[None, None, :], 2)  # disjoint fields: the sum is the OR
+    offs_c = k0 + tl.arange(0, G4) * 4
+    _, z = group_params(z_ptr, z_ptr, (offs_c // GROUP_LEN)[None, :], offs_n[:, None],
+                        mask_n[:, None] & (offs_c < Kp)[None, :], stride_zg, HAS_ZEROS, SYM_ZERO)
+    codes = tl.reshape(place_kept(q0, q1, i0, i1, z.to(tl.int32), BLOCK_N, BLOCK_K), (BLOCK_N, BLOCK_K // 8, 8))
+    out = tl.sum(codes << (tl.arange(0, 8) * 4)[None, None, :], 2)  # k = 8r + j; disjoint fields: sum = OR
     rows = k0 // 8 + tl.arange(0, BLOCK_K // 8)
     tl.store(out_ptr + rows[None, :] * stride_ok + offs_n[:, None], out,
              mask=mask_n[:, None] & (rows < Kp // 8)[None, :])
