@@ -25,6 +25,7 @@ from lowbit.kernels.quant_act import quantize_act
 from lowbit.kernels.scaled_mm import LARGE_M_CANDIDATES, heuristic_config, scaled_mm, scaled_mm_intx
 from lowbit.kernels.scaled_mm_tma import BLOCK_SCALE_TILES, TMA_CANDIDATES, heuristic_tma_config, scaled_mm_tma
 from lowbit.kernels.scaled_mm_wgmma import WGMMA_CANDIDATES, scaled_mm_wgmma, wgmma_applies
+from probe_common import graph_us
 
 
 def bench(fn):
@@ -53,16 +54,6 @@ def sweep_fp8(shapes, ms, rows, deadline):
                 print(f"fp8  {s.name:24s} M={m:<5d} {ref_us / us:5.2f}x _scaled_mm  {us:8.1f} us  {name}", flush=True)
 
 
-def bench_graph(fn):
-    """One call captured in a CUDA graph, replays timed by do_bench (L2 flushed between replays): the GPU time
-    without the host's launch overhead, which dominates a few-microsecond eager call."""
-    fn()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return bench(g.replay)
-
-
 SMALL_M_GRID = [(bn, split, stages) for bn in (64, 128) for split in (1, 2, 4, 8, 16) for stages in (4, 6)]
 
 
@@ -81,14 +72,14 @@ def sweep_small(shapes, ms, rows, deadline, kinds=("fp8",)):
                     return
                 xq, sx = quantize_rows(torch.randn(m, s.k, device="cuda"), kind)
                 xb = torch.randn(m, s.k, device="cuda", dtype=torch.bfloat16)
-                bf16_us = bench_graph(lambda: torch.nn.functional.linear(xb, wb))
+                bf16_us = graph_us(lambda: torch.nn.functional.linear(xb, wb))
                 heur = heuristic_config(m, s.n, s.k)
-                base = bench_graph(lambda: scaled_mm(xq, sx, wq, sw, None, torch.bfloat16, None, heur))
+                base = graph_us(lambda: scaled_mm(xq, sx, wq, sw, None, torch.bfloat16, None, heur))
                 best = (base, str(heur))
                 for bn, split, stages in SMALL_M_GRID:
                     cfg = ScaledMMConfig(16, bn, 128, split, 8, 4, stages, True)
                     try:
-                        us = bench_graph(lambda: scaled_mm(xq, sx, wq, sw, None, torch.bfloat16, None, cfg))
+                        us = graph_us(lambda: scaled_mm(xq, sx, wq, sw, None, torch.bfloat16, None, cfg))
                     except Exception as e:  # noqa: BLE001 - out of shared memory etc.
                         rows.append(dict(op=f"{kind}-small", shape=s.name, m=m, config=str(cfg), error=repr(e)[:200]))
                         continue

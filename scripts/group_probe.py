@@ -9,18 +9,17 @@ vs the fp32 reference. ``lowbit bench`` is the user-facing harness (dispatch inc
 
     PYTHONPATH=src python scripts/group_probe.py --m 1,16,64 --json out.json
 """
-import argparse
 import dataclasses
-import json
 
 import torch
 
 import lowbit.kernels.gemm as gemm_mod
 from lowbit import IntxFormat
-from lowbit.bench.timing import Cost, CudaTimer
+from lowbit.bench.timing import CudaTimer
 from lowbit.formats.intx import symmetric_zero
 from lowbit.formats.lut import CodebookFormat, Fp4Format, NF4Format
 from lowbit.kernels.launch import resolve_config
+from probe_common import ints, measure, probe_parser, shapes_nk, write_rows
 
 FORMATS = {
     "int4-g128": lambda: IntxFormat(4, 128), "int4-g64": lambda: IntxFormat(4, 64), "int4-g32": lambda: IntxFormat(4, 32),
@@ -46,25 +45,21 @@ def clone(qw):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--m", default="1,16,64")
-    p.add_argument("--shapes", default="6144x4096,28672x4096,4096x14336")
+    p = probe_parser(m="1,16,64", shapes="6144x4096,28672x4096,4096x14336")
     p.add_argument("--formats", default=",".join(FORMATS))
-    p.add_argument("--json", default=None)
     a = p.parse_args()
     timer = CudaTimer(replays=5)
     saved = gemm_mod.use_packed
     rows = []
     print(f"{'shape':>12} {'M':>4} {'format':>13} {'packed us':>10} {'generic us':>11} {'speedup':>8} {'err packed':>11} "
           f"{'err generic':>12} {'bk=group us':>12}")
-    for shape in a.shapes.split(","):
-        n, k = map(int, shape.split("x"))
+    for n, k in shapes_nk(a.shapes):
         w = torch.randn(n, k, device="cuda", dtype=torch.float32) * 0.02
         for fname in a.formats.split(","):
             qw = FORMATS[fname]().quantize(w)
             ref_w = qw.dequantize(torch.float32)
             copies = [qw] + [clone(qw) for _ in range(timer.copies_needed(qw.qweight.numel() * 4) - 1)]
-            for m in [int(v) for v in a.m.split(",")]:
+            for m in ints(a.m):
                 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
                 ref = x.float() @ ref_w.t()
                 row = {"n": n, "k": k, "m": m, "format": fname}
@@ -74,9 +69,8 @@ def main():
                 for variant in ("packed", "generic", "bk=group"):
                     gemm_mod.use_packed = saved if variant != "generic" else (lambda *args, **kw: False)
                     call = launcher(x, n, clamped if variant == "bk=group" else shipped)
-                    err = ((call(qw).float() - ref).norm() / ref.norm()).item()
-                    row[variant] = {"us": timer.kernel_us([lambda q=q: call(q) for q in copies], Cost("probe", 0, 0)),
-                                    "err": err}
+                    us, err = measure(timer, call, copies, ref)
+                    row[variant] = {"us": us, "err": err}
                 gemm_mod.use_packed = saved
                 rows.append(row)
                 print(f"{n:>6}x{k:<5} {m:>4} {fname:>13} {row['packed']['us']:>10.1f} {row['generic']['us']:>11.1f} "
@@ -84,8 +78,7 @@ def main():
                       f"{row['generic']['err']:>12.1e} {row['bk=group']['us']:>12.1f}", flush=True)
             del copies
             torch.cuda.empty_cache()
-    if a.json:
-        json.dump(rows, open(a.json, "w"), indent=1)
+    write_rows(rows, a.json)
 
 
 if __name__ == "__main__":

@@ -7,37 +7,31 @@ shipped config kept), each with its relative error against the fp32 reference.
 
     PYTHONPATH=src python scripts/lut_config_probe.py --m 1,16 --json out.json
 """
-import argparse
 import dataclasses
-import json
 
 import torch
 
 import lowbit.kernels.gemm as gemm_mod
 from lowbit import IntxFormat
-from lowbit.bench.timing import Cost, CudaTimer
+from lowbit.bench.timing import CudaTimer
 from lowbit.formats.intx import symmetric_zero, to_mma_words
 from lowbit.formats.lut import NF4Format
 from lowbit.kernels.launch import resolve_config
+from probe_common import ints, measure, probe_parser, shapes_nk, write_rows
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--m", default="1,16")
-    p.add_argument("--shapes", default="6144x4096,4096x4096,28672x4096,4096x14336")
-    p.add_argument("--json", default=None)
-    a = p.parse_args()
+    a = probe_parser(m="1,16").parse_args()
     timer = CudaTimer(replays=5)
     rows = []
-    for shape in a.shapes.split(","):
-        n, k = map(int, shape.split("x"))
+    for n, k in shapes_nk(a.shapes):
         w = torch.randn(n, k, device="cuda") * 0.02
         qi, qn = IntxFormat(4, 64).quantize(w), NF4Format(64).quantize(w)
         words = {"int4": to_mma_words(qi.qweight, 4), "nf4": to_mma_words(qn.qweight, 4)}
         reps = timer.copies_needed(words["int4"].numel() * 4)
         copies = {f: [q] + [q.clone() for _ in range(reps - 1)] for f, q in words.items()}
         refs = {"int4": qi.dequantize(torch.float32), "nf4": qn.dequantize(torch.float32)}
-        for m in [int(v) for v in a.m.split(",")]:
+        for m in ints(a.m):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
 
             def run(fmt, config, q):
@@ -56,9 +50,7 @@ def main():
                                      dataclasses.replace(shipped, split_k=split, block_k=bk, k_unroll=1)))
             base = None
             for fmt, name, cfg in variants:
-                ref = x.float() @ refs[fmt].t()
-                err = ((run(fmt, cfg, words[fmt]).float() - ref).norm() / ref.norm()).item()
-                us = timer.kernel_us([lambda q=q: run(fmt, cfg, q) for q in copies[fmt]], Cost("probe", 0, 0))
+                us, err = measure(timer, lambda q: run(fmt, cfg, q), copies[fmt], x.float() @ refs[fmt].t())
                 base = us if base is None else base
                 row = {"n": n, "k": k, "m": m, "format": fmt, "variant": name, "config": dataclasses.asdict(cfg),
                        "us": us, "err": err, "vs_int4": us / base}
@@ -67,8 +59,7 @@ def main():
                       f"  (split {cfg.split_k}, bk {cfg.block_k}, bn {cfg.block_n}, stages {cfg.num_stages})", flush=True)
         del copies
         torch.cuda.empty_cache()
-    if a.json:
-        json.dump(rows, open(a.json, "w"), indent=1)
+    write_rows(rows, a.json)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,14 @@
 """Does dequantize + cuBLAS at large M gain from overlapping the dequantization of weight-row chunk i + 1 (side
 stream) with the GEMM of chunk i (main stream)? do_bench medians of CUDA-graph replays of: cuBLAS on a dense bf16 weight, the
 serial dequantize + F.linear, and the chunked two-stream version for C chunks; Llama-3-8B shapes.
-    PYTHONPATH=src python scripts/overlap_probe.py [--out FILE]"""
-import argparse
-import json
-
+    PYTHONPATH=src python scripts/overlap_probe.py [--json FILE]"""
 import torch
 import torch.nn.functional as F
 import triton
 
 from lowbit import IntxFormat
 from lowbit.kernels.dequant import dequantize_intx
-
-SHAPES = [(28672, 4096), (4096, 14336), (6144, 4096), (4096, 4096)]
+from probe_common import graph_us, ints, probe_parser, rel_err, shapes_nk, write_rows
 
 
 def overlapped(x, qw, bits, k, chunks, side, w, y):
@@ -37,18 +33,17 @@ def overlapped(x, qw, bits, k, chunks, side, w, y):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="overlap_probe.json")
-    ap.add_argument("--m", default="1024,2048,4096")
+    ap = probe_parser(m="1024,2048,4096", shapes="28672x4096,4096x14336,6144x4096,4096x4096")
     ap.add_argument("--bits", default="4,2")
+    ap.set_defaults(json="overlap_probe.json")
     a = ap.parse_args()
     side = torch.cuda.Stream()
     rows = []
-    for bits in map(int, a.bits.split(",")):
-        for n, k in SHAPES:
+    for bits in ints(a.bits):
+        for n, k in shapes_nk(a.shapes):
             qw = IntxFormat(bits, 128).quantize(torch.randn(n, k, device="cuda") * 0.02)
             dense = qw.dequantize(torch.bfloat16)
-            for m in map(int, a.m.split(",")):
+            for m in ints(a.m):
                 x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
                 ref = F.linear(x, dense)
                 w = torch.empty(n, k, device="cuda", dtype=torch.bfloat16)
@@ -62,19 +57,16 @@ def main():
                 for name, fn in t.items():
                     out = fn()
                     torch.cuda.synchronize()
-                    err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+                    err = rel_err(out, ref)
                     assert err < 1e-2, (name, err)
-                    g = torch.cuda.CUDAGraph()  # replays: GPU time without the host's launch overhead
-                    with torch.cuda.graph(g):
-                        fn()
-                    res[name] = triton.testing.do_bench(g.replay, warmup=10, rep=50, return_mode="median") * 1e3
+                    res[name] = graph_us(fn, warmup=10, rep=50)
                 rows.append(dict(bits=bits, n=n, k=k, m=m, **res))
                 best = min((v, kk) for kk, v in res.items() if kk.startswith("overlap"))
                 print(f"W{bits} {n}x{k} M={m}: cuBLAS {res['cublas']:.1f} us, serial {res['serial']:.1f} "
                       f"({res['cublas'] / res['serial']:.2f}x cuBLAS), best {best[1]} {best[0]:.1f} "
                       f"({res['cublas'] / best[0]:.2f}x)  " + " ".join(f"{kk} {v:.1f}" for kk, v in res.items()
                                                                       if kk.startswith("overlap")))
-    json.dump(rows, open(a.out, "w"), indent=1)
+    write_rows(rows, a.json)
 
 
 if __name__ == "__main__":

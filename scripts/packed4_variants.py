@@ -6,16 +6,15 @@ its error vs the fp32 reference. The rigorous harnesses are ``lowbit tune`` and 
 
     PYTHONPATH=src python scripts/packed4_variants.py --m 1,16,64 --json out.json
 """
-import argparse
 import itertools
-import json
 
 import torch
 
 import lowbit.kernels.gemm as gemm_mod
 from lowbit import IntxFormat
-from lowbit.bench.timing import Cost, CudaTimer
+from lowbit.bench.timing import CudaTimer
 from lowbit.kernels.gemm import GemmConfig, gemm_wxa16
+from probe_common import ints, measure, probe_parser, shapes_nk, write_rows
 
 VARIANTS = {"plain": (False, False), "rows": (True, False), "scale_after": (False, True), "both": (True, True)}
 
@@ -31,20 +30,15 @@ def configs(m):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--m", default="1,16,64")
-    p.add_argument("--shapes", default="6144x4096,4096x4096,28672x4096,4096x14336")
-    p.add_argument("--json", default=None)
-    a = p.parse_args()
+    a = probe_parser(m="1,16,64").parse_args()
     timer = CudaTimer(replays=5)
     rows = []
-    for shape in a.shapes.split(","):
-        n, k = map(int, shape.split("x"))
+    for n, k in shapes_nk(a.shapes):
         qw = IntxFormat(4, 128).quantize(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02)
         ref_w = qw.dequantize().float()
         qws = [qw] + [type(qw)(qw.qweight.clone(), qw.scales.clone(), qw.zeros.clone(), 4, 128, k)
                       for _ in range(timer.copies_needed(qw.ideal_nbytes()) - 1)]
-        for m in [int(v) for v in a.m.split(",")]:
+        for m in ints(a.m):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             ref = x.float() @ ref_w.t()
             row = {"n": n, "k": k, "m": m}
@@ -54,8 +48,7 @@ def main():
                 for cfg in configs(m):
                     def call(q, c=cfg):
                         return gemm_wxa16(x, q.qweight, q.scales, q.zeros, None, 4, 128, 8.0, n, c)
-                    err = ((call(qw).float() - ref).norm() / ref.norm()).item()
-                    t = timer.kernel_us([lambda q=q: call(q) for q in qws], Cost("probe", 0, 0))
+                    t, err = measure(timer, call, qws, ref)
                     if best is None or t < best[0]:
                         best = (t, cfg, err)
                 row[name] = {"us": best[0], "err": best[2], "cfg": best[1].__dict__}
@@ -65,8 +58,7 @@ def main():
                 for v in VARIANTS), flush=True)
         del qws
         torch.cuda.empty_cache()
-    if a.json:
-        json.dump(rows, open(a.json, "w"), indent=1)
+    write_rows(rows, a.json)
 
 
 if __name__ == "__main__":
